@@ -1,0 +1,15 @@
+//! The pure core: segment geometry, planning, hash trees, erasure code, cipher and wire
+//! formats, all on byte slices. Nothing here does I/O or knows about tokio; the fuzz targets
+//! and property tests drive it directly.
+
+pub mod cap;
+pub mod cipher;
+pub mod codec;
+pub mod erasure;
+pub mod geometry;
+pub mod hash;
+pub mod layout;
+pub mod planner;
+pub mod share_header;
+pub mod tree;
+pub mod ueb;

@@ -1,0 +1,203 @@
+//! Fuzz harnesses. Each `fuzz/fuzz_targets/*.rs` is one line calling a function here, and the
+//! property tests call the same functions with random input, so every target also runs under
+//! `cargo test` on the stable toolchain.
+//!
+//! Each harness asserts the properties the format promises; a panic is a bug.
+
+use arbitrary::{Arbitrary, Unstructured};
+
+use crate::core::cap::Cap;
+use crate::core::codec::Codec;
+use crate::core::geometry::{Geometry, SegmentIndex};
+use crate::core::hash::{self, Hash};
+use crate::core::layout::ShareLayout;
+use crate::core::planner::{RecordRequest, Record, plan_range};
+use crate::core::share_header::ShareHeader;
+use crate::core::tree::{self, NodeIndex, PartialTree, TreeShape};
+use crate::core::ueb::Ueb;
+
+#[derive(Debug, Arbitrary)]
+struct GeometryInput {
+    size: u64,
+    segment_size: u32,
+    k: u16,
+    n: u16,
+    offset: u64,
+    len: u64,
+    levels: u32,
+    segment: u64,
+    header: bool,
+    small: bool,
+}
+
+/// Segment math and the planner: any parameters either fail validation or give a plan that
+/// covers the clamped range exactly, with every share range inside the share.
+pub fn geometry_and_planner(data: &[u8]) {
+    let Ok(input) = GeometryInput::arbitrary(&mut Unstructured::new(data)) else {
+        return;
+    };
+    let size = if input.small { input.size % 100_000 } else { input.size };
+    let segment_size = if input.small {
+        u64::from(input.segment_size % 5000)
+    } else {
+        u64::from(input.segment_size)
+    };
+    let Ok(g) = Geometry::new(size, segment_size, input.k, input.n) else {
+        return;
+    };
+    let layout = ShareLayout::new(&g);
+
+    // The plan tiles the clamped range with in-segment slices, in order.
+    let start = input.offset % (g.size() + 2);
+    let range = start..start.saturating_add(input.len % (4 * g.segment_size() + 2));
+    let clamped = crate::core::planner::clamp(&g, range.start, range.end - range.start);
+    let mut covered = clamped.start;
+    for slice in plan_range(&g, range).take(64) {
+        let seg = g.segment_range(slice.segment);
+        assert!(slice.within.start < slice.within.end, "empty slice");
+        assert!(slice.within.end <= seg.end - seg.start, "slice past its segment");
+        assert_eq!(seg.start + slice.within.start, covered, "gap or overlap");
+        assert_eq!(slice.output_offset, covered - clamped.start);
+        covered = seg.start + slice.within.end;
+    }
+    if g.segments_overlapping(clamped.clone()).count() <= 64 {
+        assert_eq!(covered, clamped.end, "plan does not reach the end");
+    }
+
+    // Blocks and records stay inside the share and never overlap their neighbours.
+    if g.num_segments() > 0 {
+        let s = SegmentIndex(input.segment % g.num_segments());
+        let block = layout.block_range(s);
+        assert_eq!(block.end - block.start, g.block_size(s));
+        assert!(g.block_size(s) * u64::from(g.k()) >= g.segment_len(s));
+        assert!(g.block_size(s) >= 1);
+        assert!(layout.chain_range(s).end <= layout.block_tree_range().start);
+        if s.0 + 1 < g.num_segments() {
+            assert_eq!(layout.chain_range(s).end, layout.record_offset(SegmentIndex(s.0 + 1)));
+        }
+        let request = RecordRequest { segment: s, header: input.header, levels: input.levels };
+        let ranges = request.ranges(&layout);
+        for r in &ranges {
+            assert!(r.start < r.end && r.end <= layout.share_len());
+        }
+        assert!(ranges.windows(2).all(|w| w[0].end < w[1].start));
+        if g.block_size(s) <= 1 << 16 {
+            let record_len = layout.record_read(s, input.levels);
+            let bytes = vec![0u8; (record_len.end - record_len.start) as usize];
+            let parsed = Record::parse(&layout, s, &bytes).expect("planned record parses");
+            assert_eq!(parsed.block.len() as u64, g.block_size(s));
+            assert_eq!(parsed.block_chain.len() as u32, input.levels.min(layout.depth()));
+        }
+    }
+    assert_eq!(layout.ciphertext_tree_range().end, layout.share_len());
+}
+
+#[derive(Debug, Arbitrary)]
+enum TreeOp {
+    Insert(Vec<(u16, Option<[u8; 4]>)>),
+    VerifyLeaf { leaf: u16, corrupt_level: Option<u8>, truncate: Option<u8>, corrupt_leaf: bool },
+}
+
+/// The incomplete tree with hostile nodes: whatever is offered, every node it accepts equals
+/// the real tree's node, a true chain is always accepted, and a refused batch changes nothing.
+pub fn merkle(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let Ok(leaf_count) = u.int_in_range(0u64..=70) else {
+        return;
+    };
+    let leaves: Vec<Hash> = (0..leaf_count).map(|i| hash::block_leaf(&i.to_le_bytes())).collect();
+    let truth = tree::build(&leaves);
+    let shape = TreeShape::new(leaf_count);
+    let mut partial = PartialTree::new(shape, truth[0]);
+    let garbage = |seed: [u8; 4]| hash::block_leaf(&seed);
+    let Ok(ops) = Vec::<TreeOp>::arbitrary(&mut u) else {
+        return;
+    };
+    for op in ops.into_iter().take(32) {
+        let before = partial.known();
+        let result = match op {
+            TreeOp::Insert(nodes) => {
+                let batch: Vec<(NodeIndex, Hash)> = nodes
+                    .into_iter()
+                    .take(64)
+                    .map(|(i, bad)| {
+                        let node = NodeIndex(u64::from(i));
+                        let value = match bad {
+                            Some(seed) => garbage(seed),
+                            None => truth.get(node.0 as usize).copied().unwrap_or_default(),
+                        };
+                        (node, value)
+                    })
+                    .collect();
+                partial.insert(&batch).map(|_| ())
+            }
+            TreeOp::VerifyLeaf { leaf, corrupt_level, truncate, corrupt_leaf } => {
+                let j = u64::from(leaf) % shape.width();
+                let mut chain = tree::chain_of(&truth, &shape, j);
+                let mut honest = true;
+                if let Some(level) = corrupt_level {
+                    if let Some(h) = chain.get_mut(usize::from(level)) {
+                        *h = garbage([level, 1, 2, 3]);
+                        honest = false;
+                    }
+                }
+                if let Some(t) = truncate {
+                    chain.truncate(usize::from(t));
+                    honest = false;
+                }
+                let leaf_hash = if corrupt_leaf {
+                    garbage([9, 9, 9, 9])
+                } else {
+                    truth[shape.leaf_node(j).0 as usize]
+                };
+                let result = partial.verify_leaf(j, leaf_hash, &chain);
+                if honest && !corrupt_leaf {
+                    assert!(result.is_ok(), "a true chain was refused: {result:?}");
+                }
+                if corrupt_leaf {
+                    assert!(result.is_err(), "a wrong leaf was accepted");
+                }
+                result
+            }
+        };
+        if result.is_err() {
+            assert_eq!(partial.known(), before, "a refused batch changed the tree");
+        }
+        for i in 0..shape.node_count() {
+            if let Some(known) = partial.get(NodeIndex(i)) {
+                assert_eq!(known, truth[i as usize], "accepted a wrong node {i}");
+            }
+        }
+    }
+}
+
+fn canonical<T: Codec + PartialEq + std::fmt::Debug>(data: &[u8]) {
+    if let Ok(value) = T::from_bytes(data) {
+        assert_eq!(value.to_bytes(), data, "accepted a non-canonical encoding");
+        assert_eq!(T::from_bytes(&value.to_bytes()).as_ref(), Ok(&value));
+    }
+}
+
+/// UEB parsing: never panics; whatever it accepts re-encodes to the same bytes.
+pub fn parse_ueb(data: &[u8]) {
+    canonical::<Ueb>(data);
+}
+
+/// Share header parsing: never panics; whatever it accepts re-encodes to the same bytes.
+pub fn parse_share_header(data: &[u8]) {
+    canonical::<ShareHeader>(data);
+}
+
+/// Cap parsing: never panics; whatever it accepts prints back as the same text.
+pub fn parse_cap(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match text.parse::<Cap>() {
+        Ok(Cap::Read(cap)) => assert_eq!(cap.to_secret_string(), text),
+        Ok(Cap::Verify(cap)) => assert_eq!(cap.to_string(), text),
+        Err(e) => {
+            let _ = e.to_string();
+        }
+    }
+}

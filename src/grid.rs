@@ -1,0 +1,151 @@
+//! The set of storage servers a client talks to, and where an upload puts each share.
+//!
+//! The embedded grid is a set of directory stores inside the data directory
+//! (`<data>/grid/server-00`, `server-01`, …), ten by default, more when a file asks for more
+//! shares than there are servers.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::core::cap::StorageIndex;
+use crate::core::hash;
+use crate::store::{DirectoryStore, ShareStore};
+
+/// Servers in a new embedded grid.
+pub const EMBEDDED_SERVERS: usize = 10;
+
+/// A storage server as the client sees it.
+#[derive(Clone)]
+pub struct Server {
+    name: String,
+    store: Arc<dyn ShareStore>,
+}
+
+impl Server {
+    /// Wraps a store.
+    pub fn new(store: Arc<dyn ShareStore>) -> Server {
+        Server {
+            name: store.name().to_owned(),
+            store,
+        }
+    }
+
+    /// Name for messages (path or URL).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn ShareStore> {
+        &self.store
+    }
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// Why a grid could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum GridError {
+    /// A server address this build cannot use yet.
+    #[error("unsupported server {0:?}: give a directory path (HTTP storage nodes are not available in this build)")]
+    Unsupported(String),
+    /// A directory could not be prepared.
+    #[error("storage directory {path}: {source}")]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// What failed.
+        source: io::Error,
+    },
+}
+
+/// An ordered set of servers. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Grid {
+    servers: Arc<[Server]>,
+}
+
+impl Grid {
+    /// A grid of the given stores.
+    pub fn new(stores: Vec<Arc<dyn ShareStore>>) -> Grid {
+        Grid {
+            servers: stores.into_iter().map(Server::new).collect(),
+        }
+    }
+
+    /// The embedded grid in `data_dir`, with at least `min_servers` directories (created as
+    /// needed; pass 0 to only attach what exists).
+    pub fn embedded(data_dir: &Path, min_servers: usize) -> Result<Grid, GridError> {
+        let grid_dir = data_dir.join("grid");
+        let mut numbers: Vec<usize> = match std::fs::read_dir(&grid_dir) {
+            Ok(entries) => entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.strip_prefix("server-")?.parse().ok())
+                .collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => return Err(GridError::Directory { path: grid_dir, source }),
+        };
+        numbers.extend(0..min_servers);
+        numbers.sort_unstable();
+        numbers.dedup();
+        let mut stores: Vec<Arc<dyn ShareStore>> = Vec::with_capacity(numbers.len());
+        for i in numbers {
+            let path = grid_dir.join(format!("server-{i:02}"));
+            let store = DirectoryStore::open(&path).map_err(|source| GridError::Directory { path, source })?;
+            stores.push(Arc::new(store));
+        }
+        Ok(Grid::new(stores))
+    }
+
+    /// A grid from `--server` arguments: each a directory path (created for uploads).
+    pub fn from_specs(specs: &[String], create: bool) -> Result<Grid, GridError> {
+        let mut stores: Vec<Arc<dyn ShareStore>> = Vec::with_capacity(specs.len());
+        for spec in specs {
+            if spec.contains("://") {
+                return Err(GridError::Unsupported(spec.clone()));
+            }
+            let path = PathBuf::from(spec);
+            let store = if create || path.is_dir() {
+                DirectoryStore::open(&path).map_err(|source| GridError::Directory { path, source })?
+            } else {
+                DirectoryStore::detached(path)
+            };
+            stores.push(Arc::new(store));
+        }
+        Ok(Grid::new(stores))
+    }
+
+    /// The servers, in order.
+    pub fn servers(&self) -> &[Server] {
+        &self.servers
+    }
+
+    /// Number of servers.
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// Whether the grid has no servers.
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+
+    /// The server (index) for each of `n` shares of a file: servers are ranked by a hash of
+    /// the storage index and their name, and share `i` goes to the server ranked `i mod S`.
+    /// With `n <= S` every share lands on a different server; beyond that, servers take
+    /// shares in turn.
+    pub fn placement(&self, storage_index: &StorageIndex, n: u16) -> Vec<usize> {
+        let mut ranked: Vec<usize> = (0..self.servers.len()).collect();
+        ranked.sort_by_cached_key(|&i| hash::placement_rank(&storage_index.0, &self.servers[i].name));
+        if ranked.is_empty() {
+            return Vec::new();
+        }
+        (0..usize::from(n)).map(|i| ranked[i % ranked.len()]).collect()
+    }
+}

@@ -1,0 +1,43 @@
+//! Byte sizes as people write them: `128KiB`, `1MiB`, `1.5 GiB`, `4096`.
+
+/// Parses a size. Binary suffixes (KiB, MiB, GiB) are powers of 1024; SI suffixes (KB, MB)
+/// powers of 1000; a bare number is bytes.
+///
+/// ```
+/// assert_eq!(segvault::size::parse("128KiB"), Ok(131072));
+/// assert_eq!(segvault::size::parse("4096"), Ok(4096));
+/// assert!(segvault::size::parse("lots").is_err());
+/// ```
+pub fn parse(text: &str) -> Result<u64, String> {
+    parse_size::parse_size(text).map_err(|e| format!("invalid size {text:?}: {e} (examples: 4096, 128KiB, 1MiB)"))
+}
+
+/// Formats a byte count with a binary suffix, e.g. `128 KiB`, `1.50 GiB`.
+pub fn format(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else if value.fract() == 0.0 {
+        format!("{value} {}", UNITS[unit])
+    } else {
+        format!("{value:.2} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_round_trip_through_text() {
+        assert_eq!(super::parse("1MiB"), Ok(1 << 20));
+        assert_eq!(super::parse("1 MB"), Ok(1_000_000));
+        assert_eq!(super::format(128 << 10), "128 KiB");
+        assert_eq!(super::format(1536 << 20), "1.50 GiB");
+        assert_eq!(super::format(17), "17 B");
+    }
+}

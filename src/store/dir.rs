@@ -1,0 +1,332 @@
+//! A share store in a local directory:
+//!
+//! ```text
+//! <root>/shares/<first 2 chars of SI>/<SI in base32>/<share number>
+//! <root>/tmp/spool-*.part        shares being built (renamed into place when complete)
+//! ```
+//!
+//! Paths are built only from a typed storage index (26 base32 characters) and a share
+//! number (0-255), so no request can name a path outside the root. Writes go to `tmp/`,
+//! are fsynced, renamed into place without overwriting, and the directory is fsynced: a
+//! crash leaves either the whole share or none of it under `shares/`.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::num::NonZeroUsize;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use lru::LruCache;
+
+use super::{ShareStore, SpooledShare, StoreError, validate_ranges};
+use crate::core::cap::StorageIndex;
+use crate::core::geometry::ShareNum;
+
+/// Spools older than this are leftovers of a crashed upload and are removed at open.
+const STALE_SPOOL_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Open share files kept for reuse.
+const OPEN_FILES: usize = 128;
+
+type OpenShare = Arc<(File, u64)>;
+
+/// Shares in a directory tree. Cloning gives another handle to the same store.
+#[derive(Clone)]
+pub struct DirectoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    name: String,
+    open: Mutex<LruCache<(StorageIndex, ShareNum), OpenShare>>,
+}
+
+impl fmt::Debug for DirectoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DirectoryStore").field("root", &self.inner.root).finish()
+    }
+}
+
+impl DirectoryStore {
+    /// A store rooted at `root`, created if missing. Removes stale spools.
+    pub fn open(root: impl Into<PathBuf>) -> io::Result<DirectoryStore> {
+        let root = root.into();
+        fs::create_dir_all(root.join("shares"))?;
+        fs::create_dir_all(root.join("tmp"))?;
+        let inner = Inner {
+            name: root.display().to_string(),
+            root,
+            open: Mutex::new(LruCache::new(NonZeroUsize::new(OPEN_FILES).unwrap_or(NonZeroUsize::MIN))),
+        };
+        inner.sweep_stale_spools();
+        Ok(DirectoryStore { inner: Arc::new(inner) })
+    }
+
+    /// A store for a directory that may not exist: nothing is created, and calls fail with
+    /// a clear error while it is missing (like a server that is down).
+    pub fn detached(root: impl Into<PathBuf>) -> DirectoryStore {
+        let root = root.into();
+        DirectoryStore {
+            inner: Arc::new(Inner {
+                name: root.display().to_string(),
+                root,
+                open: Mutex::new(LruCache::new(NonZeroUsize::new(OPEN_FILES).unwrap_or(NonZeroUsize::MIN))),
+            }),
+        }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// Path of a share (whether or not it exists).
+    pub fn share_path(&self, si: &StorageIndex, share: ShareNum) -> PathBuf {
+        self.inner.share_path(si, share)
+    }
+}
+
+impl Inner {
+
+    fn file_dir(&self, si: &StorageIndex) -> PathBuf {
+        let text = si.to_base32();
+        self.root.join("shares").join(&text[..2]).join(text)
+    }
+
+    fn share_path(&self, si: &StorageIndex, share: ShareNum) -> PathBuf {
+        self.file_dir(si).join(share.0.to_string())
+    }
+
+    fn sweep_stale_spools(&self) {
+        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else {
+            return;
+        };
+        let now = SystemTime::now();
+        for entry in entries.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age > STALE_SPOOL_AGE);
+            if old {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    fn open_share(&self, si: StorageIndex, share: ShareNum) -> Result<OpenShare, StoreError> {
+        if let Some(found) = self.lock_open().get(&(si, share)) {
+            return Ok(found.clone());
+        }
+        let file = File::open(self.share_path(&si, share)).map_err(|e| StoreError::io("opening share", e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| StoreError::io("reading share metadata", e))?
+            .len();
+        let opened = Arc::new((file, len));
+        self.lock_open().put((si, share), opened.clone());
+        Ok(opened)
+    }
+
+    fn lock_open(&self) -> std::sync::MutexGuard<'_, LruCache<(StorageIndex, ShareNum), OpenShare>> {
+        // A panic while holding this lock cannot leave the cache inconsistent.
+        self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn list_blocking(&self, si: StorageIndex) -> Result<Vec<ShareNum>, StoreError> {
+        let entries = match fs::read_dir(self.file_dir(&si)) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return if self.root.join("shares").is_dir() {
+                    Ok(Vec::new())
+                } else {
+                    Err(StoreError::Io {
+                        context: "listing shares",
+                        message: "the storage directory does not exist".into(),
+                    })
+                };
+            }
+            Err(e) => return Err(StoreError::io("listing shares", e)),
+        };
+        let mut shares: Vec<ShareNum> = entries
+            .flatten()
+            .filter_map(|entry| parse_share_name(&entry.file_name().to_string_lossy()))
+            .collect();
+        shares.sort_unstable();
+        Ok(shares)
+    }
+
+    fn read_blocking(
+        &self,
+        si: StorageIndex,
+        share: ShareNum,
+        ranges: &[Range<u64>],
+    ) -> Result<Vec<Bytes>, StoreError> {
+        validate_ranges(ranges)?;
+        let opened = self.open_share(si, share)?;
+        let (file, len) = (&opened.0, opened.1);
+        ranges
+            .iter()
+            .map(|r| {
+                if r.end > len {
+                    return Err(StoreError::OutOfBounds {
+                        start: r.start,
+                        end: r.end,
+                        len,
+                    });
+                }
+                let mut buf = BytesMut::zeroed((r.end - r.start) as usize);
+                file.read_exact_at(&mut buf, r.start)
+                    .map_err(|e| StoreError::io("reading share", e))?;
+                Ok(buf.freeze())
+            })
+            .collect()
+    }
+
+    fn write_blocking(&self, si: StorageIndex, share: ShareNum, spool: SpooledShare) -> Result<(), StoreError> {
+        let final_path = self.share_path(&si, share);
+        let dir = self.file_dir(&si);
+        fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating share directory", e))?;
+        let mut temp = spool.into_temp_file();
+        if !temp.path().starts_with(self.root.join("tmp")) {
+            // Built elsewhere (another filesystem, perhaps): copy it in so the rename is atomic.
+            let mut local = tempfile::Builder::new()
+                .prefix("spool-")
+                .suffix(".part")
+                .tempfile_in(self.root.join("tmp"))
+                .map_err(|e| StoreError::io("creating spool", e))?;
+            let source = temp.as_file_mut();
+            io::copy(&mut &*source, local.as_file_mut()).map_err(|e| StoreError::io("copying spool", e))?;
+            temp = local;
+        }
+        temp.as_file()
+            .sync_all()
+            .map_err(|e| StoreError::io("syncing share", e))?;
+        match temp.persist_noclobber(&final_path) {
+            Ok(_) => {}
+            Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
+                let same = same_contents(e.file.as_file(), &final_path)
+                    .map_err(|e| StoreError::io("comparing with the stored share", e))?;
+                return if same {
+                    Ok(())
+                } else {
+                    Err(StoreError::Conflict {
+                        storage_index: si,
+                        share,
+                    })
+                };
+            }
+            Err(e) => return Err(StoreError::io("moving share into place", e.error)),
+        }
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| StoreError::io("syncing share directory", e))
+    }
+}
+
+/// Share numbers are written in canonical decimal; anything else in the directory is ignored.
+fn parse_share_name(name: &str) -> Option<ShareNum> {
+    let canonical = !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) && (name == "0" || !name.starts_with('0'));
+    canonical.then(|| name.parse::<u8>().ok().map(ShareNum)).flatten()
+}
+
+fn same_contents(candidate: &File, existing: &Path) -> io::Result<bool> {
+    let mut existing = File::open(existing)?;
+    let (la, lb) = (candidate.metadata()?.len(), existing.metadata()?.len());
+    if la != lb {
+        return Ok(false);
+    }
+    let mut a = vec![0u8; 1 << 16];
+    let mut b = vec![0u8; 1 << 16];
+    let mut offset = 0u64;
+    while offset < la {
+        let n = (la - offset).min(a.len() as u64) as usize;
+        candidate.read_exact_at(&mut a[..n], offset)?;
+        existing.read_exact(&mut b[..n])?;
+        if a[..n] != b[..n] {
+            return Ok(false);
+        }
+        offset += n as u64;
+    }
+    Ok(true)
+}
+
+fn blocking<T: Send + 'static>(
+    task: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> BoxFuture<'static, Result<T, StoreError>> {
+    Box::pin(async move {
+        tokio::task::spawn_blocking(task)
+            .await
+            .map_err(|e| StoreError::Io {
+                context: "store task",
+                message: e.to_string(),
+            })?
+    })
+}
+
+impl ShareStore for DirectoryStore {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn list(&self, si: StorageIndex) -> BoxFuture<'_, Result<Vec<ShareNum>, StoreError>> {
+        let this = self.inner.clone();
+        blocking(move || this.list_blocking(si))
+    }
+
+    fn read(
+        &self,
+        si: StorageIndex,
+        share: ShareNum,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, Result<Vec<Bytes>, StoreError>> {
+        let this = self.inner.clone();
+        blocking(move || this.read_blocking(si, share, &ranges))
+    }
+
+    fn write(&self, si: StorageIndex, share: ShareNum, spool: SpooledShare) -> BoxFuture<'_, Result<(), StoreError>> {
+        let this = self.inner.clone();
+        blocking(move || this.write_blocking(si, share, spool))
+    }
+
+    fn spool_dir(&self) -> Option<PathBuf> {
+        Some(self.inner.root.join("tmp"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_canonical_share_names_are_listed() {
+        assert_eq!(parse_share_name("0"), Some(ShareNum(0)));
+        assert_eq!(parse_share_name("255"), Some(ShareNum(255)));
+        for bad in ["", "00", "07", "256", "-1", "1a", "spool-x.part", " 1"] {
+            assert_eq!(parse_share_name(bad), None, "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirectoryStore::open(dir.path()).unwrap();
+        crate::store::conformance::run(&store).await;
+    }
+
+    #[tokio::test]
+    async fn share_paths_stay_under_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirectoryStore::open(dir.path()).unwrap();
+        let path = store.share_path(&StorageIndex([0xff; 16]), ShareNum(255));
+        assert!(path.starts_with(dir.path().join("shares")));
+        assert_eq!(path.file_name().unwrap(), "255");
+    }
+}

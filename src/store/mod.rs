@@ -1,0 +1,187 @@
+//! Share stores: where shares live. One small trait, with backends (a local directory now,
+//! HTTP storage nodes later), test doubles that inject faults, and one conformance suite
+//! every backend passes.
+
+pub mod conformance;
+pub mod dir;
+pub mod fault;
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+use crate::core::cap::StorageIndex;
+use crate::core::geometry::ShareNum;
+
+pub use dir::DirectoryStore;
+
+/// Largest number of bytes one `read` call may ask for (bounds what a request can allocate).
+pub const MAX_READ_BYTES: u64 = 64 << 20;
+
+/// What went wrong talking to a store.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store holds no such share.
+    #[error("share not found")]
+    NotFound,
+    /// A range reaches past the end of the share.
+    #[error("range {start}..{end} is past the end of the {len}-byte share")]
+    OutOfBounds {
+        /// Range start.
+        start: u64,
+        /// Range end.
+        end: u64,
+        /// Share length.
+        len: u64,
+    },
+    /// The request itself was malformed (reversed or oversized ranges).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// A different share with the same name already exists (shares are immutable).
+    #[error("a different share {share} of {storage_index} is already stored")]
+    Conflict {
+        /// File.
+        storage_index: StorageIndex,
+        /// Share.
+        share: ShareNum,
+    },
+    /// The store did not answer in time.
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// An I/O or transport error.
+    #[error("{context}: {message}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The underlying error, as text (errors travel between tasks and must be `Clone`).
+        message: String,
+    },
+}
+
+impl StoreError {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: &'static str, error: io::Error) -> StoreError {
+        match error.kind() {
+            io::ErrorKind::NotFound => StoreError::NotFound,
+            _ => StoreError::Io {
+                context,
+                message: error.to_string(),
+            },
+        }
+    }
+}
+
+/// Checks ranges before any I/O: ascending bounds, and not more than [`MAX_READ_BYTES`] in all.
+pub fn validate_ranges(ranges: &[Range<u64>]) -> Result<(), StoreError> {
+    let mut total: u64 = 0;
+    for r in ranges {
+        if r.start > r.end {
+            return Err(StoreError::InvalidRequest(format!(
+                "range {}..{} is reversed",
+                r.start, r.end
+            )));
+        }
+        total = total.saturating_add(r.end - r.start);
+    }
+    if total > MAX_READ_BYTES {
+        return Err(StoreError::InvalidRequest(format!(
+            "{total} bytes requested; the limit per request is {MAX_READ_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
+/// A share being built in a local temporary file (ciphertext and hashes only), written at
+/// arbitrary offsets, then handed to a store's [`ShareStore::write`]. Dropped unwritten, the
+/// file is deleted.
+pub struct SpooledShare {
+    file: tempfile::NamedTempFile,
+    len: u64,
+}
+
+impl fmt::Debug for SpooledShare {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpooledShare")
+            .field("path", &self.file.path())
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl SpooledShare {
+    /// A zero-filled (sparse) spool of `len` bytes in `dir`.
+    pub fn create(dir: &Path, len: u64) -> io::Result<SpooledShare> {
+        std::fs::create_dir_all(dir)?;
+        let file = tempfile::Builder::new()
+            .prefix("spool-")
+            .suffix(".part")
+            .tempfile_in(dir)?;
+        file.as_file().set_len(len)?;
+        Ok(SpooledShare { file, len })
+    }
+
+    /// The spool's file, for positional writes.
+    pub fn file(&self) -> &File {
+        self.file.as_file()
+    }
+
+    /// Where the spool is.
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    /// Final share length.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the share is empty (never, for a valid share).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The temporary file, for stores that move it into place.
+    pub fn into_temp_file(self) -> tempfile::NamedTempFile {
+        self.file
+    }
+}
+
+/// A place that holds shares and serves byte ranges of them.
+///
+/// Implementations must be safe to call concurrently. A share, once written, never changes.
+pub trait ShareStore: Send + Sync + fmt::Debug {
+    /// A name for messages (a path or URL; never a secret).
+    fn name(&self) -> &str;
+
+    /// Share numbers held for `storage_index` (empty when none).
+    fn list(&self, storage_index: StorageIndex) -> BoxFuture<'_, Result<Vec<ShareNum>, StoreError>>;
+
+    /// Reads each of `ranges` of a share. Every range must lie inside the share; the result
+    /// has one buffer per range, each exactly as long as its range.
+    fn read(
+        &self,
+        storage_index: StorageIndex,
+        share: ShareNum,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, Result<Vec<Bytes>, StoreError>>;
+
+    /// Stores a finished share atomically: a reader sees all of it or nothing. Writing the
+    /// same bytes again succeeds; different bytes are refused with [`StoreError::Conflict`].
+    fn write(
+        &self,
+        storage_index: StorageIndex,
+        share: ShareNum,
+        spool: SpooledShare,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Where an uploader should build spools so that [`write`](Self::write) can move them
+    /// into place instead of copying them. `None`: anywhere.
+    fn spool_dir(&self) -> Option<PathBuf> {
+        None
+    }
+}

@@ -1,0 +1,55 @@
+//! `segvault verify` and `segvault info`.
+
+use std::process::ExitCode;
+
+use segvault::core::cap::Cap;
+use segvault::core::layout::ShareLayout;
+use segvault::engine::verify;
+use segvault::size;
+use segvault::ReaderConfig;
+
+use super::{Cli, CapArgs, read_cap_argument};
+
+pub(crate) async fn verify(cli: &Cli, args: &CapArgs) -> anyhow::Result<ExitCode> {
+    let cap = read_cap_argument(&args.cap)?.verify_cap();
+    let grid = cli.grid(0, false)?;
+    let report = verify::verify(&grid, &cap, &ReaderConfig::default(), None).await;
+    println!("{report}");
+    Ok(if report.is_healthy() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+pub(crate) async fn info(cli: &Cli, args: &CapArgs) -> anyhow::Result<ExitCode> {
+    let cap = read_cap_argument(&args.cap)?;
+    let verify_cap = cap.verify_cap();
+    let g = *verify_cap.geometry();
+    let grid = cli.grid(0, false)?;
+    let si = verify_cap.storage_index();
+    let lists = futures::future::join_all(grid.servers().iter().map(|s| s.store().list(si))).await;
+
+    println!("storage index: {si}");
+    println!("verify cap:    {verify_cap}");
+    println!("kind:          {}", if matches!(cap, Cap::Read(_)) { "read cap" } else { "verify cap" });
+    println!("size:          {} bytes ({})", g.size(), size::format(g.size()));
+    println!("k:             {}", g.k());
+    println!("n:             {}", g.n());
+    println!("segment size:  {} bytes ({}), {} segments", g.segment_size(), size::format(g.segment_size()), g.num_segments());
+    println!("share size:    {} bytes", ShareLayout::new(&g).share_len());
+    let mut found = std::collections::BTreeSet::new();
+    let mut lines = Vec::new();
+    for (server, listing) in grid.servers().iter().zip(lists) {
+        match listing {
+            Ok(shares) => {
+                for share in shares {
+                    found.insert(share);
+                    lines.push(format!("  share {share}: {}", server.name()));
+                }
+            }
+            Err(e) => lines.push(format!("  {}: {e}", server.name())),
+        }
+    }
+    println!("shares found:  {} of {}", found.len(), g.n());
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

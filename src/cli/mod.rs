@@ -1,0 +1,161 @@
+//! Argument parsing, logging, and the grid every command runs against.
+
+mod get;
+mod info;
+mod put;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, anyhow};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use segvault::core::cap::Cap;
+use segvault::grid::Grid;
+
+/// Store files encrypted and erasure-coded across storage servers; read any byte range back.
+#[derive(Parser, Debug)]
+#[command(name = "segvault", version, propagate_version = true)]
+struct Cli {
+    /// Data directory holding the embedded grid [default: $SEGVAULT_DATA, else the platform data directory]
+    #[arg(long, global = true, value_name = "DIR")]
+    data: Option<PathBuf>,
+
+    /// Storage server: a directory path. Repeat for several. Without it, the embedded grid in the data directory is used.
+    #[arg(long = "server", global = true, value_name = "URL")]
+    servers: Vec<String>,
+
+    /// More logging on stderr (-v: info, -vv: debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Upload a file (or `-` for stdin); prints its read cap as the last line of stdout.
+    Put(put::PutArgs),
+    /// Download a file or a byte range of it.
+    Get(get::GetArgs),
+    /// Check every share of a file; exits non-zero if any is bad or missing.
+    Verify(CapArgs),
+    /// Show a file's parameters and where its shares are.
+    Info(CapArgs),
+}
+
+#[derive(Args, Debug)]
+struct CapArgs {
+    /// A read cap or a verify cap (`-` reads it from stdin).
+    cap: String,
+}
+
+impl Cli {
+    fn data_dir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(dir) = &self.data {
+            return Ok(dir.clone());
+        }
+        if let Some(dir) = std::env::var_os("SEGVAULT_DATA").filter(|v| !v.is_empty()) {
+            return Ok(PathBuf::from(dir));
+        }
+        dirs::data_dir()
+            .map(|d| d.join("segvault"))
+            .ok_or_else(|| anyhow!("no data directory: pass --data DIR or set SEGVAULT_DATA"))
+    }
+
+    /// The grid: `--server`s, else the embedded grid with at least `min_servers` directories.
+    fn grid(&self, min_servers: usize, for_upload: bool) -> anyhow::Result<Grid> {
+        if !self.servers.is_empty() {
+            return Ok(Grid::from_specs(&self.servers, for_upload)?);
+        }
+        let dir = self.data_dir()?;
+        let grid = Grid::embedded(&dir, min_servers).with_context(|| format!("opening the embedded grid in {}", dir.display()))?;
+        if grid.is_empty() {
+            return Err(anyhow!(
+                "the embedded grid in {} has no storage directories yet: upload a file first, or pass --server",
+                dir.display()
+            ));
+        }
+        Ok(grid)
+    }
+}
+
+/// Reads a cap argument; `-` means the first line of stdin. Surrounding whitespace is ignored.
+fn read_cap_argument(text: &str) -> anyhow::Result<Cap> {
+    let owned;
+    let text = if text == "-" {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).context("reading the cap from stdin")?;
+        owned = line;
+        owned.as_str()
+    } else {
+        text
+    };
+    Ok(text.trim().parse::<Cap>()?)
+}
+
+/// A progress bar on stderr, only when stderr is a terminal and the job is long.
+fn progress_bar(total: Option<u64>, message: &'static str) -> Option<ProgressBar> {
+    const WORTH_SHOWING: u64 = 16 << 20;
+    if !std::io::stderr().is_terminal() || total.is_some_and(|t| t < WORTH_SHOWING) {
+        return None;
+    }
+    let bar = match total {
+        Some(total) => ProgressBar::new(total).with_style(
+            ProgressStyle::with_template("{msg:>8} [{wide_bar}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        None => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{msg:>8} {spinner} {binary_bytes} {binary_bytes_per_sec}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ),
+    };
+    bar.set_message(message);
+    Some(bar)
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// Runs the command line; the exit status says whether it worked.
+pub(crate) fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("segvault: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match &cli.command {
+            Command::Put(args) => put::run(&cli, args).await,
+            Command::Get(args) => get::run(&cli, args).await,
+            Command::Verify(args) => info::verify(&cli, args).await,
+            Command::Info(args) => info::info(&cli, args).await,
+        }
+    });
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("segvault: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+

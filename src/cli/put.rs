@@ -1,0 +1,59 @@
+//! `segvault put`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+use clap::Args;
+use segvault::grid::EMBEDDED_SERVERS;
+use segvault::{PutOptions, PutSource};
+
+use super::{Cli, progress_bar};
+
+#[derive(Args, Debug)]
+pub(crate) struct PutArgs {
+    /// Shares needed to read the file (1..=n)
+    #[arg(short = 'k', default_value_t = 3)]
+    k: u16,
+    /// Shares written, one per server while there are enough servers (1..=256)
+    #[arg(short = 'n', default_value_t = 10)]
+    n: u16,
+    /// Segment size, e.g. 128KiB or 1MiB [default: 128KiB, larger for files over 8 GiB]
+    #[arg(long, value_name = "SIZE", value_parser = segvault::size::parse)]
+    segment_size: Option<u64>,
+    /// Servers that must take their shares for the upload to succeed [default: all it uses]
+    #[arg(long, value_name = "H")]
+    happy: Option<u16>,
+    /// File to upload, or `-` for stdin
+    #[arg(value_name = "PATH|-")]
+    path: PathBuf,
+}
+
+pub(crate) async fn run(cli: &Cli, args: &PutArgs) -> anyhow::Result<ExitCode> {
+    let (source, total) = if args.path.as_os_str() == "-" {
+        (PutSource::Reader(Box::new(std::io::stdin())), None)
+    } else {
+        let meta = std::fs::metadata(&args.path).with_context(|| format!("cannot read {}", args.path.display()))?;
+        if !meta.is_file() {
+            return Err(anyhow!("{} is not a regular file", args.path.display()));
+        }
+        (PutSource::Path(args.path.clone()), Some(meta.len()))
+    };
+    let grid = cli.grid(EMBEDDED_SERVERS.max(usize::from(args.n)), true)?;
+    let bar = progress_bar(total, "put");
+    let options = PutOptions {
+        k: args.k,
+        n: args.n,
+        segment_size: args.segment_size,
+        happy: args.happy,
+        progress: bar.clone().map(|bar| Arc::new(move |done: u64| bar.set_position(done)) as _),
+        ..PutOptions::default()
+    };
+    let cap = segvault::put(&grid, source, &options).await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    println!("{}", cap?.to_secret_string());
+    Ok(ExitCode::SUCCESS)
+}

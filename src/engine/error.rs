@@ -1,0 +1,115 @@
+//! Read errors, and the per-share report that says what was found where and why each share
+//! was or was not used.
+
+use std::fmt;
+
+use crate::core::cap::StorageIndex;
+use crate::core::geometry::{SegmentIndex, ShareNum};
+
+/// One line of a share report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportLine {
+    /// The server.
+    pub server: String,
+    /// The share, or `None` for a line about the server itself.
+    pub share: Option<ShareNum>,
+    /// What happened: `None` when the share was fine (or not needed).
+    pub problem: Option<String>,
+}
+
+/// What was found on every server: shares, and why each was rejected.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShareReport {
+    /// One line per server problem or share found.
+    pub lines: Vec<ReportLine>,
+}
+
+impl ShareReport {
+    /// Shares that had no problem.
+    pub fn usable(&self) -> usize {
+        self.lines
+            .iter()
+            .filter(|l| l.share.is_some() && l.problem.is_none())
+            .count()
+    }
+}
+
+impl fmt::Display for ShareReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for line in &self.lines {
+            let status = line.problem.as_deref().unwrap_or("ok");
+            match line.share {
+                Some(share) => writeln!(f, "  share {share} on {}: {status}", line.server)?,
+                None => writeln!(f, "  {}: {status}", line.server)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a read failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadError {
+    /// No server holds any share of the file.
+    #[error("file {storage_index} not found: no server holds any of its shares\n{report}")]
+    NoShares {
+        /// The file.
+        storage_index: StorageIndex,
+        /// What each server said.
+        report: ShareReport,
+    },
+    /// Fewer than k good shares could be found or read.
+    #[error(
+        "not enough shares of file {storage_index}{}: {needed} needed, {usable} usable\n{report}",
+        segment.map(|s| format!(" for segment {s}")).unwrap_or_default()
+    )]
+    NotEnoughShares {
+        /// The file.
+        storage_index: StorageIndex,
+        /// The segment being read, if the failure was while reading one.
+        segment: Option<SegmentIndex>,
+        /// k.
+        needed: u16,
+        /// Distinct shares that were found and not rejected.
+        usable: usize,
+        /// What was found where, and why each share was rejected.
+        report: ShareReport,
+    },
+    /// Every combination of verified blocks tried decodes to something the ciphertext tree
+    /// rejects: the shares were made inconsistently.
+    #[error(
+        "file {storage_index}, segment {segment}: no combination of verified blocks matches the \
+         ciphertext hash tree ({attempts} tried); its shares are inconsistent\n{report}"
+    )]
+    Inconsistent {
+        /// The file.
+        storage_index: StorageIndex,
+        /// The segment.
+        segment: SegmentIndex,
+        /// Combinations tried.
+        attempts: usize,
+        /// What was found where.
+        report: ShareReport,
+    },
+    /// A bug or a runtime failure (a task that panicked or was cancelled).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ReadError {
+    /// Whether the file simply is not there (HTTP 404) rather than damaged or unreachable.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ReadError::NoShares { .. })
+    }
+}
+
+impl From<ReadError> for std::io::Error {
+    fn from(e: ReadError) -> std::io::Error {
+        let kind = match e {
+            ReadError::NoShares { .. } => std::io::ErrorKind::NotFound,
+            ReadError::Inconsistent { .. } => std::io::ErrorKind::InvalidData,
+            _ => std::io::ErrorKind::Other,
+        };
+        std::io::Error::new(kind, e)
+    }
+}

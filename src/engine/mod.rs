@@ -1,0 +1,119 @@
+//! The reading engine: a [`Client`] over a [`Grid`] keeps one [`FileNode`] per open file
+//! (LRU-bounded), fetches each segment's k blocks with their missing hash nodes in one request
+//! per share, verifies everything up to the cap, decodes, checks the ciphertext tree, and
+//! hands out decrypted bytes through [`FileHandle`]s.
+
+mod error;
+mod handle;
+mod node;
+mod reader;
+mod segment;
+pub mod verify;
+
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lru::LruCache;
+use tokio::sync::OnceCell;
+
+pub use error::{ReadError, ReportLine, ShareReport};
+pub use handle::{ByteStream, FileHandle};
+pub use node::FileNode;
+pub use reader::FileReader;
+pub use segment::SegmentData;
+
+use crate::core::cap::{ReadCap, VerifyCap};
+use crate::core::cipher::Keystream;
+use crate::grid::Grid;
+
+/// How a client reads. Built once, passed down.
+#[derive(Debug, Clone)]
+pub struct ReaderConfig {
+    /// Segments a stream may fetch ahead of its consumer.
+    pub read_ahead_segments: usize,
+    /// Bytes of segments a stream may fetch ahead (caps the window for large segments).
+    pub read_ahead_bytes: u64,
+    /// File nodes kept open (least recently used are dropped).
+    pub open_files: usize,
+    /// Time limit for any one request to a store.
+    pub request_timeout: Duration,
+    /// How long a share that failed transiently is avoided (corrupt shares: ten times this).
+    pub failure_ttl: Duration,
+}
+
+impl Default for ReaderConfig {
+    fn default() -> ReaderConfig {
+        ReaderConfig {
+            read_ahead_segments: 8,
+            read_ahead_bytes: 8 << 20,
+            open_files: 256,
+            request_timeout: Duration::from_secs(30),
+            failure_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+type NodeCell = Arc<OnceCell<Arc<FileNode>>>;
+
+/// Opens files on a grid. Cheap to clone; clones share their open file nodes.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    grid: Grid,
+    config: Arc<ReaderConfig>,
+    nodes: Mutex<LruCache<VerifyCap, NodeCell>>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client").field("grid", &self.inner.grid).finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client for `grid`.
+    pub fn new(grid: Grid, config: ReaderConfig) -> Client {
+        let capacity = NonZeroUsize::new(config.open_files).unwrap_or(NonZeroUsize::MIN);
+        Client {
+            inner: Arc::new(Inner {
+                grid,
+                config: Arc::new(config),
+                nodes: Mutex::new(LruCache::new(capacity)),
+            }),
+        }
+    }
+
+    /// The grid.
+    pub fn grid(&self) -> &Grid {
+        &self.inner.grid
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ReaderConfig {
+        &self.inner.config
+    }
+
+    /// Opens a file for reading: finds its shares and verifies its UEB (once per file while
+    /// its node stays open).
+    pub async fn open(&self, cap: &ReadCap) -> Result<FileHandle, ReadError> {
+        let node = self.open_node(&cap.verify_cap()).await?;
+        Ok(FileHandle::new(node, Keystream::new(cap.key()), self.inner.config.clone()))
+    }
+
+    /// The shared node of a file, for ciphertext-level access with only a verify cap.
+    pub async fn open_node(&self, cap: &VerifyCap) -> Result<Arc<FileNode>, ReadError> {
+        let cell = {
+            let mut nodes = self.inner.nodes.lock().unwrap_or_else(|p| p.into_inner());
+            nodes.get_or_insert(*cap, || Arc::new(OnceCell::new())).clone()
+        };
+        let node = cell
+            .get_or_try_init(|| FileNode::open(self.inner.grid.clone(), self.inner.config.clone(), *cap))
+            .await?;
+        Ok(node.clone())
+    }
+}

@@ -1,0 +1,372 @@
+//! Checking every share of a file, with only a verify cap: each share's header and UEB, its
+//! share chain, both tree sections, every block and every stored hash chain; then, segment by
+//! segment, that the shares agree (decoding gives the ciphertext the ciphertext tree names,
+//! and every block is what re-encoding that ciphertext gives).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use futures::StreamExt;
+
+use super::ReaderConfig;
+use super::node::{check_header_region, discover};
+use crate::core::cap::{StorageIndex, VerifyCap};
+use crate::core::codec::Codec as _;
+use crate::core::erasure::Codec;
+use crate::core::geometry::{SegmentIndex, ShareNum};
+use crate::core::hash::{self, HASH_LEN, Hash};
+use crate::core::layout::ShareLayout;
+use crate::core::planner::Record;
+use crate::core::tree::{self, NodeIndex, PartialTree, TreeShape};
+use crate::core::ueb::Ueb;
+use crate::grid::Grid;
+use crate::store::MAX_READ_BYTES;
+
+/// Problems reported per share before the rest are only counted.
+const MAX_PROBLEMS_LISTED: usize = 8;
+/// Segments checked concurrently.
+const SEGMENTS_IN_FLIGHT: usize = 4;
+
+/// The verdict on one share.
+#[derive(Debug, Clone)]
+pub struct ShareCheck {
+    /// Server holding it.
+    pub server: String,
+    /// Share number.
+    pub share: ShareNum,
+    /// Problems found (empty: the share is good).
+    pub problems: Vec<String>,
+    /// Problems beyond those listed.
+    pub more_problems: usize,
+}
+
+impl ShareCheck {
+    fn problem(&mut self, text: String) {
+        if self.problems.len() < MAX_PROBLEMS_LISTED {
+            self.problems.push(text);
+        } else {
+            self.more_problems += 1;
+        }
+    }
+
+    /// Whether nothing was wrong with the share.
+    pub fn is_good(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Everything `verify` found.
+#[derive(Debug, Clone)]
+pub struct VerifyReport {
+    /// The file.
+    pub storage_index: StorageIndex,
+    /// Every share found, with its problems.
+    pub shares: Vec<ShareCheck>,
+    /// Share numbers no server holds.
+    pub missing: Vec<ShareNum>,
+    /// Servers that could not be asked (name, error).
+    pub server_errors: Vec<(String, String)>,
+    /// Segments that fewer than k good shares cover.
+    pub unrecoverable: Vec<SegmentIndex>,
+    /// Segments checked.
+    pub segments: u64,
+}
+
+impl VerifyReport {
+    /// No problem of any kind.
+    pub fn is_healthy(&self) -> bool {
+        self.missing.is_empty()
+            && self.server_errors.is_empty()
+            && self.unrecoverable.is_empty()
+            && self.shares.iter().all(ShareCheck::is_good)
+    }
+}
+
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "file {}: {} segments checked", self.storage_index, self.segments)?;
+        for (server, error) in &self.server_errors {
+            writeln!(f, "  {server}: {error}")?;
+        }
+        for check in &self.shares {
+            if check.is_good() {
+                writeln!(f, "  share {} on {}: ok", check.share, check.server)?;
+            } else {
+                writeln!(f, "  share {} on {}: BAD", check.share, check.server)?;
+                for p in &check.problems {
+                    writeln!(f, "      {p}")?;
+                }
+                if check.more_problems > 0 {
+                    writeln!(f, "      … and {} more problems", check.more_problems)?;
+                }
+            }
+        }
+        if !self.missing.is_empty() {
+            let list: Vec<String> = self.missing.iter().map(ToString::to_string).collect();
+            writeln!(f, "  missing shares: {}", list.join(", "))?;
+        }
+        if !self.unrecoverable.is_empty() {
+            writeln!(f, "  UNRECOVERABLE: {} segments have fewer than k good shares (first: {})", self.unrecoverable.len(), self.unrecoverable[0])?;
+        }
+        let good = self.shares.iter().filter(|c| c.is_good()).count();
+        write!(f, "{}: {good} good shares", if self.is_healthy() { "healthy" } else { "NOT HEALTHY" })
+    }
+}
+
+struct Candidate {
+    server: usize,
+    check: ShareCheck,
+    /// Root of this share's block tree, once proven against the UEB.
+    root: Option<Hash>,
+}
+
+/// Checks every share of the file `cap` names. `progress` is told the number of segments done.
+pub async fn verify(grid: &Grid, cap: &VerifyCap, config: &ReaderConfig, progress: Option<&(dyn Fn(u64) + Sync)>) -> VerifyReport {
+    let si = cap.storage_index();
+    let g = *cap.geometry();
+    let layout = ShareLayout::new(&g);
+    let mut report = VerifyReport {
+        storage_index: si,
+        shares: Vec::new(),
+        missing: Vec::new(),
+        server_errors: Vec::new(),
+        unrecoverable: Vec::new(),
+        segments: g.num_segments(),
+    };
+    let mut candidates = Vec::new();
+    for (server, listing) in discover(grid, si, config.request_timeout).await.into_iter().enumerate() {
+        match listing {
+            Ok(shares) => candidates.extend(shares.into_iter().map(|share| Candidate {
+                server,
+                check: ShareCheck {
+                    server: grid.servers()[server].name().to_owned(),
+                    share,
+                    problems: Vec::new(),
+                    more_problems: 0,
+                },
+                root: None,
+            })),
+            Err(e) => report.server_errors.push((grid.servers()[server].name().to_owned(), e)),
+        }
+    }
+    report.missing = (0..g.n())
+        .map(|s| ShareNum(s as u8))
+        .filter(|s| !candidates.iter().any(|c| c.check.share == *s))
+        .collect();
+
+    let ueb_found = futures::future::join_all(candidates.iter_mut().map(|c| check_front(grid, cap, &layout, c))).await;
+    let Some(ueb) = ueb_found.into_iter().flatten().next() else {
+        report.unrecoverable = (0..g.num_segments()).map(SegmentIndex).collect();
+        report.shares = candidates.into_iter().map(|c| c.check).collect();
+        return report;
+    };
+    futures::future::join_all(candidates.iter_mut().map(|c| check_trees(grid, cap, &layout, &ueb, c))).await;
+
+    let codec = Codec::new(g.k(), g.n()).ok();
+    let shared = Arc::new(candidates.iter().map(|c| (c.server, c.check.share, c.root)).collect::<Vec<_>>());
+    let mut segments = futures::stream::iter(0..g.num_segments())
+        .map(|s| {
+            let shared = shared.clone();
+            let (layout, codec) = (&layout, codec.as_ref());
+            async move { (s, check_segment(grid, cap, layout, &ueb, codec, &shared, SegmentIndex(s)).await) }
+        })
+        .buffered(SEGMENTS_IN_FLIGHT);
+    let mut done = 0;
+    while let Some((s, outcome)) = segments.next().await {
+        for (index, problem) in outcome.problems {
+            candidates[index].check.problem(problem);
+        }
+        if !outcome.recoverable {
+            report.unrecoverable.push(SegmentIndex(s));
+        }
+        done += 1;
+        if let Some(progress) = progress {
+            progress(done);
+        }
+    }
+    report.shares = candidates.into_iter().map(|c| c.check).collect();
+    report
+}
+
+/// Header region: header, UEB (against the cap) and share chain. Returns the UEB if good.
+async fn check_front(grid: &Grid, cap: &VerifyCap, layout: &ShareLayout, c: &mut Candidate) -> Option<Ueb> {
+    let store = grid.servers()[c.server].store();
+    let share = c.check.share;
+    let region = match store.read(cap.storage_index(), share, vec![layout.header_region()]).await {
+        Ok(parts) => parts.into_iter().next().unwrap_or_default(),
+        Err(e) => {
+            c.check.problem(format!("cannot read header: {e}"));
+            return None;
+        }
+    };
+    let (ueb_bytes, chain) = match check_header_region(cap, layout, None, share, &region) {
+        Ok(found) => found,
+        Err(e) => {
+            c.check.problem(e.to_string());
+            return None;
+        }
+    };
+    let ueb = Ueb::from_bytes(&ueb_bytes).ok()?;
+    // The stored block-tree root, proven through the share chain.
+    let root_offset = layout.block_tree_range().start;
+    let root = match store.read(cap.storage_index(), share, vec![root_offset..root_offset + HASH_LEN as u64]).await {
+        Ok(parts) => parts.first().and_then(|b| Hash::from_slice(b)),
+        Err(e) => {
+            c.check.problem(format!("cannot read block tree root: {e}"));
+            None
+        }
+    };
+    let mut share_tree = PartialTree::new(cap.geometry().share_tree(), ueb.share_root);
+    match root.map(|r| (r, share_tree.verify_leaf(u64::from(share.0), r, &chain))) {
+        Some((r, Ok(()))) => c.root = Some(r),
+        Some((_, Err(e))) => c.check.problem(format!("block tree root or share chain does not lead to the UEB ({e})")),
+        None => {}
+    }
+    if c.root.is_none() && cap.geometry().num_segments() > 0 {
+        // Fall back to the root the first record's chain implies, so the blocks still get checked.
+        let s = SegmentIndex(0);
+        let range = layout.record_read(s, layout.depth());
+        if let Ok(parts) = store.read(cap.storage_index(), share, vec![range]).await
+            && let Some(record) = parts.first().and_then(|b| Record::parse(layout, s, b))
+            && let Ok(r) = tree::root_from_chain(&cap.geometry().segment_tree(), 0, hash::block_leaf(record.block), &record.block_chain)
+            && share_tree.verify_leaf(u64::from(share.0), r, &chain).is_ok()
+        {
+            c.root = Some(r);
+        }
+    }
+    Some(ueb)
+}
+
+/// Both tree sections: every interior node is the hash of its children and the roots are
+/// the proven ones. Sections too large to hold in memory at once are skipped.
+async fn check_trees(grid: &Grid, cap: &VerifyCap, layout: &ShareLayout, ueb: &Ueb, c: &mut Candidate) {
+    let shape = cap.geometry().segment_tree();
+    let store = grid.servers()[c.server].store();
+    let sections = [("block tree", layout.block_tree_range(), c.root), ("ciphertext tree", layout.ciphertext_tree_range(), Some(ueb.ciphertext_root))];
+    for (name, range, root) in sections {
+        if range.end - range.start > MAX_READ_BYTES {
+            continue;
+        }
+        let bytes = match store.read(cap.storage_index(), c.check.share, vec![range]).await {
+            Ok(parts) => parts.into_iter().next().unwrap_or_default(),
+            Err(e) => {
+                c.check.problem(format!("cannot read the {name} section: {e}"));
+                continue;
+            }
+        };
+        if let Some(problem) = section_problem(&bytes, &shape, root) {
+            c.check.problem(format!("{name} section: {problem}"));
+        }
+    }
+}
+
+fn section_problem(bytes: &[u8], shape: &TreeShape, root: Option<Hash>) -> Option<String> {
+    let nodes: Vec<Hash> = bytes.chunks_exact(HASH_LEN).filter_map(Hash::from_slice).collect();
+    if nodes.len() as u64 != shape.node_count() {
+        return Some("wrong length".into());
+    }
+    if let Some(root) = root
+        && nodes[0] != root
+    {
+        return Some("root does not match".into());
+    }
+    (0..shape.width() as usize - 1)
+        .find(|&i| nodes[i] != hash::node(&nodes[2 * i + 1], &nodes[2 * i + 2]))
+        .map(|i| format!("node {} does not match its children", NodeIndex(i as u64)))
+}
+
+struct SegmentOutcome {
+    problems: Vec<(usize, String)>,
+    recoverable: bool,
+}
+
+async fn check_segment(
+    grid: &Grid,
+    cap: &VerifyCap,
+    layout: &ShareLayout,
+    ueb: &Ueb,
+    codec: Option<&Codec>,
+    candidates: &[(usize, ShareNum, Option<Hash>)],
+    s: SegmentIndex,
+) -> SegmentOutcome {
+    let g = cap.geometry();
+    let shape = g.segment_tree();
+    let range = layout.record_read(s, layout.depth());
+    let reads = candidates.iter().map(|&(server, share, root)| {
+        let range = range.clone();
+        async move {
+            match root {
+                Some(_) => Some(grid.servers()[server].store().read(cap.storage_index(), share, vec![range]).await),
+                None => None,
+            }
+        }
+    });
+    let mut problems = Vec::new();
+    // Every verified copy, and the first copy of each share number (for decoding).
+    let mut verified: Vec<(usize, ShareNum, bytes::Bytes, Vec<Hash>)> = Vec::new();
+    let mut good: BTreeMap<ShareNum, usize> = BTreeMap::new();
+    for (index, result) in futures::future::join_all(reads).await.into_iter().enumerate() {
+        let (_, share, root) = candidates[index];
+        let (Some(result), Some(root)) = (result, root) else { continue };
+        let bytes = match result {
+            Ok(parts) => parts.into_iter().next().unwrap_or_default(),
+            Err(e) => {
+                problems.push((index, format!("segment {s}: cannot read: {e}")));
+                continue;
+            }
+        };
+        let Some(record) = Record::parse(layout, s, &bytes) else {
+            problems.push((index, format!("segment {s}: record has the wrong length")));
+            continue;
+        };
+        let leaf = hash::block_leaf(record.block);
+        match tree::root_from_chain(&shape, s.0, leaf, &record.block_chain) {
+            Ok(r) if r == root => {
+                let block = bytes.slice(..record.block.len());
+                good.entry(share).or_insert(verified.len());
+                verified.push((index, share, block, record.ciphertext_chain));
+            }
+            _ => problems.push((index, format!("segment {s}: block or its stored hash chain is corrupt"))),
+        }
+    }
+    let k = usize::from(g.k());
+    if good.len() < k {
+        return SegmentOutcome { problems, recoverable: false };
+    }
+    let Some(codec) = codec else {
+        return SegmentOutcome { problems, recoverable: true };
+    };
+    // Decode from the first k good shares (primaries first), then hold every share to it.
+    let inputs: Vec<(usize, &[u8])> = good.values().take(k).map(|&v| (verified[v].1.index(), &verified[v].2[..])).collect();
+    let Ok(data) = codec.decode(&inputs) else {
+        return SegmentOutcome { problems, recoverable: false };
+    };
+    let leaves: Vec<Hash> = data.iter().map(|b| hash::block_leaf(b)).collect();
+    let ciphertext_leaf = hash::ciphertext_leaf(&leaves);
+    let mut consistent = false;
+    for (index, _, _, chain) in &verified {
+        match tree::root_from_chain(&shape, s.0, ciphertext_leaf, chain) {
+            Ok(r) if r == ueb.ciphertext_root => consistent = true,
+            _ => problems.push((*index, format!("segment {s}: stored ciphertext-tree chain is corrupt"))),
+        }
+    }
+    if !consistent {
+        for &v in good.values().take(k) {
+            problems.push((verified[v].0, format!("segment {s}: decodes to ciphertext the ciphertext tree rejects (inconsistent shares)")));
+        }
+        return SegmentOutcome { problems, recoverable: false };
+    }
+    let refs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+    let mut parity = vec![vec![0u8; refs[0].len()]; usize::from(g.n() - g.k())];
+    let mut parity_refs: Vec<&mut [u8]> = parity.iter_mut().map(Vec::as_mut_slice).collect();
+    if codec.encode(&refs, &mut parity_refs).is_ok() {
+        for (index, share, block, _) in &verified {
+            let expected: &[u8] = if share.index() < k { &data[share.index()] } else { &parity[share.index() - k] };
+            if &block[..] != expected {
+                problems.push((*index, format!("segment {s}: block disagrees with the other shares")));
+            }
+        }
+    }
+    SegmentOutcome { problems, recoverable: true }
+}

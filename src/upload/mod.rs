@@ -1,0 +1,529 @@
+//! Uploading: plaintext in, shares out, a read cap back.
+//!
+//! Pass 1 streams the input a segment at a time: encrypt, pad, Reed–Solomon encode, hash
+//! every block, and write each block and its leaf hash straight into its share's spool file.
+//! Pass 2 builds every tree inside the spools, writes each record's hash chain next to its
+//! block, and the header, UEB and share chain at the front. Memory stays at a few segments
+//! (plus a few hundred kilobytes per tree level being built) whatever the file size. The
+//! finished spools are then handed to their stores, which move them into place atomically.
+//!
+//! Input of unknown length (a pipe) is first spooled to an unnamed temporary file *already
+//! encrypted*, because the share layout depends on the size; plaintext never touches disk.
+
+mod tree_file;
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+use tracing::{debug, info};
+
+use crate::core::cap::{ReadCap, StorageIndex};
+use crate::core::cipher::{FileKey, Keystream};
+use crate::core::codec::Codec as _;
+use crate::core::erasure::Codec;
+use crate::core::geometry::{Geometry, GeometryError, SegmentIndex, ShareNum};
+use crate::core::hash::{self, Hash};
+use crate::core::share_header::ShareHeader;
+use crate::core::tree;
+use crate::core::ueb::Ueb;
+use crate::core::layout::ShareLayout;
+use crate::grid::Grid;
+use crate::store::SpooledShare;
+use tree_file::TreeSection;
+
+/// What to upload.
+pub enum PutSource {
+    /// A file; its size is known up front.
+    Path(PathBuf),
+    /// A stream of unknown length (stdin, a pipe).
+    Reader(Box<dyn Read + Send>),
+    /// Bytes in memory.
+    Bytes(Vec<u8>),
+}
+
+impl fmt::Debug for PutSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PutSource::Path(p) => write!(f, "Path({})", p.display()),
+            PutSource::Reader(_) => f.write_str("Reader"),
+            PutSource::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
+        }
+    }
+}
+
+/// Progress callback: bytes of input processed so far.
+pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// How to encode and place a file.
+#[derive(Clone)]
+pub struct PutOptions {
+    /// Shares needed to read (1..=n).
+    pub k: u16,
+    /// Shares written (1..=256).
+    pub n: u16,
+    /// Segment size; `None` picks it from the file size ([`Geometry::choose_segment_size`]).
+    pub segment_size: Option<u64>,
+    /// Servers that must take their shares for the upload to succeed; `None`: every server
+    /// the placement uses (`min(n, servers)`).
+    pub happy: Option<u16>,
+    /// Encoding threads.
+    pub threads: usize,
+    /// Called as input is processed.
+    pub progress: Option<Progress>,
+}
+
+impl fmt::Debug for PutOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PutOptions")
+            .field("k", &self.k)
+            .field("n", &self.n)
+            .field("segment_size", &self.segment_size)
+            .field("happy", &self.happy)
+            .field("threads", &self.threads)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for PutOptions {
+    fn default() -> PutOptions {
+        PutOptions {
+            k: 3,
+            n: 10,
+            segment_size: None,
+            happy: None,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            progress: None,
+        }
+    }
+}
+
+/// Why an upload failed. Nothing partial is left where a reader could find it as a share.
+#[derive(Debug, thiserror::Error)]
+pub enum PutError {
+    /// k, n or the segment size are invalid, or the file is too large for them.
+    #[error(transparent)]
+    Parameters(#[from] GeometryError),
+    /// `happy` outside `1..=n`.
+    #[error("happy ({happy}) must be between 1 and n ({n})")]
+    Happy {
+        /// Asked for.
+        happy: u16,
+        /// Total shares.
+        n: u16,
+    },
+    /// The grid has no servers.
+    #[error("there are no storage servers to upload to")]
+    NoServers,
+    /// Reading the input failed.
+    #[error("reading the input: {0}")]
+    Input(io::Error),
+    /// The input file grew or shrank while it was read.
+    #[error("the input changed size while it was being read")]
+    InputChanged,
+    /// Writing a spool failed (disk full, permissions).
+    #[error("writing shares to {dir}: {source}")]
+    Spool {
+        /// Where.
+        dir: String,
+        /// What failed.
+        source: io::Error,
+    },
+    /// The operating system gave no randomness for the key.
+    #[error("cannot generate a key: {0}")]
+    Random(String),
+    /// Too few servers took their shares.
+    #[error("only {stored} servers stored their shares; at least {happy} must:\n{failures}")]
+    NotHappy {
+        /// Servers that stored everything sent to them.
+        stored: usize,
+        /// Required.
+        happy: usize,
+        /// One line per failed share.
+        failures: String,
+    },
+    /// A bug or runtime failure.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Encodes `source` onto `grid` and returns its read cap.
+///
+/// ```no_run
+/// # async fn demo(grid: segvault::Grid) -> Result<(), segvault::PutError> {
+/// use segvault::{PutOptions, PutSource};
+/// let options = PutOptions { k: 2, n: 4, ..PutOptions::default() };
+/// let cap = segvault::put(&grid, PutSource::Path("movie.mp4".into()), &options).await?;
+/// println!("{}", cap.to_secret_string());
+/// # Ok(()) }
+/// ```
+pub async fn put(grid: &Grid, source: PutSource, options: &PutOptions) -> Result<ReadCap, PutError> {
+    if grid.is_empty() {
+        return Err(PutError::NoServers);
+    }
+    if let Some(happy) = options.happy
+        && (happy == 0 || happy > options.n)
+    {
+        return Err(PutError::Happy { happy, n: options.n });
+    }
+    let encoding_grid = grid.clone();
+    let encoding_options = options.clone();
+    let encoded = tokio::task::spawn_blocking(move || encode(&encoding_grid, source, &encoding_options))
+        .await
+        .map_err(|e| PutError::Internal(format!("encoder task failed: {e}")))??;
+    let si = encoded.cap.storage_index();
+    let writes = encoded.spools.into_iter().enumerate().map(|(i, spool)| {
+        let server = encoded.placement[i];
+        let store = grid.servers()[server].store().clone();
+        async move { (i, server, store.write(si, ShareNum(i as u8), spool).await) }
+    });
+    let results = futures::future::join_all(writes).await;
+
+    let mut failed_servers = std::collections::HashSet::new();
+    let mut failures = String::new();
+    for (share, server, result) in &results {
+        if let Err(e) = result {
+            failed_servers.insert(*server);
+            failures.push_str(&format!("  share {share} on {}: {e}\n", grid.servers()[*server].name()));
+        }
+    }
+    let used: std::collections::HashSet<usize> = encoded.placement.iter().copied().collect();
+    let stored = used.len() - failed_servers.len();
+    let happy = options.happy.map_or(used.len(), usize::from).min(used.len().max(1));
+    if stored < happy {
+        return Err(PutError::NotHappy { stored, happy, failures });
+    }
+    info!(%si, size = encoded.cap.geometry().size(), shares = results.len() - failures.lines().count(), "uploaded");
+    Ok(encoded.cap)
+}
+
+struct Encoded {
+    cap: ReadCap,
+    spools: Vec<SpooledShare>,
+    placement: Vec<usize>,
+}
+
+fn spool_error(dir: impl fmt::Display) -> impl FnOnce(io::Error) -> PutError {
+    let dir = dir.to_string();
+    move |source| PutError::Spool { dir, source }
+}
+
+/// The input, positioned at its start, with its size and whether it is already encrypted.
+fn open_input(
+    grid: &Grid,
+    source: PutSource,
+    keystream: &Keystream,
+    progress: Option<&Progress>,
+) -> Result<(Box<dyn Read + Send>, u64, bool), PutError> {
+    match source {
+        PutSource::Path(path) => {
+            let file = File::open(&path).map_err(PutError::Input)?;
+            let size = file.metadata().map_err(PutError::Input)?.len();
+            Ok((Box::new(io::BufReader::with_capacity(1 << 20, file)), size, false))
+        }
+        PutSource::Bytes(bytes) => {
+            let size = bytes.len() as u64;
+            Ok((Box::new(io::Cursor::new(bytes)), size, false))
+        }
+        PutSource::Reader(mut reader) => {
+            let dir = grid
+                .servers()
+                .iter()
+                .find_map(|s| s.store().spool_dir())
+                .unwrap_or_else(std::env::temp_dir);
+            std::fs::create_dir_all(&dir).map_err(spool_error(dir.display()))?;
+            let mut spool = tempfile::tempfile_in(&dir).map_err(spool_error(dir.display()))?;
+            let mut buffer = vec![0u8; 1 << 20];
+            let mut size = 0u64;
+            loop {
+                let n = match reader.read(&mut buffer) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(PutError::Input(e)),
+                };
+                keystream.apply(size, &mut buffer[..n]);
+                spool.write_all(&buffer[..n]).map_err(spool_error(dir.display()))?;
+                size += n as u64;
+                if let Some(progress) = progress {
+                    progress(size);
+                }
+            }
+            spool.rewind().map_err(spool_error(dir.display()))?;
+            Ok((Box::new(io::BufReader::with_capacity(1 << 20, spool)), size, true))
+        }
+    }
+}
+
+fn encode(grid: &Grid, source: PutSource, options: &PutOptions) -> Result<Encoded, PutError> {
+    let key = FileKey::generate().map_err(|e| PutError::Random(e.to_string()))?;
+    let keystream = Keystream::new(&key);
+    let si = StorageIndex(key.storage_index());
+    let (mut input, size, encrypted) = open_input(grid, source, &keystream, options.progress.as_ref())?;
+    let segment_size = options
+        .segment_size
+        .unwrap_or_else(|| Geometry::choose_segment_size(size));
+    let geometry = Geometry::new(size, segment_size, options.k, options.n)?;
+    let layout = ShareLayout::new(&geometry);
+    let placement = grid.placement(&si, options.n);
+    debug!(%si, size, segment_size, k = options.k, n = options.n, "encoding");
+
+    let spools = placement
+        .iter()
+        .map(|&server| {
+            let dir = grid.servers()[server]
+                .store()
+                .spool_dir()
+                .unwrap_or_else(std::env::temp_dir);
+            SpooledShare::create(&dir, layout.share_len()).map_err(spool_error(dir.display()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let encoder = SegmentEncoder {
+        geometry,
+        layout,
+        keystream: &keystream,
+        encrypted,
+        codec: Codec::new(options.k, options.n).map_err(|e| PutError::Internal(e.to_string()))?,
+        spools: &spools,
+    };
+    encoder.encode_all(&mut *input, options)?;
+    let ueb_hash = finish_shares(&geometry, &layout, si, &spools, options.threads)?;
+    Ok(Encoded {
+        cap: ReadCap::new(key, ueb_hash, geometry),
+        spools,
+        placement,
+    })
+}
+
+struct SegmentEncoder<'a> {
+    geometry: Geometry,
+    layout: ShareLayout,
+    keystream: &'a Keystream,
+    encrypted: bool,
+    codec: Codec,
+    spools: &'a [SpooledShare],
+}
+
+/// Scratch space one encoding thread reuses for every segment (allocating fresh 128 KiB
+/// buffers per segment costs more than encoding them).
+struct Scratch {
+    parity: Vec<Vec<u8>>,
+    leaves: Vec<Hash>,
+}
+
+impl SegmentEncoder<'_> {
+    fn section(&self, share: usize, ciphertext: bool) -> TreeSection<'_> {
+        let range = if ciphertext {
+            self.layout.ciphertext_tree_range()
+        } else {
+            self.layout.block_tree_range()
+        };
+        TreeSection {
+            file: self.spools[share].file(),
+            base: range.start,
+            shape: self.geometry.segment_tree(),
+        }
+    }
+
+    /// Reads the input a segment at a time and encodes segments on `options.threads` threads,
+    /// with a fixed pool of segment buffers (memory: threads + 2 segments).
+    fn encode_all(&self, input: &mut dyn Read, options: &PutOptions) -> Result<(), PutError> {
+        let g = &self.geometry;
+        let threads = options.threads.max(1);
+        let failed = AtomicBool::new(false);
+        let first_error: Mutex<Option<PutError>> = Mutex::new(None);
+        let fail = |e: PutError| {
+            failed.store(true, Ordering::SeqCst);
+            first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+        };
+        let done = AtomicU64::new(0);
+        let (job_tx, job_rx) = mpsc::sync_channel::<(SegmentIndex, Vec<u8>)>(threads);
+        let job_rx = Mutex::new(job_rx);
+        let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+        std::thread::scope(|scope| {
+            for _ in 0..threads + 2 {
+                let _ = free_tx.send(Vec::with_capacity(g.padded_segment_len(SegmentIndex(0)) as usize));
+            }
+            for _ in 0..threads {
+                let (job_rx, free_tx, failed, fail) = (&job_rx, free_tx.clone(), &failed, &fail);
+                scope.spawn(move || {
+                    let mut scratch = Scratch {
+                        parity: vec![vec![0u8; g.full_block_size() as usize]; usize::from(g.n() - g.k())],
+                        leaves: vec![Hash::default(); usize::from(g.n())],
+                    };
+                    loop {
+                        let job = job_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok((segment, mut buffer)) = job else { break };
+                        if !failed.load(Ordering::SeqCst)
+                            && let Err(e) = self.encode_segment(segment, &mut buffer, &mut scratch)
+                        {
+                            fail(e);
+                        }
+                        let _ = free_tx.send(buffer);
+                    }
+                });
+            }
+            for s in 0..g.num_segments() {
+                if failed.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut buffer) = free_rx.recv() else { break };
+                let segment = SegmentIndex(s);
+                let len = g.segment_len(segment) as usize;
+                buffer.clear();
+                buffer.resize(len, 0);
+                if let Err(e) = input.read_exact(&mut buffer) {
+                    fail(if e.kind() == io::ErrorKind::UnexpectedEof { PutError::InputChanged } else { PutError::Input(e) });
+                    break;
+                }
+                if job_tx.send((segment, buffer)).is_err() {
+                    break;
+                }
+                let total = done.fetch_add(len as u64, Ordering::Relaxed) + len as u64;
+                if let Some(progress) = &options.progress {
+                    progress(total);
+                }
+            }
+            // Closing the queue lets the workers finish what they hold and exit.
+            drop(job_tx);
+        });
+        if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(e);
+        }
+        match input.read(&mut [0u8; 1]) {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(PutError::InputChanged),
+            Err(e) => Err(PutError::Input(e)),
+        }
+    }
+
+    fn encode_segment(&self, segment: SegmentIndex, buffer: &mut Vec<u8>, scratch: &mut Scratch) -> Result<(), PutError> {
+        let g = &self.geometry;
+        let (k, n) = (usize::from(g.k()), usize::from(g.n()));
+        let block = g.block_size(segment) as usize;
+        if !self.encrypted {
+            self.keystream.apply(g.segment_start(segment), buffer);
+        }
+        buffer.resize(block * k, 0);
+        let data: Vec<&[u8]> = buffer.chunks_exact(block).collect();
+        {
+            let mut parity: Vec<&mut [u8]> = scratch.parity.iter_mut().map(|p| &mut p[..block]).collect();
+            self.codec
+                .encode(&data, &mut parity)
+                .map_err(|e| PutError::Internal(e.to_string()))?;
+        }
+        let offset = self.layout.block_range(segment).start;
+        for share in 0..n {
+            let bytes = if share < k { data[share] } else { &scratch.parity[share - k][..block] };
+            scratch.leaves[share] = hash::block_leaf(bytes);
+            let dir = self.spools[share].path().display().to_string();
+            self.spools[share].file().write_all_at(bytes, offset).map_err(spool_error(&dir))?;
+            self.section(share, false)
+                .write_leaf(segment.0, &scratch.leaves[share])
+                .map_err(spool_error(&dir))?;
+        }
+        let ciphertext_leaf = hash::ciphertext_leaf(&scratch.leaves[..k]);
+        self.section(0, true)
+            .write_leaf(segment.0, &ciphertext_leaf)
+            .map_err(spool_error(self.spools[0].path().display()))
+    }
+}
+
+/// Builds every tree, writes chains, headers, UEB and share chains. Returns the UEB hash.
+fn finish_shares(
+    geometry: &Geometry,
+    layout: &ShareLayout,
+    si: StorageIndex,
+    spools: &[SpooledShare],
+    threads: usize,
+) -> Result<Hash, PutError> {
+    let shape = geometry.segment_tree();
+    let section = |share: usize, range: std::ops::Range<u64>| TreeSection {
+        file: spools[share].file(),
+        base: range.start,
+        shape,
+    };
+    let chunk = spools.len().div_ceil(threads.max(1));
+    let roots: Vec<Hash> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..spools.len())
+            .collect::<Vec<_>>()
+            .chunks(chunk.max(1))
+            .map(|shares| {
+                let shares = shares.to_vec();
+                scope.spawn(move || {
+                    shares
+                        .into_iter()
+                        .map(|i| section(i, layout.block_tree_range()).build())
+                        .collect::<io::Result<Vec<Hash>>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|_| Err(io::Error::other("tree thread panicked"))))
+            .collect::<io::Result<Vec<Vec<Hash>>>>()
+            .map(|v| v.into_iter().flatten().collect())
+    })
+    .map_err(spool_error("share spools"))?;
+    let ciphertext = section(0, layout.ciphertext_tree_range());
+    let ciphertext_root = ciphertext.build().map_err(spool_error("share spools"))?;
+    let share_tree = tree::build(&roots);
+    let ueb = Ueb {
+        geometry: *geometry,
+        share_root: share_tree[0],
+        ciphertext_root,
+    };
+    let ueb_bytes = ueb.to_bytes();
+
+    let finish_one = |i: usize| -> io::Result<()> {
+        let file = spools[i].file();
+        if i != 0 {
+            ciphertext.copy_to(file, layout.ciphertext_tree_range().start)?;
+        }
+        let blocks = section(i, layout.block_tree_range());
+        let mut block_chains = blocks.chain_reader();
+        let mut ciphertext_chains = ciphertext.chain_reader();
+        let mut chain = Vec::with_capacity(layout.depth() as usize * 64);
+        for s in 0..geometry.num_segments() {
+            chain.clear();
+            for level in 0..layout.depth() {
+                chain.extend_from_slice(&block_chains.sibling(s, level)?.0);
+                chain.extend_from_slice(&ciphertext_chains.sibling(s, level)?.0);
+            }
+            file.write_all_at(&chain, layout.chain_range(SegmentIndex(s)).start)?;
+        }
+        let mut front = ShareHeader {
+            share: ShareNum(i as u8),
+            geometry: *geometry,
+            storage_index: si,
+        }
+        .to_bytes();
+        front.extend_from_slice(&ueb_bytes);
+        for sibling in tree::chain_of(&share_tree, &geometry.share_tree(), i as u64) {
+            front.extend_from_slice(&sibling.0);
+        }
+        debug_assert_eq!(front.len() as u64, layout.header_region().end);
+        file.write_all_at(&front, 0)
+    };
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..spools.len())
+            .collect::<Vec<_>>()
+            .chunks(chunk.max(1))
+            .map(|shares| {
+                let shares = shares.to_vec();
+                let finish_one = &finish_one;
+                scope.spawn(move || shares.into_iter().try_for_each(finish_one))
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().unwrap_or_else(|_| Err(io::Error::other("share thread panicked"))))
+    })
+    .map_err(spool_error("share spools"))?;
+    Ok(hash::ueb(&ueb_bytes))
+}

@@ -11,7 +11,7 @@ use crate::core::codec::Codec;
 use crate::core::geometry::{Geometry, SegmentIndex};
 use crate::core::hash::{self, Hash};
 use crate::core::layout::ShareLayout;
-use crate::core::planner::{RecordRequest, Record, plan_range};
+use crate::core::planner::{Record, RecordRequest, plan_range};
 use crate::core::share_header::ShareHeader;
 use crate::core::tree::{self, NodeIndex, PartialTree, TreeShape};
 use crate::core::ueb::Ueb;
@@ -36,7 +36,11 @@ pub fn geometry_and_planner(data: &[u8]) {
     let Ok(input) = GeometryInput::arbitrary(&mut Unstructured::new(data)) else {
         return;
     };
-    let size = if input.small { input.size % 100_000 } else { input.size };
+    let size = if input.small {
+        input.size % 100_000
+    } else {
+        input.size
+    };
     let segment_size = if input.small {
         u64::from(input.segment_size % 5000)
     } else {
@@ -55,7 +59,10 @@ pub fn geometry_and_planner(data: &[u8]) {
     for slice in plan_range(&g, range).take(64) {
         let seg = g.segment_range(slice.segment);
         assert!(slice.within.start < slice.within.end, "empty slice");
-        assert!(slice.within.end <= seg.end - seg.start, "slice past its segment");
+        assert!(
+            slice.within.end <= seg.end - seg.start,
+            "slice past its segment"
+        );
         assert_eq!(seg.start + slice.within.start, covered, "gap or overlap");
         assert_eq!(slice.output_offset, covered - clamped.start);
         covered = seg.start + slice.within.end;
@@ -73,9 +80,16 @@ pub fn geometry_and_planner(data: &[u8]) {
         assert!(g.block_size(s) >= 1);
         assert!(layout.chain_range(s).end <= layout.block_tree_range().start);
         if s.0 + 1 < g.num_segments() {
-            assert_eq!(layout.chain_range(s).end, layout.record_offset(SegmentIndex(s.0 + 1)));
+            assert_eq!(
+                layout.chain_range(s).end,
+                layout.record_offset(SegmentIndex(s.0 + 1))
+            );
         }
-        let request = RecordRequest { segment: s, header: input.header, levels: input.levels };
+        let request = RecordRequest {
+            segment: s,
+            header: input.header,
+            levels: input.levels,
+        };
         let ranges = request.ranges(&layout);
         for r in &ranges {
             assert!(r.start < r.end && r.end <= layout.share_len());
@@ -86,7 +100,10 @@ pub fn geometry_and_planner(data: &[u8]) {
             let bytes = vec![0u8; (record_len.end - record_len.start) as usize];
             let parsed = Record::parse(&layout, s, &bytes).expect("planned record parses");
             assert_eq!(parsed.block.len() as u64, g.block_size(s));
-            assert_eq!(parsed.block_chain.len() as u32, input.levels.min(layout.depth()));
+            assert_eq!(
+                parsed.block_chain.len() as u32,
+                input.levels.min(layout.depth())
+            );
         }
     }
     assert_eq!(layout.ciphertext_tree_range().end, layout.share_len());
@@ -95,7 +112,12 @@ pub fn geometry_and_planner(data: &[u8]) {
 #[derive(Debug, Arbitrary)]
 enum TreeOp {
     Insert(Vec<(u16, Option<[u8; 4]>)>),
-    VerifyLeaf { leaf: u16, corrupt_level: Option<u8>, truncate: Option<u8>, corrupt_leaf: bool },
+    VerifyLeaf {
+        leaf: u16,
+        corrupt_level: Option<u8>,
+        truncate: Option<u8>,
+        corrupt_leaf: bool,
+    },
 }
 
 /// The incomplete tree with hostile nodes: whatever is offered, every node it accepts equals
@@ -105,7 +127,9 @@ pub fn merkle(data: &[u8]) {
     let Ok(leaf_count) = u.int_in_range(0u64..=70) else {
         return;
     };
-    let leaves: Vec<Hash> = (0..leaf_count).map(|i| hash::block_leaf(&i.to_le_bytes())).collect();
+    let leaves: Vec<Hash> = (0..leaf_count)
+        .map(|i| hash::block_leaf(&i.to_le_bytes()))
+        .collect();
     let truth = tree::build(&leaves);
     let shape = TreeShape::new(leaf_count);
     let mut partial = PartialTree::new(shape, truth[0]);
@@ -131,7 +155,12 @@ pub fn merkle(data: &[u8]) {
                     .collect();
                 partial.insert(&batch).map(|_| ())
             }
-            TreeOp::VerifyLeaf { leaf, corrupt_level, truncate, corrupt_leaf } => {
+            TreeOp::VerifyLeaf {
+                leaf,
+                corrupt_level,
+                truncate,
+                corrupt_leaf,
+            } => {
                 let j = u64::from(leaf) % shape.width();
                 let mut chain = tree::chain_of(&truth, &shape, j);
                 let mut honest = true;

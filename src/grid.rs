@@ -53,7 +53,9 @@ impl fmt::Debug for Server {
 #[derive(Debug, thiserror::Error)]
 pub enum GridError {
     /// A server address this build cannot use yet.
-    #[error("unsupported server {0:?}: give a directory path (HTTP storage nodes are not available in this build)")]
+    #[error(
+        "unsupported server {0:?}: give a directory path (HTTP storage nodes are not available in this build)"
+    )]
     Unsupported(String),
     /// A directory could not be prepared.
     #[error("storage directory {path}: {source}")]
@@ -86,10 +88,21 @@ impl Grid {
         let mut numbers: Vec<usize> = match std::fs::read_dir(&grid_dir) {
             Ok(entries) => entries
                 .flatten()
-                .filter_map(|e| e.file_name().to_str()?.strip_prefix("server-")?.parse().ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_prefix("server-")?
+                        .parse()
+                        .ok()
+                })
                 .collect(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(source) => return Err(GridError::Directory { path: grid_dir, source }),
+            Err(source) => {
+                return Err(GridError::Directory {
+                    path: grid_dir,
+                    source,
+                });
+            }
         };
         numbers.extend(0..min_servers);
         numbers.sort_unstable();
@@ -97,7 +110,8 @@ impl Grid {
         let mut stores: Vec<Arc<dyn ShareStore>> = Vec::with_capacity(numbers.len());
         for i in numbers {
             let path = grid_dir.join(format!("server-{i:02}"));
-            let store = DirectoryStore::open(&path).map_err(|source| GridError::Directory { path, source })?;
+            let store = DirectoryStore::open(&path)
+                .map_err(|source| GridError::Directory { path, source })?;
             stores.push(Arc::new(store));
         }
         Ok(Grid::new(stores))
@@ -112,7 +126,8 @@ impl Grid {
             }
             let path = PathBuf::from(spec);
             let store = if create || path.is_dir() {
-                DirectoryStore::open(&path).map_err(|source| GridError::Directory { path, source })?
+                DirectoryStore::open(&path)
+                    .map_err(|source| GridError::Directory { path, source })?
             } else {
                 DirectoryStore::detached(path)
             };
@@ -142,10 +157,13 @@ impl Grid {
     /// shares in turn.
     pub fn placement(&self, storage_index: &StorageIndex, n: u16) -> Vec<usize> {
         let mut ranked: Vec<usize> = (0..self.servers.len()).collect();
-        ranked.sort_by_cached_key(|&i| hash::placement_rank(&storage_index.0, &self.servers[i].name));
+        ranked
+            .sort_by_cached_key(|&i| hash::placement_rank(&storage_index.0, &self.servers[i].name));
         if ranked.is_empty() {
             return Vec::new();
         }
-        (0..usize::from(n)).map(|i| ranked[i % ranked.len()]).collect()
+        (0..usize::from(n))
+            .map(|i| ranked[i % ranked.len()])
+            .collect()
     }
 }

@@ -9,7 +9,8 @@
 /// assert!(segvault::size::parse("lots").is_err());
 /// ```
 pub fn parse(text: &str) -> Result<u64, String> {
-    parse_size::parse_size(text).map_err(|e| format!("invalid size {text:?}: {e} (examples: 4096, 128KiB, 1MiB)"))
+    parse_size::parse_size(text)
+        .map_err(|e| format!("invalid size {text:?}: {e} (examples: 4096, 128KiB, 1MiB)"))
 }
 
 /// Formats a byte count with a binary suffix, e.g. `128 KiB`, `1.50 GiB`.

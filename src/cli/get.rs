@@ -30,13 +30,16 @@ pub(crate) struct GetArgs {
 /// Parses `--range` with the same RFC 9110 parser the gateway uses.
 fn parse_range(text: &str, len: u64) -> anyhow::Result<Range<u64>> {
     let usage = "use START-END (inclusive), START- or -SUFFIX";
-    let parsed = parse_range_header(&format!("bytes={text}")).map_err(|e| anyhow!("invalid --range {text:?}: {e}; {usage}"))?;
+    let parsed = parse_range_header(&format!("bytes={text}"))
+        .map_err(|e| anyhow!("invalid --range {text:?}: {e}; {usage}"))?;
     if parsed.len() != 1 {
         return Err(anyhow!("--range takes one range; {usage}"));
     }
     match parsed.validate(len) {
         Ok(ranges) => Ok(ranges.first().map_or(0..0, |r| *r.start()..*r.end() + 1)),
-        Err(RangeUnsatisfiableError::Unsatisfiable) => Err(anyhow!("--range {text} is outside the file ({len} bytes)")),
+        Err(RangeUnsatisfiableError::Unsatisfiable) => {
+            Err(anyhow!("--range {text} is outside the file ({len} bytes)"))
+        }
         Err(e) => Err(anyhow!("invalid --range {text:?}: {e}; {usage}")),
     }
 }
@@ -45,18 +48,29 @@ fn parse_range(text: &str, len: u64) -> anyhow::Result<Range<u64>> {
 /// complete.
 enum Sink {
     Stdout,
-    File { temp: tempfile::NamedTempFile, target: PathBuf },
+    File {
+        temp: tempfile::NamedTempFile,
+        target: PathBuf,
+    },
 }
 
 impl Sink {
     fn create(output: Option<&Path>) -> anyhow::Result<Sink> {
-        let Some(target) = output else { return Ok(Sink::Stdout) };
-        let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let Some(target) = output else {
+            return Ok(Sink::Stdout);
+        };
+        let dir = target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let temp = tempfile::Builder::new()
             .prefix(".segvault-partial-")
             .tempfile_in(dir)
             .with_context(|| format!("cannot write in {}", dir.display()))?;
-        Ok(Sink::File { temp, target: target.to_owned() })
+        Ok(Sink::File {
+            temp,
+            target: target.to_owned(),
+        })
     }
 
     fn writer(&self) -> anyhow::Result<Box<dyn Write + Send>> {
@@ -69,7 +83,8 @@ impl Sink {
     fn finish(self) -> anyhow::Result<()> {
         if let Sink::File { temp, target } = self {
             temp.as_file().sync_all()?;
-            temp.persist(&target).with_context(|| format!("cannot replace {}", target.display()))?;
+            temp.persist(&target)
+                .with_context(|| format!("cannot replace {}", target.display()))?;
         }
         Ok(())
     }
@@ -123,7 +138,9 @@ pub(crate) async fn run(cli: &Cli, args: &GetArgs) -> anyhow::Result<ExitCode> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let written = writer_thread.join().map_err(|_| anyhow!("the output thread panicked"))?;
+    let written = writer_thread
+        .join()
+        .map_err(|_| anyhow!("the output thread panicked"))?;
     if let Some(e) = failure {
         return Err(e.into());
     }

@@ -2,20 +2,24 @@
 
 use std::process::ExitCode;
 
+use segvault::ReaderConfig;
 use segvault::core::cap::Cap;
 use segvault::core::layout::ShareLayout;
 use segvault::engine::verify;
 use segvault::size;
-use segvault::ReaderConfig;
 
-use super::{Cli, CapArgs, read_cap_argument};
+use super::{CapArgs, Cli, read_cap_argument};
 
 pub(crate) async fn verify(cli: &Cli, args: &CapArgs) -> anyhow::Result<ExitCode> {
     let cap = read_cap_argument(&args.cap)?.verify_cap();
     let grid = cli.grid(0, false)?;
     let report = verify::verify(&grid, &cap, &ReaderConfig::default(), None).await;
     println!("{report}");
-    Ok(if report.is_healthy() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.is_healthy() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 pub(crate) async fn info(cli: &Cli, args: &CapArgs) -> anyhow::Result<ExitCode> {
@@ -28,11 +32,27 @@ pub(crate) async fn info(cli: &Cli, args: &CapArgs) -> anyhow::Result<ExitCode> 
 
     println!("storage index: {si}");
     println!("verify cap:    {verify_cap}");
-    println!("kind:          {}", if matches!(cap, Cap::Read(_)) { "read cap" } else { "verify cap" });
-    println!("size:          {} bytes ({})", g.size(), size::format(g.size()));
+    println!(
+        "kind:          {}",
+        if matches!(cap, Cap::Read(_)) {
+            "read cap"
+        } else {
+            "verify cap"
+        }
+    );
+    println!(
+        "size:          {} bytes ({})",
+        g.size(),
+        size::format(g.size())
+    );
     println!("k:             {}", g.k());
     println!("n:             {}", g.n());
-    println!("segment size:  {} bytes ({}), {} segments", g.segment_size(), size::format(g.segment_size()), g.num_segments());
+    println!(
+        "segment size:  {} bytes ({}), {} segments",
+        g.segment_size(),
+        size::format(g.segment_size()),
+        g.num_segments()
+    );
     println!("share size:    {} bytes", ShareLayout::new(&g).share_len());
     let mut found = std::collections::BTreeSet::new();
     let mut lines = Vec::new();

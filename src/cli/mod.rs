@@ -71,7 +71,8 @@ impl Cli {
             return Ok(Grid::from_specs(&self.servers, for_upload)?);
         }
         let dir = self.data_dir()?;
-        let grid = Grid::embedded(&dir, min_servers).with_context(|| format!("opening the embedded grid in {}", dir.display()))?;
+        let grid = Grid::embedded(&dir, min_servers)
+            .with_context(|| format!("opening the embedded grid in {}", dir.display()))?;
         if grid.is_empty() {
             return Err(anyhow!(
                 "the embedded grid in {} has no storage directories yet: upload a file first, or pass --server",
@@ -87,7 +88,9 @@ fn read_cap_argument(text: &str) -> anyhow::Result<Cap> {
     let owned;
     let text = if text == "-" {
         let mut line = String::new();
-        std::io::stdin().read_line(&mut line).context("reading the cap from stdin")?;
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the cap from stdin")?;
         owned = line;
         owned.as_str()
     } else {
@@ -135,7 +138,10 @@ fn init_logging(verbose: u8) {
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("segvault: cannot start the runtime: {e}");
@@ -158,4 +164,3 @@ pub(crate) fn main() -> ExitCode {
         }
     }
 }
-

@@ -34,11 +34,22 @@ pub(crate) async fn run(cli: &Cli, args: &PutArgs) -> anyhow::Result<ExitCode> {
     let (source, total) = if args.path.as_os_str() == "-" {
         (PutSource::Reader(Box::new(std::io::stdin())), None)
     } else {
-        let meta = std::fs::metadata(&args.path).with_context(|| format!("cannot read {}", args.path.display()))?;
-        if !meta.is_file() {
-            return Err(anyhow!("{} is not a regular file", args.path.display()));
+        let meta = std::fs::metadata(&args.path)
+            .with_context(|| format!("cannot read {}", args.path.display()))?;
+        if meta.is_dir() {
+            return Err(anyhow!(
+                "{} is a directory; segvault stores files",
+                args.path.display()
+            ));
         }
-        (PutSource::Path(args.path.clone()), Some(meta.len()))
+        if meta.is_file() {
+            (PutSource::Path(args.path.clone()), Some(meta.len()))
+        } else {
+            // A pipe or device (`<(command)`, /dev/stdin): its length is unknown, like stdin's.
+            let file = std::fs::File::open(&args.path)
+                .with_context(|| format!("cannot read {}", args.path.display()))?;
+            (PutSource::Reader(Box::new(file)), None)
+        }
     };
     let grid = cli.grid(EMBEDDED_SERVERS.max(usize::from(args.n)), true)?;
     let bar = progress_bar(total, "put");
@@ -47,7 +58,9 @@ pub(crate) async fn run(cli: &Cli, args: &PutArgs) -> anyhow::Result<ExitCode> {
         n: args.n,
         segment_size: args.segment_size,
         happy: args.happy,
-        progress: bar.clone().map(|bar| Arc::new(move |done: u64| bar.set_position(done)) as _),
+        progress: bar
+            .clone()
+            .map(|bar| Arc::new(move |done: u64| bar.set_position(done)) as _),
         ..PutOptions::default()
     };
     let cap = segvault::put(&grid, source, &options).await;

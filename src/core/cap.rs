@@ -30,7 +30,8 @@ static BASE32: LazyLock<Encoding> = LazyLock::new(|| {
     let mut spec = Specification::new();
     spec.symbols.push_str("abcdefghijklmnopqrstuvwxyz234567");
     spec.check_trailing_bits = true;
-    spec.encoding().unwrap_or_else(|e| unreachable!("valid base32 specification: {e}"))
+    spec.encoding()
+        .unwrap_or_else(|e| unreachable!("valid base32 specification: {e}"))
 });
 
 /// Lowercase unpadded base32 (the alphabet of caps and share paths).
@@ -265,11 +266,18 @@ impl fmt::Display for VerifyCap {
 
 fn field_error(kind: &'static str, e: DecodeError) -> CapError {
     let (field, reason) = match e {
-        DecodeError::Truncated { what, .. } => (what, "missing (a cap has 7 fields separated by ':')".to_owned()),
+        DecodeError::Truncated { what, .. } => (
+            what,
+            "missing (a cap has 7 fields separated by ':')".to_owned(),
+        ),
         DecodeError::Invalid { what, reason, .. } => (what, reason),
         DecodeError::Trailing { what, count } => (what, format!("{count} extra characters")),
     };
-    CapError::Field { kind, field, reason }
+    CapError::Field {
+        kind,
+        field,
+        reason,
+    }
 }
 
 fn decimal<T: TryFrom<u64>>(
@@ -287,7 +295,13 @@ fn decimal<T: TryFrom<u64>>(
         .then(|| std::str::from_utf8(text).ok()?.parse::<u64>().ok())
         .flatten()
         .and_then(|v| T::try_from(v).ok());
-    value.ok_or_else(|| r.invalid(what, at, "must be a decimal number without leading zeros, in range"))
+    value.ok_or_else(|| {
+        r.invalid(
+            what,
+            at,
+            "must be a decimal number without leading zeros, in range",
+        )
+    })
 }
 
 fn binary<const N: usize>(r: &mut Reader<'_>, what: &'static str) -> Result<[u8; N], DecodeError> {
@@ -312,7 +326,11 @@ struct Parsed<const N: usize> {
     geometry: Geometry,
 }
 
-fn parse_body<const N: usize>(r: &mut Reader<'_>, kind: &'static str, id_name: &'static str) -> Result<Parsed<N>, CapError> {
+fn parse_body<const N: usize>(
+    r: &mut Reader<'_>,
+    kind: &'static str,
+    id_name: &'static str,
+) -> Result<Parsed<N>, CapError> {
     let fields = (|| {
         let id = binary::<N>(r, id_name)?;
         let ueb_hash = Hash(binary::<32>(r, "UEB hash")?);
@@ -326,7 +344,11 @@ fn parse_body<const N: usize>(r: &mut Reader<'_>, kind: &'static str, id_name: &
     let (id, ueb_hash, k, n, segment_size, size) = fields;
     let geometry = Geometry::new(size, segment_size, k, n)
         .map_err(|source| CapError::Parameters { kind, source })?;
-    Ok(Parsed { id, ueb_hash, geometry })
+    Ok(Parsed {
+        id,
+        ueb_hash,
+        geometry,
+    })
 }
 
 impl FromStr for Cap {
@@ -334,13 +356,23 @@ impl FromStr for Cap {
 
     fn from_str(text: &str) -> Result<Cap, CapError> {
         let mut r = Reader::new(text.as_bytes());
-        let prefix = r.until(b':', "prefix").map_err(|_| CapError::UnknownPrefix)?;
+        let prefix = r
+            .until(b':', "prefix")
+            .map_err(|_| CapError::UnknownPrefix)?;
         if prefix == READ_CAP_PREFIX.as_bytes() {
             let p = parse_body::<32>(&mut r, "read", "key")?;
-            Ok(Cap::Read(ReadCap::new(FileKey::from_bytes(p.id), p.ueb_hash, p.geometry)))
+            Ok(Cap::Read(ReadCap::new(
+                FileKey::from_bytes(p.id),
+                p.ueb_hash,
+                p.geometry,
+            )))
         } else if prefix == VERIFY_CAP_PREFIX.as_bytes() {
             let p = parse_body::<16>(&mut r, "verify", "storage index")?;
-            Ok(Cap::Verify(VerifyCap::new(StorageIndex(p.id), p.ueb_hash, p.geometry)))
+            Ok(Cap::Verify(VerifyCap::new(
+                StorageIndex(p.id),
+                p.ueb_hash,
+                p.geometry,
+            )))
         } else {
             Err(CapError::UnknownPrefix)
         }

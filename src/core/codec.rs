@@ -9,7 +9,9 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     /// The input ended inside a field.
-    #[error("{what}: truncated at byte {offset} (the field needs {needed} bytes, {available} left)")]
+    #[error(
+        "{what}: truncated at byte {offset} (the field needs {needed} bytes, {available} left)"
+    )]
     Truncated {
         /// The field being read.
         what: &'static str,
@@ -157,7 +159,12 @@ impl<'a> Reader<'a> {
     }
 
     /// An `Invalid` error for a field that started at `offset`.
-    pub fn invalid(&self, what: &'static str, offset: usize, reason: impl Into<String>) -> DecodeError {
+    pub fn invalid(
+        &self,
+        what: &'static str,
+        offset: usize,
+        reason: impl Into<String>,
+    ) -> DecodeError {
         DecodeError::Invalid {
             what,
             offset,

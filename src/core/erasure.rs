@@ -64,10 +64,12 @@ impl Codec {
         let (k, n) = (usize::from(k), usize::from(n));
         // With no parity there is nothing to compute; the library refuses zero parity.
         let rs = if n > k {
-            Some(ReedSolomon::new(k, n - k).map_err(|_| ErasureError::Parameters {
-                k: k as u16,
-                n: n as u16,
-            })?)
+            Some(
+                ReedSolomon::new(k, n - k).map_err(|_| ErasureError::Parameters {
+                    k: k as u16,
+                    n: n as u16,
+                })?,
+            )
         } else {
             None
         };
@@ -130,10 +132,9 @@ impl Codec {
         let mut slots: Vec<Option<Vec<u8>>> = vec![None; self.n];
         let mut present = 0;
         for &(share, bytes) in blocks {
-            let slot = slots.get_mut(share).ok_or(ErasureError::ShareOutOfRange {
-                share,
-                n: self.n,
-            })?;
+            let slot = slots
+                .get_mut(share)
+                .ok_or(ErasureError::ShareOutOfRange { share, n: self.n })?;
             if slot.is_none() {
                 *slot = Some(bytes.to_vec());
                 present += 1;
@@ -156,7 +157,12 @@ impl Codec {
         slots
             .into_iter()
             .take(self.k)
-            .map(|slot| slot.ok_or(ErasureError::TooFewBlocks { k: self.k, got: present }))
+            .map(|slot| {
+                slot.ok_or(ErasureError::TooFewBlocks {
+                    k: self.k,
+                    got: present,
+                })
+            })
             .collect()
     }
 }
@@ -173,11 +179,17 @@ mod tests {
         let mut parity = vec![vec![0u8; 5]; 3];
         let mut prefs: Vec<&mut [u8]> = parity.iter_mut().map(Vec::as_mut_slice).collect();
         codec.encode(&refs, &mut prefs).unwrap();
-        let all: Vec<&[u8]> = refs.iter().copied().chain(parity.iter().map(Vec::as_slice)).collect();
+        let all: Vec<&[u8]> = refs
+            .iter()
+            .copied()
+            .chain(parity.iter().map(Vec::as_slice))
+            .collect();
         for a in 0..6 {
             for b in a + 1..6 {
                 for c in b + 1..6 {
-                    let got = codec.decode(&[(a, all[a]), (b, all[b]), (c, all[c])]).unwrap();
+                    let got = codec
+                        .decode(&[(a, all[a]), (b, all[b]), (c, all[c])])
+                        .unwrap();
                     assert_eq!(got, data, "shares {a},{b},{c}");
                 }
             }

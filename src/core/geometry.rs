@@ -162,8 +162,7 @@ impl Geometry {
     /// hash chain under 17 levels.
     pub fn choose_segment_size(size: u64) -> u64 {
         let mut segment_size = DEFAULT_SEGMENT_SIZE;
-        while size.div_ceil(segment_size) > TARGET_MAX_SEGMENTS && segment_size < MAX_SEGMENT_SIZE
-        {
+        while size.div_ceil(segment_size) > TARGET_MAX_SEGMENTS && segment_size < MAX_SEGMENT_SIZE {
             segment_size *= 2;
         }
         segment_size
@@ -323,6 +322,9 @@ mod tests {
         assert_eq!(Geometry::choose_segment_size(8 << 30), DEFAULT_SEGMENT_SIZE);
         assert_eq!(Geometry::choose_segment_size((8 << 30) + 1), 256 << 10);
         assert_eq!(Geometry::choose_segment_size(1 << 40), 16 << 20);
-        assert_eq!(Geometry::choose_segment_size(MAX_FILE_SIZE), MAX_SEGMENT_SIZE);
+        assert_eq!(
+            Geometry::choose_segment_size(MAX_FILE_SIZE),
+            MAX_SEGMENT_SIZE
+        );
     }
 }

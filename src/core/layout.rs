@@ -165,11 +165,20 @@ mod tests {
         assert_eq!(l.header_region(), 0..64 + 90 + 96);
         let r0 = l.record_offset(SegmentIndex(0));
         assert_eq!(r0, 250);
-        assert_eq!(l.block_range(SegmentIndex(1)), 250 + 2 + 128..250 + 2 + 128 + 2);
-        assert_eq!(l.chain_range(SegmentIndex(2)).end, l.block_tree_range().start);
+        assert_eq!(
+            l.block_range(SegmentIndex(1)),
+            250 + 2 + 128..250 + 2 + 128 + 2
+        );
+        assert_eq!(
+            l.chain_range(SegmentIndex(2)).end,
+            l.block_tree_range().start
+        );
         assert_eq!(l.block_tree_range().end, l.ciphertext_tree_range().start);
         assert_eq!(l.ciphertext_tree_range().end, l.share_len());
-        assert_eq!(l.block_tree_range().end - l.block_tree_range().start, 7 * 32);
+        assert_eq!(
+            l.block_tree_range().end - l.block_tree_range().start,
+            7 * 32
+        );
     }
 
     #[test]

@@ -40,7 +40,10 @@ pub fn clamp(geometry: &Geometry, offset: u64, len: u64) -> Range<u64> {
 /// assert_eq!((plan[0].segment, plan[0].within.clone()), (SegmentIndex(0), 30..40));
 /// assert_eq!((plan[2].segment, plan[2].within.clone()), (SegmentIndex(2), 0..10));
 /// ```
-pub fn plan_range(geometry: &Geometry, range: Range<u64>) -> impl Iterator<Item = SegmentSlice> + use<> {
+pub fn plan_range(
+    geometry: &Geometry,
+    range: Range<u64>,
+) -> impl Iterator<Item = SegmentSlice> + use<> {
     let g = *geometry;
     let range = clamp(&g, range.start, range.end.saturating_sub(range.start));
     g.segments_overlapping(range.clone()).map(move |s| {
@@ -107,10 +110,17 @@ impl RecordRequest {
 
     /// Splits the bytes returned for [`ranges`](Self::ranges) into the header region (if
     /// asked for) and the record. `None` if the lengths are not what was asked for.
-    pub fn split<'a>(&self, layout: &ShareLayout, parts: &'a [impl AsRef<[u8]>]) -> Option<(Option<&'a [u8]>, &'a [u8])> {
+    pub fn split<'a>(
+        &self,
+        layout: &ShareLayout,
+        parts: &'a [impl AsRef<[u8]>],
+    ) -> Option<(Option<&'a [u8]>, &'a [u8])> {
         let ranges = self.ranges(layout);
         if parts.len() != ranges.len()
-            || parts.iter().zip(&ranges).any(|(p, r)| p.as_ref().len() as u64 != r.end - r.start)
+            || parts
+                .iter()
+                .zip(&ranges)
+                .any(|(p, r)| p.as_ref().len() as u64 != r.end - r.start)
         {
             return None;
         }
@@ -141,10 +151,16 @@ pub struct Record<'a> {
 impl<'a> Record<'a> {
     /// Parses the bytes of [`ShareLayout::record_read`] for `segment`. `None` if the length
     /// is not a block plus whole chain levels.
-    pub fn parse(layout: &ShareLayout, segment: SegmentIndex, bytes: &'a [u8]) -> Option<Record<'a>> {
+    pub fn parse(
+        layout: &ShareLayout,
+        segment: SegmentIndex,
+        bytes: &'a [u8],
+    ) -> Option<Record<'a>> {
         let block_len = layout.geometry().block_size(segment) as usize;
         let (block, chain) = bytes.split_at_checked(block_len)?;
-        if chain.len() as u64 % CHAIN_LEVEL_LEN != 0 || chain.len() as u64 / CHAIN_LEVEL_LEN > u64::from(layout.depth()) {
+        if chain.len() as u64 % CHAIN_LEVEL_LEN != 0
+            || chain.len() as u64 / CHAIN_LEVEL_LEN > u64::from(layout.depth())
+        {
             return None;
         }
         let mut block_chain = Vec::with_capacity(chain.len() / 64);
@@ -193,10 +209,16 @@ mod tests {
         let req = RecordRequest::plan(&layout, SegmentIndex(0), None, &ct, false);
         assert!(req.header);
         assert_eq!(req.levels, 4);
-        assert_eq!(req.ranges(&layout), vec![0..layout.record_read(SegmentIndex(0), 4).end]);
+        assert_eq!(
+            req.ranges(&layout),
+            vec![0..layout.record_read(SegmentIndex(0), 4).end]
+        );
         let later = RecordRequest::plan(&layout, SegmentIndex(7), None, &ct, false);
         assert_eq!(later.ranges(&layout).len(), 2);
         let warm = RecordRequest::plan(&layout, SegmentIndex(7), None, &ct, true);
-        assert_eq!(warm.ranges(&layout), vec![layout.record_read(SegmentIndex(7), 4)]);
+        assert_eq!(
+            warm.ranges(&layout),
+            vec![layout.record_read(SegmentIndex(7), 4)]
+        );
     }
 }

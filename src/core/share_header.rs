@@ -49,7 +49,11 @@ impl Codec for ShareHeader {
         let at = r.position();
         let version = r.u16("share layout version")?;
         if version != LAYOUT_VERSION {
-            return Err(r.invalid("share layout version", at, format!("version {version} is not supported (this build reads {LAYOUT_VERSION})")));
+            return Err(r.invalid(
+                "share layout version",
+                at,
+                format!("version {version} is not supported (this build reads {LAYOUT_VERSION})"),
+            ));
         }
         let share = ShareNum(r.u8("share number")?);
         let at = r.position();
@@ -64,16 +68,27 @@ impl Codec for ShareHeader {
         let geometry = Geometry::new(size, u64::from(segment_size), k, n)
             .map_err(|e| r.invalid("share parameters", at, e.to_string()))?;
         if u16::from(share.0) >= n {
-            return Err(r.invalid("share number", 6, format!("share {share} is not below n={n}")));
+            return Err(r.invalid(
+                "share number",
+                6,
+                format!("share {share} is not below n={n}"),
+            ));
         }
         let storage_index = StorageIndex(r.array("share storage index")?);
         let at = r.position();
         let ueb_len = r.u32("share UEB length")?;
         if ueb_len as usize != UEB_LEN {
-            return Err(r.invalid("share UEB length", at, format!("{ueb_len} is not {UEB_LEN}")));
+            return Err(r.invalid(
+                "share UEB length",
+                at,
+                format!("{ueb_len} is not {UEB_LEN}"),
+            ));
         }
         let at = r.position();
-        if r.take(RESERVED_LEN, "share header reserved bytes")?.iter().any(|&b| b != 0) {
+        if r.take(RESERVED_LEN, "share header reserved bytes")?
+            .iter()
+            .any(|&b| b != 0)
+        {
             return Err(r.invalid("share header reserved bytes", at, "must be zero"));
         }
         Ok(ShareHeader {

@@ -285,7 +285,12 @@ impl PartialTree {
 
     /// Verifies leaf `j` with `chain` (siblings bottom-up; extra levels are ignored) and
     /// learns the leaf and the siblings used. Atomic.
-    pub fn verify_leaf(&mut self, j: u64, leaf_hash: Hash, chain: &[Hash]) -> Result<(), TreeError> {
+    pub fn verify_leaf(
+        &mut self,
+        j: u64,
+        leaf_hash: Hash,
+        chain: &[Hash],
+    ) -> Result<(), TreeError> {
         if j >= self.shape.width() {
             return Err(TreeError::OutOfRange {
                 node: NodeIndex(self.shape.width().saturating_add(j)),
@@ -424,11 +429,13 @@ mod tests {
         let shape = TreeShape::new(11);
         let mut t = PartialTree::new(shape, nodes[0]);
         assert_eq!(t.levels_needed(3), 4);
-        t.verify_leaf(3, l[3], &chain_of(&nodes, &shape, 3)).unwrap();
+        t.verify_leaf(3, l[3], &chain_of(&nodes, &shape, 3))
+            .unwrap();
         // Leaf 2 is the sibling of leaf 3, already learned.
         assert_eq!(t.levels_needed(2), 0);
         assert_eq!(t.levels_needed(4), 2);
-        t.verify_leaf(4, l[4], &chain_of(&nodes, &shape, 4)[..2]).unwrap();
+        t.verify_leaf(4, l[4], &chain_of(&nodes, &shape, 4)[..2])
+            .unwrap();
         assert_eq!(
             root_from_chain(&shape, 9, l[9], &chain_of(&nodes, &shape, 9)).unwrap(),
             nodes[0]
@@ -466,7 +473,11 @@ mod tests {
             Err(TreeError::MissingSibling { node: NodeIndex(4) })
         );
         assert_eq!(
-            t.insert(&[(NodeIndex(3), nodes[3]), (NodeIndex(4), nodes[4]), (NodeIndex(2), nodes[2])]),
+            t.insert(&[
+                (NodeIndex(3), nodes[3]),
+                (NodeIndex(4), nodes[4]),
+                (NodeIndex(2), nodes[2])
+            ]),
             Ok(4)
         );
         // Root, the three offered nodes, and node 1 computed from 3 and 4.

@@ -45,7 +45,12 @@ impl Codec for Ueb {
         let g = &self.geometry;
         out.extend_from_slice(UEB_MAGIC);
         out.extend_from_slice(&UEB_VERSION.to_be_bytes());
-        out.extend_from_slice(&[CIPHER_AES256_CTR, CODE_RS_VANDERMONDE_GF256, HASHES_BLAKE3_V1, 0]);
+        out.extend_from_slice(&[
+            CIPHER_AES256_CTR,
+            CODE_RS_VANDERMONDE_GF256,
+            HASHES_BLAKE3_V1,
+            0,
+        ]);
         out.extend_from_slice(&g.k().to_be_bytes());
         out.extend_from_slice(&g.n().to_be_bytes());
         // The segment size is at most 16 MiB, so it fits the u32 field.
@@ -60,7 +65,11 @@ impl Codec for Ueb {
         let at = r.position();
         let version = r.u16("UEB version")?;
         if version != UEB_VERSION {
-            return Err(r.invalid("UEB version", at, format!("version {version} is not supported (this build reads {UEB_VERSION})")));
+            return Err(r.invalid(
+                "UEB version",
+                at,
+                format!("version {version} is not supported (this build reads {UEB_VERSION})"),
+            ));
         }
         for (what, expected) in [
             ("UEB cipher", CIPHER_AES256_CTR),
@@ -121,6 +130,9 @@ mod tests {
         assert!(Ueb::from_bytes(&good[..UEB_LEN - 1]).is_err());
         let mut long = good.clone();
         long.push(0);
-        assert!(matches!(Ueb::from_bytes(&long), Err(DecodeError::Trailing { .. })));
+        assert!(matches!(
+            Ueb::from_bytes(&long),
+            Err(DecodeError::Trailing { .. })
+        ));
     }
 }

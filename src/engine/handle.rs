@@ -31,13 +31,23 @@ pub struct FileHandle {
 
 impl fmt::Debug for FileHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FileHandle").field("node", &self.node).finish_non_exhaustive()
+        f.debug_struct("FileHandle")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
     }
 }
 
 impl FileHandle {
-    pub(crate) fn new(node: Arc<FileNode>, keystream: Keystream, config: Arc<ReaderConfig>) -> FileHandle {
-        FileHandle { node, keystream, config }
+    pub(crate) fn new(
+        node: Arc<FileNode>,
+        keystream: Keystream,
+        config: Arc<ReaderConfig>,
+    ) -> FileHandle {
+        FileHandle {
+            node,
+            keystream,
+            config,
+        }
     }
 
     /// File size in bytes.
@@ -92,12 +102,19 @@ impl FileHandle {
                 let fetch = self.node.segment(slice.segment);
                 pending.push_back((slice, fetch));
             }
-            let Some((slice, fetch)) = pending.pop_front() else { break };
+            let Some((slice, fetch)) = pending.pop_front() else {
+                break;
+            };
             let segment = fetch.await?;
             let start = slice.output_offset as usize;
             let end = start + (slice.within.end - slice.within.start) as usize;
             let segment_start = self.segment_start(slice.segment);
-            segment.decrypt_into(slice.within.start as usize..slice.within.end as usize, segment_start, &self.keystream, &mut out[start..end]);
+            segment.decrypt_into(
+                slice.within.start as usize..slice.within.end as usize,
+                segment_start,
+                &self.keystream,
+                &mut out[start..end],
+            );
         }
         Ok(out.freeze())
     }
@@ -117,7 +134,11 @@ impl FileHandle {
     }
 
     fn stream_with_window(&self, range: Range<u64>, initial: usize) -> ByteStream {
-        let range = clamp(self.node.verify_cap().geometry(), range.start, range.end.saturating_sub(range.start));
+        let range = clamp(
+            self.node.verify_cap().geometry(),
+            range.start,
+            range.end.saturating_sub(range.start),
+        );
         let max_window = self.read_ahead();
         ByteStream {
             handle: self.clone(),
@@ -178,7 +199,9 @@ impl Stream for ByteStream {
             return Poll::Ready(None);
         }
         while this.pending.len() < this.window {
-            let Some(slice) = this.slices.next() else { break };
+            let Some(slice) = this.slices.next() else {
+                break;
+            };
             let fetch = this.handle.node.segment(slice.segment);
             this.pending.push_back((slice, fetch));
         }
@@ -210,4 +233,3 @@ impl Stream for ByteStream {
         }
     }
 }
-

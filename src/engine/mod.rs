@@ -71,7 +71,9 @@ struct Inner {
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client").field("grid", &self.inner.grid).finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("grid", &self.inner.grid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -102,17 +104,25 @@ impl Client {
     /// its node stays open).
     pub async fn open(&self, cap: &ReadCap) -> Result<FileHandle, ReadError> {
         let node = self.open_node(&cap.verify_cap()).await?;
-        Ok(FileHandle::new(node, Keystream::new(cap.key()), self.inner.config.clone()))
+        Ok(FileHandle::new(
+            node,
+            Keystream::new(cap.key()),
+            self.inner.config.clone(),
+        ))
     }
 
     /// The shared node of a file, for ciphertext-level access with only a verify cap.
     pub async fn open_node(&self, cap: &VerifyCap) -> Result<Arc<FileNode>, ReadError> {
         let cell = {
             let mut nodes = self.inner.nodes.lock().unwrap_or_else(|p| p.into_inner());
-            nodes.get_or_insert(*cap, || Arc::new(OnceCell::new())).clone()
+            nodes
+                .get_or_insert(*cap, || Arc::new(OnceCell::new()))
+                .clone()
         };
         let node = cell
-            .get_or_try_init(|| FileNode::open(self.inner.grid.clone(), self.inner.config.clone(), *cap))
+            .get_or_try_init(|| {
+                FileNode::open(self.inner.grid.clone(), self.inner.config.clone(), *cap)
+            })
             .await?;
         Ok(node.clone())
     }

@@ -171,8 +171,10 @@ impl FileNode {
         let si = cap.storage_index();
         let geometry = *cap.geometry();
         let layout = ShareLayout::new(&geometry);
-        let codec = Codec::new(geometry.k(), geometry.n()).map_err(|e| ReadError::Internal(e.to_string()))?;
-        let (mut slots, listing_errors) = Self::slots_from_listing(discover(&grid, si, config.request_timeout).await);
+        let codec = Codec::new(geometry.k(), geometry.n())
+            .map_err(|e| ReadError::Internal(e.to_string()))?;
+        let (mut slots, listing_errors) =
+            Self::slots_from_listing(discover(&grid, si, config.request_timeout).await);
 
         let distinct = slots.iter().map(|s| s.share).collect::<HashSet<_>>().len();
         let report = |slots: &[Slot], listing_errors: &HashMap<usize, String>| {
@@ -195,14 +197,27 @@ impl FileNode {
         }
 
         // The UEB is the same in every share; take it from the first that proves it.
-        slots.sort_by_key(|s| (s.share.0 >= geometry.k() as u8 && geometry.k() < 256, s.share, s.server));
+        slots.sort_by_key(|s| {
+            (
+                s.share.0 >= geometry.k() as u8 && geometry.k() < 256,
+                s.share,
+                s.server,
+            )
+        });
         let header_region = layout.header_region();
         let mut verified = None;
         for slot in &mut slots {
             let store = grid.servers()[slot.server].store();
-            let read = tokio::time::timeout(config.request_timeout, store.read(si, slot.share, vec![header_region.clone()])).await;
+            let read = tokio::time::timeout(
+                config.request_timeout,
+                store.read(si, slot.share, vec![header_region.clone()]),
+            )
+            .await;
             let outcome = match read {
-                Err(_) => Err(Problem::Unavailable(format!("no answer within {:?}", config.request_timeout))),
+                Err(_) => Err(Problem::Unavailable(format!(
+                    "no answer within {:?}",
+                    config.request_timeout
+                ))),
                 Ok(Err(e)) => Err(Problem::from_store(e)),
                 Ok(Ok(parts)) => check_header_region(&cap, &layout, None, slot.share, &parts[0]),
             };
@@ -251,12 +266,16 @@ impl FileNode {
         }))
     }
 
-    fn slots_from_listing(listing: Vec<Result<Vec<ShareNum>, String>>) -> (Vec<Slot>, HashMap<usize, String>) {
+    fn slots_from_listing(
+        listing: Vec<Result<Vec<ShareNum>, String>>,
+    ) -> (Vec<Slot>, HashMap<usize, String>) {
         let mut slots = Vec::new();
         let mut errors = HashMap::new();
         for (server, result) in listing.into_iter().enumerate() {
             match result {
-                Ok(shares) => slots.extend(shares.into_iter().map(|share| Slot::new(server, share))),
+                Ok(shares) => {
+                    slots.extend(shares.into_iter().map(|share| Slot::new(server, share)))
+                }
                 Err(e) => {
                     errors.insert(server, e);
                 }
@@ -310,7 +329,12 @@ impl FileNode {
     /// The current share report.
     pub fn report(&self) -> ShareReport {
         let state = self.lock();
-        build_report(&self.grid, &state.slots, &state.listing_errors, &HashMap::new())
+        build_report(
+            &self.grid,
+            &state.slots,
+            &state.listing_errors,
+            &HashMap::new(),
+        )
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -344,7 +368,12 @@ impl FileNode {
 
     /// Picks up to `count` slots holding distinct shares not in `skip_shares`, never a slot
     /// in `tried`: healthy before failing, primary before parity.
-    fn pick(&self, count: usize, tried: &HashSet<usize>, skip_shares: &HashSet<ShareNum>) -> Vec<usize> {
+    fn pick(
+        &self,
+        count: usize,
+        tried: &HashSet<usize>,
+        skip_shares: &HashSet<ShareNum>,
+    ) -> Vec<usize> {
         let state = self.lock();
         let now = Instant::now();
         let k = self.cap.geometry().k();
@@ -353,7 +382,13 @@ impl FileNode {
             .collect();
         candidates.sort_by_key(|&i| {
             let slot = &state.slots[i];
-            (slot.avoided(now), slot.failures, u16::from(slot.share.0) >= k, slot.share, slot.server)
+            (
+                slot.avoided(now),
+                slot.failures,
+                u16::from(slot.share.0) >= k,
+                slot.share,
+                slot.server,
+            )
         });
         let mut picked = Vec::with_capacity(count);
         let mut shares = HashSet::new();
@@ -395,7 +430,12 @@ impl FileNode {
         if self.lock().discovered_at.elapsed() < REDISCOVERY_INTERVAL {
             return;
         }
-        let listing = discover(&self.grid, self.storage_index(), self.config.request_timeout).await;
+        let listing = discover(
+            &self.grid,
+            self.storage_index(),
+            self.config.request_timeout,
+        )
+        .await;
         let mut state = self.lock();
         state.discovered_at = Instant::now();
         for (server, result) in listing.into_iter().enumerate() {
@@ -403,7 +443,11 @@ impl FileNode {
                 Ok(shares) => {
                     state.listing_errors.remove(&server);
                     for share in shares {
-                        if !state.slots.iter().any(|s| s.server == server && s.share == share) {
+                        if !state
+                            .slots
+                            .iter()
+                            .any(|s| s.server == server && s.share == share)
+                        {
                             state.slots.push(Slot::new(server, share));
                         }
                     }
@@ -460,7 +504,8 @@ impl FileNode {
             match next_subset(&shares, k, &decoded) {
                 Some(subset) if decoded.len() < MAX_DECODE_ATTEMPTS => {
                     decoded.insert(subset.clone());
-                    let blocks: Vec<VerifiedBlock> = subset.iter().map(|s| verified[s].clone()).collect();
+                    let blocks: Vec<VerifiedBlock> =
+                        subset.iter().map(|s| verified[s].clone()).collect();
                     match self.clone().decode_and_check(segment, blocks).await {
                         Ok(data) => return Ok(data),
                         Err(why) => {
@@ -469,7 +514,11 @@ impl FileNode {
                     }
                 }
                 // Every combination of what we hold failed: fetch one more share to make new ones.
-                _ if decoded.len() < MAX_DECODE_ATTEMPTS && want < usize::from(self.cap.geometry().n()) => want += 1,
+                _ if decoded.len() < MAX_DECODE_ATTEMPTS
+                    && want < usize::from(self.cap.geometry().n()) =>
+                {
+                    want += 1
+                }
                 _ => return Err(self.give_up(segment, &verified, &problems, decoded.len())),
             }
         }
@@ -505,7 +554,11 @@ impl FileNode {
 
     /// Fetches one share's block of `segment` with every hash node still missing (one
     /// request), and verifies it up to the UEB.
-    async fn fetch_block(&self, slot_index: usize, segment: SegmentIndex) -> Result<VerifiedBlock, Problem> {
+    async fn fetch_block(
+        &self,
+        slot_index: usize,
+        segment: SegmentIndex,
+    ) -> Result<VerifiedBlock, Problem> {
         let si = self.storage_index();
         let (server, share, request) = {
             let state = self.lock();
@@ -521,16 +574,27 @@ impl FileNode {
         };
         let store = self.grid.servers()[server].store();
         let timeout = self.config.request_timeout;
-        let parts = match tokio::time::timeout(timeout, store.read(si, share, request.ranges(&self.layout))).await {
-            Err(_) => return Err(Problem::Unavailable(format!("no answer within {timeout:?}"))),
+        let parts = match tokio::time::timeout(
+            timeout,
+            store.read(si, share, request.ranges(&self.layout)),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(Problem::Unavailable(format!(
+                    "no answer within {timeout:?}"
+                )));
+            }
             Ok(Err(e)) => return Err(Problem::from_store(e)),
             Ok(Ok(parts)) => parts,
         };
-        let (header, record_bytes) = request
-            .split(&self.layout, &parts)
-            .ok_or_else(|| Problem::CorruptShare("the server returned the wrong number of bytes".into()))?;
+        let (header, record_bytes) = request.split(&self.layout, &parts).ok_or_else(|| {
+            Problem::CorruptShare("the server returned the wrong number of bytes".into())
+        })?;
         let header_chain = match header {
-            Some(h) => Some(check_header_region(&self.cap, &self.layout, Some(&self.ueb_bytes), share, h)?.1),
+            Some(h) => Some(
+                check_header_region(&self.cap, &self.layout, Some(&self.ueb_bytes), share, h)?.1,
+            ),
             None => None,
         };
         let record = Record::parse(&self.layout, segment, record_bytes)
@@ -566,15 +630,21 @@ impl FileNode {
                 .share_tree
                 .verify_leaf(u64::from(share.0), root, chain)
                 .map_err(|e| {
-                    let why = format!("segment {segment} does not hash up to the UEB's share root ({e})");
-                    if header_chain.is_some() { Problem::CorruptShare(why) } else { Problem::CorruptBlock(why) }
+                    let why =
+                        format!("segment {segment} does not hash up to the UEB's share root ({e})");
+                    if header_chain.is_some() {
+                        Problem::CorruptShare(why)
+                    } else {
+                        Problem::CorruptBlock(why)
+                    }
                 })?;
             state.block_trees[share.index()] = Some(PartialTree::new(shape, root));
             state.slots[slot_index].share_chain = None;
         }
         if let Some(tree) = state.block_trees[share.index()].as_mut() {
-            tree.verify_leaf(j, leaf, &block_chain)
-                .map_err(|e| Problem::CorruptBlock(format!("segment {segment} fails its hash check ({e})")))?;
+            tree.verify_leaf(j, leaf, &block_chain).map_err(|e| {
+                Problem::CorruptBlock(format!("segment {segment} fails its hash check ({e})"))
+            })?;
         }
         Ok(VerifiedBlock {
             share,
@@ -585,7 +655,11 @@ impl FileNode {
     }
 
     /// Decodes `blocks` (k verified blocks) and checks the result against the ciphertext tree.
-    async fn decode_and_check(self: Arc<Self>, segment: SegmentIndex, blocks: Vec<VerifiedBlock>) -> Result<Arc<SegmentData>, String> {
+    async fn decode_and_check(
+        self: Arc<Self>,
+        segment: SegmentIndex,
+        blocks: Vec<VerifiedBlock>,
+    ) -> Result<Arc<SegmentData>, String> {
         let big = self.cap.geometry().block_size(segment) >= INLINE_CPU_LIMIT;
         let node = self.clone();
         let work = move || node.decode_and_check_blocking(segment, blocks);
@@ -598,25 +672,34 @@ impl FileNode {
         }
     }
 
-    fn decode_and_check_blocking(&self, segment: SegmentIndex, blocks: Vec<VerifiedBlock>) -> Result<Arc<SegmentData>, String> {
+    fn decode_and_check_blocking(
+        &self,
+        segment: SegmentIndex,
+        blocks: Vec<VerifiedBlock>,
+    ) -> Result<Arc<SegmentData>, String> {
         let g = self.cap.geometry();
         let k = usize::from(g.k());
         let all_primary = blocks.iter().enumerate().all(|(m, b)| b.share.index() == m);
         let (data, leaves): (Vec<Bytes>, Vec<Hash>) = if all_primary && blocks.len() == k {
             blocks.iter().map(|b| (b.data.clone(), b.leaf)).unzip()
         } else {
-            let inputs: Vec<(usize, &[u8])> = blocks.iter().map(|b| (b.share.index(), &b.data[..])).collect();
+            let inputs: Vec<(usize, &[u8])> = blocks
+                .iter()
+                .map(|b| (b.share.index(), &b.data[..]))
+                .collect();
             let rebuilt = self.codec.decode(&inputs).map_err(|e| e.to_string())?;
             rebuilt
                 .into_iter()
                 .enumerate()
-                .map(|(m, bytes)| match blocks.iter().find(|b| b.share.index() == m) {
-                    Some(b) => (b.data.clone(), b.leaf),
-                    None => {
-                        let leaf = hash::block_leaf(&bytes);
-                        (Bytes::from(bytes), leaf)
-                    }
-                })
+                .map(
+                    |(m, bytes)| match blocks.iter().find(|b| b.share.index() == m) {
+                        Some(b) => (b.data.clone(), b.leaf),
+                        None => {
+                            let leaf = hash::block_leaf(&bytes);
+                            (Bytes::from(bytes), leaf)
+                        }
+                    },
+                )
                 .unzip()
         };
         let leaf = hash::ciphertext_leaf(&leaves);
@@ -633,9 +716,14 @@ impl FileNode {
             }
         }
         if let Some(e) = last_error {
-            return Err(format!("decoded segment does not match the ciphertext tree ({e})"));
+            return Err(format!(
+                "decoded segment does not match the ciphertext tree ({e})"
+            ));
         }
-        Ok(Arc::new(SegmentData::new(data, g.segment_len(segment) as usize)))
+        Ok(Arc::new(SegmentData::new(
+            data,
+            g.segment_len(segment) as usize,
+        )))
     }
 }
 
@@ -649,8 +737,11 @@ pub(crate) fn check_header_region(
     region: &[u8],
 ) -> Result<(Vec<u8>, Vec<Hash>), Problem> {
     let corrupt = |why: String| Problem::CorruptShare(why);
-    let header_bytes = region.get(..HEADER_LEN as usize).ok_or_else(|| corrupt("header truncated".into()))?;
-    let header = ShareHeader::from_bytes(header_bytes).map_err(|e| corrupt(format!("bad header: {e}")))?;
+    let header_bytes = region
+        .get(..HEADER_LEN as usize)
+        .ok_or_else(|| corrupt("header truncated".into()))?;
+    let header =
+        ShareHeader::from_bytes(header_bytes).map_err(|e| corrupt(format!("bad header: {e}")))?;
     if header.share != share {
         return Err(corrupt(format!("header says it is share {}", header.share)));
     }
@@ -671,7 +762,10 @@ pub(crate) fn check_header_region(
             }
             let ueb = Ueb::from_bytes(ueb_bytes).map_err(|e| corrupt(format!("bad UEB: {e}")))?;
             if ueb.geometry != *cap.geometry() {
-                return Err(corrupt("the UEB matches the cap's hash but not its parameters: the cap was altered".into()));
+                return Err(corrupt(
+                    "the UEB matches the cap's hash but not its parameters: the cap was altered"
+                        .into(),
+                ));
             }
         }
     }
@@ -682,7 +776,11 @@ pub(crate) fn check_header_region(
 }
 
 /// The next k-subset of `shares` (sorted) in lexicographic order that is not in `tried`.
-fn next_subset(shares: &[ShareNum], k: usize, tried: &HashSet<Vec<ShareNum>>) -> Option<Vec<ShareNum>> {
+fn next_subset(
+    shares: &[ShareNum],
+    k: usize,
+    tried: &HashSet<Vec<ShareNum>>,
+) -> Option<Vec<ShareNum>> {
     if shares.len() < k || k == 0 {
         return None;
     }
@@ -760,7 +858,17 @@ mod tests {
             seen.push(s.iter().map(|x| x.0).collect::<Vec<_>>());
             tried.insert(s);
         }
-        assert_eq!(seen, vec![vec![0, 1], vec![0, 4], vec![0, 7], vec![1, 4], vec![1, 7], vec![4, 7]]);
+        assert_eq!(
+            seen,
+            vec![
+                vec![0, 1],
+                vec![0, 4],
+                vec![0, 7],
+                vec![1, 4],
+                vec![1, 7],
+                vec![4, 7]
+            ]
+        );
         assert_eq!(next_subset(&shares[..1], 2, &HashSet::new()), None);
     }
 }

@@ -38,7 +38,11 @@ impl FileReader {
 }
 
 impl AsyncRead for FileReader {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
             if buf.remaining() == 0 {
@@ -56,7 +60,9 @@ impl AsyncRead for FileReader {
                 return Poll::Ready(Ok(()));
             }
             let (handle, position) = (&this.handle, this.position);
-            let stream = this.stream.get_or_insert_with(|| handle.stream_slow_start(position..len));
+            let stream = this
+                .stream
+                .get_or_insert_with(|| handle.stream_slow_start(position..len));
             match ready!(stream.poll_next_unpin(cx)) {
                 Some(Ok(chunk)) => this.chunk = chunk,
                 Some(Err(e)) => {
@@ -65,7 +71,10 @@ impl AsyncRead for FileReader {
                 }
                 None => {
                     this.stream = None;
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "stream ended early")));
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "stream ended early",
+                    )));
                 }
             }
         }
@@ -81,7 +90,12 @@ impl AsyncSeek for FileReader {
             SeekFrom::End(delta) => base_plus(len, delta),
             SeekFrom::Current(delta) => base_plus(self.position, delta),
         }
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start of the file"))?;
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the file",
+            )
+        })?;
         if position != self.position {
             self.stream = None;
             self.chunk = Bytes::new();

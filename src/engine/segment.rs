@@ -40,25 +40,39 @@ impl SegmentData {
         let within = within.start.min(self.len)..within.end.min(self.len);
         let size = self.block_size.max(1);
         let first = within.start / size;
-        self.blocks.iter().enumerate().skip(first).map_while(move |(m, block)| {
-            let block_start = m * size;
-            if block_start >= within.end {
-                return None;
-            }
-            let from = within.start.max(block_start) - block_start;
-            let to = within.end.min(block_start + size) - block_start;
-            Some(block.slice(from..to))
-        })
+        self.blocks
+            .iter()
+            .enumerate()
+            .skip(first)
+            .map_while(move |(m, block)| {
+                let block_start = m * size;
+                if block_start >= within.end {
+                    return None;
+                }
+                let from = within.start.max(block_start) - block_start;
+                let to = within.end.min(block_start + size) - block_start;
+                Some(block.slice(from..to))
+            })
     }
 
     /// Decrypts `within` into `out` (`out.len() == within.len()`); `segment_start` is the
     /// file offset of the segment's first byte.
-    pub fn decrypt_into(&self, within: Range<usize>, segment_start: u64, keystream: &Keystream, out: &mut [u8]) {
+    pub fn decrypt_into(
+        &self,
+        within: Range<usize>,
+        segment_start: u64,
+        keystream: &Keystream,
+        out: &mut [u8],
+    ) {
         let mut offset = within.start;
         let mut written = 0;
         for piece in self.ciphertext(within) {
             let n = piece.len();
-            keystream.apply_into(segment_start + offset as u64, &piece, &mut out[written..written + n]);
+            keystream.apply_into(
+                segment_start + offset as u64,
+                &piece,
+                &mut out[written..written + n],
+            );
             written += n;
             offset += n;
         }
@@ -71,8 +85,19 @@ mod tests {
 
     #[test]
     fn pieces_cover_exactly_the_range_and_skip_padding() {
-        let seg = SegmentData::new(vec![Bytes::from_static(b"abc"), Bytes::from_static(b"def"), Bytes::from_static(b"g\0\0")], 7);
-        let text = |r: Range<usize>| seg.ciphertext(r).flat_map(|b| b.to_vec()).collect::<Vec<u8>>();
+        let seg = SegmentData::new(
+            vec![
+                Bytes::from_static(b"abc"),
+                Bytes::from_static(b"def"),
+                Bytes::from_static(b"g\0\0"),
+            ],
+            7,
+        );
+        let text = |r: Range<usize>| {
+            seg.ciphertext(r)
+                .flat_map(|b| b.to_vec())
+                .collect::<Vec<u8>>()
+        };
         assert_eq!(text(0..7), b"abcdefg");
         assert_eq!(text(2..4), b"cd");
         assert_eq!(text(3..6), b"def");

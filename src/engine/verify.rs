@@ -85,7 +85,11 @@ impl VerifyReport {
 
 impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "file {}: {} segments checked", self.storage_index, self.segments)?;
+        writeln!(
+            f,
+            "file {}: {} segments checked",
+            self.storage_index, self.segments
+        )?;
         for (server, error) in &self.server_errors {
             writeln!(f, "  {server}: {error}")?;
         }
@@ -107,10 +111,23 @@ impl fmt::Display for VerifyReport {
             writeln!(f, "  missing shares: {}", list.join(", "))?;
         }
         if !self.unrecoverable.is_empty() {
-            writeln!(f, "  UNRECOVERABLE: {} segments have fewer than k good shares (first: {})", self.unrecoverable.len(), self.unrecoverable[0])?;
+            writeln!(
+                f,
+                "  UNRECOVERABLE: {} segments have fewer than k good shares (first: {})",
+                self.unrecoverable.len(),
+                self.unrecoverable[0]
+            )?;
         }
         let good = self.shares.iter().filter(|c| c.is_good()).count();
-        write!(f, "{}: {good} good shares", if self.is_healthy() { "healthy" } else { "NOT HEALTHY" })
+        write!(
+            f,
+            "{}: {good} good shares",
+            if self.is_healthy() {
+                "healthy"
+            } else {
+                "NOT HEALTHY"
+            }
+        )
     }
 }
 
@@ -122,7 +139,12 @@ struct Candidate {
 }
 
 /// Checks every share of the file `cap` names. `progress` is told the number of segments done.
-pub async fn verify(grid: &Grid, cap: &VerifyCap, config: &ReaderConfig, progress: Option<&(dyn Fn(u64) + Sync)>) -> VerifyReport {
+pub async fn verify(
+    grid: &Grid,
+    cap: &VerifyCap,
+    config: &ReaderConfig,
+    progress: Option<&(dyn Fn(u64) + Sync)>,
+) -> VerifyReport {
     let si = cap.storage_index();
     let g = *cap.geometry();
     let layout = ShareLayout::new(&g);
@@ -135,7 +157,11 @@ pub async fn verify(grid: &Grid, cap: &VerifyCap, config: &ReaderConfig, progres
         segments: g.num_segments(),
     };
     let mut candidates = Vec::new();
-    for (server, listing) in discover(grid, si, config.request_timeout).await.into_iter().enumerate() {
+    for (server, listing) in discover(grid, si, config.request_timeout)
+        .await
+        .into_iter()
+        .enumerate()
+    {
         match listing {
             Ok(shares) => candidates.extend(shares.into_iter().map(|share| Candidate {
                 server,
@@ -147,7 +173,9 @@ pub async fn verify(grid: &Grid, cap: &VerifyCap, config: &ReaderConfig, progres
                 },
                 root: None,
             })),
-            Err(e) => report.server_errors.push((grid.servers()[server].name().to_owned(), e)),
+            Err(e) => report
+                .server_errors
+                .push((grid.servers()[server].name().to_owned(), e)),
         }
     }
     report.missing = (0..g.n())
@@ -155,21 +183,41 @@ pub async fn verify(grid: &Grid, cap: &VerifyCap, config: &ReaderConfig, progres
         .filter(|s| !candidates.iter().any(|c| c.check.share == *s))
         .collect();
 
-    let ueb_found = futures::future::join_all(candidates.iter_mut().map(|c| check_front(grid, cap, &layout, c))).await;
+    let ueb_found = futures::future::join_all(
+        candidates
+            .iter_mut()
+            .map(|c| check_front(grid, cap, &layout, c)),
+    )
+    .await;
     let Some(ueb) = ueb_found.into_iter().flatten().next() else {
         report.unrecoverable = (0..g.num_segments()).map(SegmentIndex).collect();
         report.shares = candidates.into_iter().map(|c| c.check).collect();
         return report;
     };
-    futures::future::join_all(candidates.iter_mut().map(|c| check_trees(grid, cap, &layout, &ueb, c))).await;
+    futures::future::join_all(
+        candidates
+            .iter_mut()
+            .map(|c| check_trees(grid, cap, &layout, &ueb, c)),
+    )
+    .await;
 
     let codec = Codec::new(g.k(), g.n()).ok();
-    let shared = Arc::new(candidates.iter().map(|c| (c.server, c.check.share, c.root)).collect::<Vec<_>>());
+    let shared = Arc::new(
+        candidates
+            .iter()
+            .map(|c| (c.server, c.check.share, c.root))
+            .collect::<Vec<_>>(),
+    );
     let mut segments = futures::stream::iter(0..g.num_segments())
         .map(|s| {
             let shared = shared.clone();
             let (layout, codec) = (&layout, codec.as_ref());
-            async move { (s, check_segment(grid, cap, layout, &ueb, codec, &shared, SegmentIndex(s)).await) }
+            async move {
+                (
+                    s,
+                    check_segment(grid, cap, layout, &ueb, codec, &shared, SegmentIndex(s)).await,
+                )
+            }
         })
         .buffered(SEGMENTS_IN_FLIGHT);
     let mut done = 0;
@@ -190,10 +238,18 @@ pub async fn verify(grid: &Grid, cap: &VerifyCap, config: &ReaderConfig, progres
 }
 
 /// Header region: header, UEB (against the cap) and share chain. Returns the UEB if good.
-async fn check_front(grid: &Grid, cap: &VerifyCap, layout: &ShareLayout, c: &mut Candidate) -> Option<Ueb> {
+async fn check_front(
+    grid: &Grid,
+    cap: &VerifyCap,
+    layout: &ShareLayout,
+    c: &mut Candidate,
+) -> Option<Ueb> {
     let store = grid.servers()[c.server].store();
     let share = c.check.share;
-    let region = match store.read(cap.storage_index(), share, vec![layout.header_region()]).await {
+    let region = match store
+        .read(cap.storage_index(), share, vec![layout.header_region()])
+        .await
+    {
         Ok(parts) => parts.into_iter().next().unwrap_or_default(),
         Err(e) => {
             c.check.problem(format!("cannot read header: {e}"));
@@ -210,7 +266,14 @@ async fn check_front(grid: &Grid, cap: &VerifyCap, layout: &ShareLayout, c: &mut
     let ueb = Ueb::from_bytes(&ueb_bytes).ok()?;
     // The stored block-tree root, proven through the share chain.
     let root_offset = layout.block_tree_range().start;
-    let root = match store.read(cap.storage_index(), share, vec![root_offset..root_offset + HASH_LEN as u64]).await {
+    let root = match store
+        .read(
+            cap.storage_index(),
+            share,
+            vec![root_offset..root_offset + HASH_LEN as u64],
+        )
+        .await
+    {
         Ok(parts) => parts.first().and_then(|b| Hash::from_slice(b)),
         Err(e) => {
             c.check.problem(format!("cannot read block tree root: {e}"));
@@ -220,7 +283,9 @@ async fn check_front(grid: &Grid, cap: &VerifyCap, layout: &ShareLayout, c: &mut
     let mut share_tree = PartialTree::new(cap.geometry().share_tree(), ueb.share_root);
     match root.map(|r| (r, share_tree.verify_leaf(u64::from(share.0), r, &chain))) {
         Some((r, Ok(()))) => c.root = Some(r),
-        Some((_, Err(e))) => c.check.problem(format!("block tree root or share chain does not lead to the UEB ({e})")),
+        Some((_, Err(e))) => c.check.problem(format!(
+            "block tree root or share chain does not lead to the UEB ({e})"
+        )),
         None => {}
     }
     if c.root.is_none() && cap.geometry().num_segments() > 0 {
@@ -229,8 +294,15 @@ async fn check_front(grid: &Grid, cap: &VerifyCap, layout: &ShareLayout, c: &mut
         let range = layout.record_read(s, layout.depth());
         if let Ok(parts) = store.read(cap.storage_index(), share, vec![range]).await
             && let Some(record) = parts.first().and_then(|b| Record::parse(layout, s, b))
-            && let Ok(r) = tree::root_from_chain(&cap.geometry().segment_tree(), 0, hash::block_leaf(record.block), &record.block_chain)
-            && share_tree.verify_leaf(u64::from(share.0), r, &chain).is_ok()
+            && let Ok(r) = tree::root_from_chain(
+                &cap.geometry().segment_tree(),
+                0,
+                hash::block_leaf(record.block),
+                &record.block_chain,
+            )
+            && share_tree
+                .verify_leaf(u64::from(share.0), r, &chain)
+                .is_ok()
         {
             c.root = Some(r);
         }
@@ -240,18 +312,35 @@ async fn check_front(grid: &Grid, cap: &VerifyCap, layout: &ShareLayout, c: &mut
 
 /// Both tree sections: every interior node is the hash of its children and the roots are
 /// the proven ones. Sections too large to hold in memory at once are skipped.
-async fn check_trees(grid: &Grid, cap: &VerifyCap, layout: &ShareLayout, ueb: &Ueb, c: &mut Candidate) {
+async fn check_trees(
+    grid: &Grid,
+    cap: &VerifyCap,
+    layout: &ShareLayout,
+    ueb: &Ueb,
+    c: &mut Candidate,
+) {
     let shape = cap.geometry().segment_tree();
     let store = grid.servers()[c.server].store();
-    let sections = [("block tree", layout.block_tree_range(), c.root), ("ciphertext tree", layout.ciphertext_tree_range(), Some(ueb.ciphertext_root))];
+    let sections = [
+        ("block tree", layout.block_tree_range(), c.root),
+        (
+            "ciphertext tree",
+            layout.ciphertext_tree_range(),
+            Some(ueb.ciphertext_root),
+        ),
+    ];
     for (name, range, root) in sections {
         if range.end - range.start > MAX_READ_BYTES {
             continue;
         }
-        let bytes = match store.read(cap.storage_index(), c.check.share, vec![range]).await {
+        let bytes = match store
+            .read(cap.storage_index(), c.check.share, vec![range])
+            .await
+        {
             Ok(parts) => parts.into_iter().next().unwrap_or_default(),
             Err(e) => {
-                c.check.problem(format!("cannot read the {name} section: {e}"));
+                c.check
+                    .problem(format!("cannot read the {name} section: {e}"));
                 continue;
             }
         };
@@ -262,7 +351,10 @@ async fn check_trees(grid: &Grid, cap: &VerifyCap, layout: &ShareLayout, ueb: &U
 }
 
 fn section_problem(bytes: &[u8], shape: &TreeShape, root: Option<Hash>) -> Option<String> {
-    let nodes: Vec<Hash> = bytes.chunks_exact(HASH_LEN).filter_map(Hash::from_slice).collect();
+    let nodes: Vec<Hash> = bytes
+        .chunks_exact(HASH_LEN)
+        .filter_map(Hash::from_slice)
+        .collect();
     if nodes.len() as u64 != shape.node_count() {
         return Some("wrong length".into());
     }
@@ -297,7 +389,12 @@ async fn check_segment(
         let range = range.clone();
         async move {
             match root {
-                Some(_) => Some(grid.servers()[server].store().read(cap.storage_index(), share, vec![range]).await),
+                Some(_) => Some(
+                    grid.servers()[server]
+                        .store()
+                        .read(cap.storage_index(), share, vec![range])
+                        .await,
+                ),
                 None => None,
             }
         }
@@ -306,9 +403,15 @@ async fn check_segment(
     // Every verified copy, and the first copy of each share number (for decoding).
     let mut verified: Vec<(usize, ShareNum, bytes::Bytes, Vec<Hash>)> = Vec::new();
     let mut good: BTreeMap<ShareNum, usize> = BTreeMap::new();
-    for (index, result) in futures::future::join_all(reads).await.into_iter().enumerate() {
+    for (index, result) in futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .enumerate()
+    {
         let (_, share, root) = candidates[index];
-        let (Some(result), Some(root)) = (result, root) else { continue };
+        let (Some(result), Some(root)) = (result, root) else {
+            continue;
+        };
         let bytes = match result {
             Ok(parts) => parts.into_iter().next().unwrap_or_default(),
             Err(e) => {
@@ -327,20 +430,36 @@ async fn check_segment(
                 good.entry(share).or_insert(verified.len());
                 verified.push((index, share, block, record.ciphertext_chain));
             }
-            _ => problems.push((index, format!("segment {s}: block or its stored hash chain is corrupt"))),
+            _ => problems.push((
+                index,
+                format!("segment {s}: block or its stored hash chain is corrupt"),
+            )),
         }
     }
     let k = usize::from(g.k());
     if good.len() < k {
-        return SegmentOutcome { problems, recoverable: false };
+        return SegmentOutcome {
+            problems,
+            recoverable: false,
+        };
     }
     let Some(codec) = codec else {
-        return SegmentOutcome { problems, recoverable: true };
+        return SegmentOutcome {
+            problems,
+            recoverable: true,
+        };
     };
     // Decode from the first k good shares (primaries first), then hold every share to it.
-    let inputs: Vec<(usize, &[u8])> = good.values().take(k).map(|&v| (verified[v].1.index(), &verified[v].2[..])).collect();
+    let inputs: Vec<(usize, &[u8])> = good
+        .values()
+        .take(k)
+        .map(|&v| (verified[v].1.index(), &verified[v].2[..]))
+        .collect();
     let Ok(data) = codec.decode(&inputs) else {
-        return SegmentOutcome { problems, recoverable: false };
+        return SegmentOutcome {
+            problems,
+            recoverable: false,
+        };
     };
     let leaves: Vec<Hash> = data.iter().map(|b| hash::block_leaf(b)).collect();
     let ciphertext_leaf = hash::ciphertext_leaf(&leaves);
@@ -348,25 +467,41 @@ async fn check_segment(
     for (index, _, _, chain) in &verified {
         match tree::root_from_chain(&shape, s.0, ciphertext_leaf, chain) {
             Ok(r) if r == ueb.ciphertext_root => consistent = true,
-            _ => problems.push((*index, format!("segment {s}: stored ciphertext-tree chain is corrupt"))),
+            _ => problems.push((
+                *index,
+                format!("segment {s}: stored ciphertext-tree chain is corrupt"),
+            )),
         }
     }
     if !consistent {
         for &v in good.values().take(k) {
             problems.push((verified[v].0, format!("segment {s}: decodes to ciphertext the ciphertext tree rejects (inconsistent shares)")));
         }
-        return SegmentOutcome { problems, recoverable: false };
+        return SegmentOutcome {
+            problems,
+            recoverable: false,
+        };
     }
     let refs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
     let mut parity = vec![vec![0u8; refs[0].len()]; usize::from(g.n() - g.k())];
     let mut parity_refs: Vec<&mut [u8]> = parity.iter_mut().map(Vec::as_mut_slice).collect();
     if codec.encode(&refs, &mut parity_refs).is_ok() {
         for (index, share, block, _) in &verified {
-            let expected: &[u8] = if share.index() < k { &data[share.index()] } else { &parity[share.index() - k] };
+            let expected: &[u8] = if share.index() < k {
+                &data[share.index()]
+            } else {
+                &parity[share.index() - k]
+            };
             if &block[..] != expected {
-                problems.push((*index, format!("segment {s}: block disagrees with the other shares")));
+                problems.push((
+                    *index,
+                    format!("segment {s}: block disagrees with the other shares"),
+                ));
             }
         }
     }
-    SegmentOutcome { problems, recoverable: true }
+    SegmentOutcome {
+        problems,
+        recoverable: true,
+    }
 }

@@ -15,7 +15,9 @@ use crate::core::cap::StorageIndex;
 use crate::core::geometry::ShareNum;
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 fn spool(store: &dyn ShareStore, bytes: &[u8]) -> SpooledShare {
@@ -36,48 +38,103 @@ pub async fn run(store: &dyn ShareStore) {
     let si = fresh_storage_index();
     let share = ShareNum(3);
 
-    assert!(store.list(si).await.expect("list unknown file").is_empty(), "an unknown file has no shares");
     assert!(
-        matches!(store.read(si, share, vec![0..1]).await, Err(StoreError::NotFound)),
+        store.list(si).await.expect("list unknown file").is_empty(),
+        "an unknown file has no shares"
+    );
+    assert!(
+        matches!(
+            store.read(si, share, vec![0..1]).await,
+            Err(StoreError::NotFound)
+        ),
         "reading a missing share is NotFound"
     );
 
     let bytes = pattern(100_000, 7);
-    store.write(si, share, spool(store, &bytes)).await.expect("write a share");
+    store
+        .write(si, share, spool(store, &bytes))
+        .await
+        .expect("write a share");
     assert_eq!(store.list(si).await.expect("list"), vec![share]);
 
     let ranges = vec![0..10, 99_990..100_000, 5..5, 4096..70_000];
-    let got = store.read(si, share, ranges.clone()).await.expect("read ranges");
+    let got = store
+        .read(si, share, ranges.clone())
+        .await
+        .expect("read ranges");
     assert_eq!(got.len(), ranges.len(), "one buffer per range");
     for (r, part) in ranges.iter().zip(&got) {
-        assert_eq!(&part[..], &bytes[r.start as usize..r.end as usize], "range {r:?}");
+        assert_eq!(
+            &part[..],
+            &bytes[r.start as usize..r.end as usize],
+            "range {r:?}"
+        );
     }
 
     assert!(
-        matches!(store.read(si, share, vec![99_999..100_001]).await, Err(StoreError::OutOfBounds { .. })),
+        matches!(
+            store.read(si, share, vec![99_999..100_001]).await,
+            Err(StoreError::OutOfBounds { .. })
+        ),
         "a range past the end is refused"
     );
     #[allow(clippy::reversed_empty_ranges)]
     let reversed = vec![10..5];
     assert!(
-        matches!(store.read(si, share, reversed).await, Err(StoreError::InvalidRequest(_))),
+        matches!(
+            store.read(si, share, reversed).await,
+            Err(StoreError::InvalidRequest(_))
+        ),
         "a reversed range is refused"
     );
 
-    store.write(si, share, spool(store, &bytes)).await.expect("rewriting identical bytes succeeds");
+    store
+        .write(si, share, spool(store, &bytes))
+        .await
+        .expect("rewriting identical bytes succeeds");
     assert!(
-        matches!(store.write(si, share, spool(store, &pattern(100_000, 8))).await, Err(StoreError::Conflict { .. })),
+        matches!(
+            store
+                .write(si, share, spool(store, &pattern(100_000, 8)))
+                .await,
+            Err(StoreError::Conflict { .. })
+        ),
         "rewriting different bytes is refused"
     );
-    assert_eq!(&store.read(si, share, vec![0..100]).await.expect("read")[0][..], &bytes[..100], "a refused write changes nothing");
+    assert_eq!(
+        &store.read(si, share, vec![0..100]).await.expect("read")[0][..],
+        &bytes[..100],
+        "a refused write changes nothing"
+    );
 
-    store.write(si, ShareNum(0), spool(store, &pattern(10, 1))).await.expect("write share 0");
-    store.write(si, ShareNum(255), spool(store, &pattern(1, 2))).await.expect("write share 255");
-    assert_eq!(store.list(si).await.expect("list"), vec![ShareNum(0), share, ShareNum(255)], "listed in order");
-    assert!(store.list(fresh_storage_index()).await.expect("list other").is_empty(), "files do not mix");
+    store
+        .write(si, ShareNum(0), spool(store, &pattern(10, 1)))
+        .await
+        .expect("write share 0");
+    store
+        .write(si, ShareNum(255), spool(store, &pattern(1, 2)))
+        .await
+        .expect("write share 255");
+    assert_eq!(
+        store.list(si).await.expect("list"),
+        vec![ShareNum(0), share, ShareNum(255)],
+        "listed in order"
+    );
+    assert!(
+        store
+            .list(fresh_storage_index())
+            .await
+            .expect("list other")
+            .is_empty(),
+        "files do not mix"
+    );
 
     let reads = (0..16u64).map(|i| store.read(si, share, vec![i * 1000..i * 1000 + 500]));
-    for (i, result) in futures::future::join_all(reads).await.into_iter().enumerate() {
+    for (i, result) in futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .enumerate()
+    {
         let i = i * 1000;
         assert_eq!(&result.expect("concurrent read")[0][..], &bytes[i..i + 500]);
     }

@@ -49,7 +49,9 @@ struct Inner {
 
 impl fmt::Debug for DirectoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DirectoryStore").field("root", &self.inner.root).finish()
+        f.debug_struct("DirectoryStore")
+            .field("root", &self.inner.root)
+            .finish()
     }
 }
 
@@ -62,10 +64,14 @@ impl DirectoryStore {
         let inner = Inner {
             name: root.display().to_string(),
             root,
-            open: Mutex::new(LruCache::new(NonZeroUsize::new(OPEN_FILES).unwrap_or(NonZeroUsize::MIN))),
+            open: Mutex::new(LruCache::new(
+                NonZeroUsize::new(OPEN_FILES).unwrap_or(NonZeroUsize::MIN),
+            )),
         };
         inner.sweep_stale_spools();
-        Ok(DirectoryStore { inner: Arc::new(inner) })
+        Ok(DirectoryStore {
+            inner: Arc::new(inner),
+        })
     }
 
     /// A store for a directory that may not exist: nothing is created, and calls fail with
@@ -76,7 +82,9 @@ impl DirectoryStore {
             inner: Arc::new(Inner {
                 name: root.display().to_string(),
                 root,
-                open: Mutex::new(LruCache::new(NonZeroUsize::new(OPEN_FILES).unwrap_or(NonZeroUsize::MIN))),
+                open: Mutex::new(LruCache::new(
+                    NonZeroUsize::new(OPEN_FILES).unwrap_or(NonZeroUsize::MIN),
+                )),
             }),
         }
     }
@@ -93,7 +101,6 @@ impl DirectoryStore {
 }
 
 impl Inner {
-
     fn file_dir(&self, si: &StorageIndex) -> PathBuf {
         let text = si.to_base32();
         self.root.join("shares").join(&text[..2]).join(text)
@@ -125,7 +132,8 @@ impl Inner {
         if let Some(found) = self.lock_open().get(&(si, share)) {
             return Ok(found.clone());
         }
-        let file = File::open(self.share_path(&si, share)).map_err(|e| StoreError::io("opening share", e))?;
+        let file = File::open(self.share_path(&si, share))
+            .map_err(|e| StoreError::io("opening share", e))?;
         let len = file
             .metadata()
             .map_err(|e| StoreError::io("reading share metadata", e))?
@@ -135,9 +143,13 @@ impl Inner {
         Ok(opened)
     }
 
-    fn lock_open(&self) -> std::sync::MutexGuard<'_, LruCache<(StorageIndex, ShareNum), OpenShare>> {
+    fn lock_open(
+        &self,
+    ) -> std::sync::MutexGuard<'_, LruCache<(StorageIndex, ShareNum), OpenShare>> {
         // A panic while holding this lock cannot leave the cache inconsistent.
-        self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn list_blocking(&self, si: StorageIndex) -> Result<Vec<ShareNum>, StoreError> {
@@ -190,7 +202,12 @@ impl Inner {
             .collect()
     }
 
-    fn write_blocking(&self, si: StorageIndex, share: ShareNum, spool: SpooledShare) -> Result<(), StoreError> {
+    fn write_blocking(
+        &self,
+        si: StorageIndex,
+        share: ShareNum,
+        spool: SpooledShare,
+    ) -> Result<(), StoreError> {
         let final_path = self.share_path(&si, share);
         let dir = self.file_dir(&si);
         fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating share directory", e))?;
@@ -203,7 +220,8 @@ impl Inner {
                 .tempfile_in(self.root.join("tmp"))
                 .map_err(|e| StoreError::io("creating spool", e))?;
             let source = temp.as_file_mut();
-            io::copy(&mut &*source, local.as_file_mut()).map_err(|e| StoreError::io("copying spool", e))?;
+            io::copy(&mut &*source, local.as_file_mut())
+                .map_err(|e| StoreError::io("copying spool", e))?;
             temp = local;
         }
         temp.as_file()
@@ -233,8 +251,12 @@ impl Inner {
 
 /// Share numbers are written in canonical decimal; anything else in the directory is ignored.
 fn parse_share_name(name: &str) -> Option<ShareNum> {
-    let canonical = !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) && (name == "0" || !name.starts_with('0'));
-    canonical.then(|| name.parse::<u8>().ok().map(ShareNum)).flatten()
+    let canonical = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_digit())
+        && (name == "0" || !name.starts_with('0'));
+    canonical
+        .then(|| name.parse::<u8>().ok().map(ShareNum))
+        .flatten()
 }
 
 fn same_contents(candidate: &File, existing: &Path) -> io::Result<bool> {
@@ -291,7 +313,12 @@ impl ShareStore for DirectoryStore {
         blocking(move || this.read_blocking(si, share, &ranges))
     }
 
-    fn write(&self, si: StorageIndex, share: ShareNum, spool: SpooledShare) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn write(
+        &self,
+        si: StorageIndex,
+        share: ShareNum,
+        spool: SpooledShare,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
         let this = self.inner.clone();
         blocking(move || this.write_blocking(si, share, spool))
     }

@@ -55,7 +55,9 @@ pub struct FaultyStore {
 
 impl fmt::Debug for FaultyStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FaultyStore").field("inner", &self.inner).finish()
+        f.debug_struct("FaultyStore")
+            .field("inner", &self.inner)
+            .finish()
     }
 }
 
@@ -87,11 +89,18 @@ impl FaultyStore {
 
     /// Stops recording and returns the reads recorded.
     pub fn take_log(&self) -> Vec<(ShareNum, Vec<Range<u64>>)> {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default()
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_default()
     }
 
     fn faults(&self) -> Faults {
-        self.faults.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     async fn before_call(&self, faults: &Faults) -> Result<(), StoreError> {
@@ -161,13 +170,21 @@ impl ShareStore for FaultyStore {
                 parts = parts.into_iter().map(|p| flip(p, seed)).collect();
             }
             if faults.short_reads {
-                parts = parts.into_iter().map(|p| p.slice(..p.len().saturating_sub(1))).collect();
+                parts = parts
+                    .into_iter()
+                    .map(|p| p.slice(..p.len().saturating_sub(1)))
+                    .collect();
             }
             Ok(parts)
         })
     }
 
-    fn write(&self, si: StorageIndex, share: ShareNum, spool: SpooledShare) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn write(
+        &self,
+        si: StorageIndex,
+        share: ShareNum,
+        spool: SpooledShare,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let faults = self.faults();
             self.before_call(&faults).await?;

@@ -159,7 +159,8 @@ pub trait ShareStore: Send + Sync + fmt::Debug {
     fn name(&self) -> &str;
 
     /// Share numbers held for `storage_index` (empty when none).
-    fn list(&self, storage_index: StorageIndex) -> BoxFuture<'_, Result<Vec<ShareNum>, StoreError>>;
+    fn list(&self, storage_index: StorageIndex)
+    -> BoxFuture<'_, Result<Vec<ShareNum>, StoreError>>;
 
     /// Reads each of `ranges` of a share. Every range must lie inside the share; the result
     /// has one buffer per range, each exactly as long as its range.

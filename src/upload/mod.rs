@@ -28,10 +28,10 @@ use crate::core::codec::Codec as _;
 use crate::core::erasure::Codec;
 use crate::core::geometry::{Geometry, GeometryError, SegmentIndex, ShareNum};
 use crate::core::hash::{self, Hash};
+use crate::core::layout::ShareLayout;
 use crate::core::share_header::ShareHeader;
 use crate::core::tree;
 use crate::core::ueb::Ueb;
-use crate::core::layout::ShareLayout;
 use crate::grid::Grid;
 use crate::store::SpooledShare;
 use tree_file::TreeSection;
@@ -59,6 +59,9 @@ impl fmt::Debug for PutSource {
 /// Progress callback: bytes of input processed so far.
 pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
+/// See [`PutOptions::tamper`].
+pub type Tamper = Arc<dyn Fn(ShareNum, SegmentIndex, &mut [u8]) + Send + Sync>;
+
 /// How to encode and place a file.
 #[derive(Clone)]
 pub struct PutOptions {
@@ -75,6 +78,11 @@ pub struct PutOptions {
     pub threads: usize,
     /// Called as input is processed.
     pub progress: Option<Progress>,
+    /// Simulates a malicious or buggy uploader, for tests: called on every block after
+    /// encoding and before hashing, it may change the block. The shares are then authentic
+    /// (they match the trees in the cap) yet disagree with each other.
+    #[doc(hidden)]
+    pub tamper: Option<Tamper>,
 }
 
 impl fmt::Debug for PutOptions {
@@ -98,6 +106,7 @@ impl Default for PutOptions {
             happy: None,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             progress: None,
+            tamper: None,
         }
     }
 }
@@ -161,20 +170,28 @@ pub enum PutError {
 /// println!("{}", cap.to_secret_string());
 /// # Ok(()) }
 /// ```
-pub async fn put(grid: &Grid, source: PutSource, options: &PutOptions) -> Result<ReadCap, PutError> {
+pub async fn put(
+    grid: &Grid,
+    source: PutSource,
+    options: &PutOptions,
+) -> Result<ReadCap, PutError> {
     if grid.is_empty() {
         return Err(PutError::NoServers);
     }
     if let Some(happy) = options.happy
         && (happy == 0 || happy > options.n)
     {
-        return Err(PutError::Happy { happy, n: options.n });
+        return Err(PutError::Happy {
+            happy,
+            n: options.n,
+        });
     }
     let encoding_grid = grid.clone();
     let encoding_options = options.clone();
-    let encoded = tokio::task::spawn_blocking(move || encode(&encoding_grid, source, &encoding_options))
-        .await
-        .map_err(|e| PutError::Internal(format!("encoder task failed: {e}")))??;
+    let encoded =
+        tokio::task::spawn_blocking(move || encode(&encoding_grid, source, &encoding_options))
+            .await
+            .map_err(|e| PutError::Internal(format!("encoder task failed: {e}")))??;
     let si = encoded.cap.storage_index();
     let writes = encoded.spools.into_iter().enumerate().map(|(i, spool)| {
         let server = encoded.placement[i];
@@ -188,14 +205,24 @@ pub async fn put(grid: &Grid, source: PutSource, options: &PutOptions) -> Result
     for (share, server, result) in &results {
         if let Err(e) = result {
             failed_servers.insert(*server);
-            failures.push_str(&format!("  share {share} on {}: {e}\n", grid.servers()[*server].name()));
+            failures.push_str(&format!(
+                "  share {share} on {}: {e}\n",
+                grid.servers()[*server].name()
+            ));
         }
     }
     let used: std::collections::HashSet<usize> = encoded.placement.iter().copied().collect();
     let stored = used.len() - failed_servers.len();
-    let happy = options.happy.map_or(used.len(), usize::from).min(used.len().max(1));
+    let happy = options
+        .happy
+        .map_or(used.len(), usize::from)
+        .min(used.len().max(1));
     if stored < happy {
-        return Err(PutError::NotHappy { stored, happy, failures });
+        return Err(PutError::NotHappy {
+            stored,
+            happy,
+            failures,
+        });
     }
     info!(%si, size = encoded.cap.geometry().size(), shares = results.len() - failures.lines().count(), "uploaded");
     Ok(encoded.cap)
@@ -223,7 +250,11 @@ fn open_input(
         PutSource::Path(path) => {
             let file = File::open(&path).map_err(PutError::Input)?;
             let size = file.metadata().map_err(PutError::Input)?.len();
-            Ok((Box::new(io::BufReader::with_capacity(1 << 20, file)), size, false))
+            Ok((
+                Box::new(io::BufReader::with_capacity(1 << 20, file)),
+                size,
+                false,
+            ))
         }
         PutSource::Bytes(bytes) => {
             let size = bytes.len() as u64;
@@ -247,14 +278,20 @@ fn open_input(
                     Err(e) => return Err(PutError::Input(e)),
                 };
                 keystream.apply(size, &mut buffer[..n]);
-                spool.write_all(&buffer[..n]).map_err(spool_error(dir.display()))?;
+                spool
+                    .write_all(&buffer[..n])
+                    .map_err(spool_error(dir.display()))?;
                 size += n as u64;
                 if let Some(progress) = progress {
                     progress(size);
                 }
             }
             spool.rewind().map_err(spool_error(dir.display()))?;
-            Ok((Box::new(io::BufReader::with_capacity(1 << 20, spool)), size, true))
+            Ok((
+                Box::new(io::BufReader::with_capacity(1 << 20, spool)),
+                size,
+                true,
+            ))
         }
     }
 }
@@ -263,7 +300,8 @@ fn encode(grid: &Grid, source: PutSource, options: &PutOptions) -> Result<Encode
     let key = FileKey::generate().map_err(|e| PutError::Random(e.to_string()))?;
     let keystream = Keystream::new(&key);
     let si = StorageIndex(key.storage_index());
-    let (mut input, size, encrypted) = open_input(grid, source, &keystream, options.progress.as_ref())?;
+    let (mut input, size, encrypted) =
+        open_input(grid, source, &keystream, options.progress.as_ref())?;
     let segment_size = options
         .segment_size
         .unwrap_or_else(|| Geometry::choose_segment_size(size));
@@ -290,6 +328,7 @@ fn encode(grid: &Grid, source: PutSource, options: &PutOptions) -> Result<Encode
         encrypted,
         codec: Codec::new(options.k, options.n).map_err(|e| PutError::Internal(e.to_string()))?,
         spools: &spools,
+        tamper: options.tamper.as_ref(),
     };
     encoder.encode_all(&mut *input, options)?;
     let ueb_hash = finish_shares(&geometry, &layout, si, &spools, options.threads)?;
@@ -307,6 +346,7 @@ struct SegmentEncoder<'a> {
     encrypted: bool,
     codec: Codec,
     spools: &'a [SpooledShare],
+    tamper: Option<&'a Tamper>,
 }
 
 /// Scratch space one encoding thread reuses for every segment (allocating fresh 128 KiB
@@ -339,7 +379,10 @@ impl SegmentEncoder<'_> {
         let first_error: Mutex<Option<PutError>> = Mutex::new(None);
         let fail = |e: PutError| {
             failed.store(true, Ordering::SeqCst);
-            first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+            first_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert(e);
         };
         let done = AtomicU64::new(0);
         let (job_tx, job_rx) = mpsc::sync_channel::<(SegmentIndex, Vec<u8>)>(threads);
@@ -347,18 +390,25 @@ impl SegmentEncoder<'_> {
         let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
         std::thread::scope(|scope| {
             for _ in 0..threads + 2 {
-                let _ = free_tx.send(Vec::with_capacity(g.padded_segment_len(SegmentIndex(0)) as usize));
+                let _ = free_tx.send(Vec::with_capacity(
+                    g.padded_segment_len(SegmentIndex(0)) as usize
+                ));
             }
             for _ in 0..threads {
                 let (job_rx, free_tx, failed, fail) = (&job_rx, free_tx.clone(), &failed, &fail);
                 scope.spawn(move || {
                     let mut scratch = Scratch {
-                        parity: vec![vec![0u8; g.full_block_size() as usize]; usize::from(g.n() - g.k())],
+                        parity: vec![
+                            vec![0u8; g.full_block_size() as usize];
+                            usize::from(g.n() - g.k())
+                        ],
                         leaves: vec![Hash::default(); usize::from(g.n())],
                     };
                     loop {
                         let job = job_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                        let Ok((segment, mut buffer)) = job else { break };
+                        let Ok((segment, mut buffer)) = job else {
+                            break;
+                        };
                         if !failed.load(Ordering::SeqCst)
                             && let Err(e) = self.encode_segment(segment, &mut buffer, &mut scratch)
                         {
@@ -372,13 +422,19 @@ impl SegmentEncoder<'_> {
                 if failed.load(Ordering::SeqCst) {
                     break;
                 }
-                let Ok(mut buffer) = free_rx.recv() else { break };
+                let Ok(mut buffer) = free_rx.recv() else {
+                    break;
+                };
                 let segment = SegmentIndex(s);
                 let len = g.segment_len(segment) as usize;
                 buffer.clear();
                 buffer.resize(len, 0);
                 if let Err(e) = input.read_exact(&mut buffer) {
-                    fail(if e.kind() == io::ErrorKind::UnexpectedEof { PutError::InputChanged } else { PutError::Input(e) });
+                    fail(if e.kind() == io::ErrorKind::UnexpectedEof {
+                        PutError::InputChanged
+                    } else {
+                        PutError::Input(e)
+                    });
                     break;
                 }
                 if job_tx.send((segment, buffer)).is_err() {
@@ -402,7 +458,12 @@ impl SegmentEncoder<'_> {
         }
     }
 
-    fn encode_segment(&self, segment: SegmentIndex, buffer: &mut Vec<u8>, scratch: &mut Scratch) -> Result<(), PutError> {
+    fn encode_segment(
+        &self,
+        segment: SegmentIndex,
+        buffer: &mut Vec<u8>,
+        scratch: &mut Scratch,
+    ) -> Result<(), PutError> {
         let g = &self.geometry;
         let (k, n) = (usize::from(g.k()), usize::from(g.n()));
         let block = g.block_size(segment) as usize;
@@ -410,19 +471,37 @@ impl SegmentEncoder<'_> {
             self.keystream.apply(g.segment_start(segment), buffer);
         }
         buffer.resize(block * k, 0);
-        let data: Vec<&[u8]> = buffer.chunks_exact(block).collect();
         {
-            let mut parity: Vec<&mut [u8]> = scratch.parity.iter_mut().map(|p| &mut p[..block]).collect();
+            let data: Vec<&[u8]> = buffer.chunks_exact(block).collect();
+            let mut parity: Vec<&mut [u8]> =
+                scratch.parity.iter_mut().map(|p| &mut p[..block]).collect();
             self.codec
                 .encode(&data, &mut parity)
                 .map_err(|e| PutError::Internal(e.to_string()))?;
         }
+        if let Some(tamper) = self.tamper {
+            for (share, bytes) in buffer
+                .chunks_exact_mut(block)
+                .chain(scratch.parity.iter_mut().map(|p| &mut p[..block]))
+                .enumerate()
+            {
+                tamper(ShareNum(share as u8), segment, bytes);
+            }
+        }
+        let data: Vec<&[u8]> = buffer.chunks_exact(block).collect();
         let offset = self.layout.block_range(segment).start;
         for share in 0..n {
-            let bytes = if share < k { data[share] } else { &scratch.parity[share - k][..block] };
+            let bytes = if share < k {
+                data[share]
+            } else {
+                &scratch.parity[share - k][..block]
+            };
             scratch.leaves[share] = hash::block_leaf(bytes);
             let dir = self.spools[share].path().display().to_string();
-            self.spools[share].file().write_all_at(bytes, offset).map_err(spool_error(&dir))?;
+            self.spools[share]
+                .file()
+                .write_all_at(bytes, offset)
+                .map_err(spool_error(&dir))?;
             self.section(share, false)
                 .write_leaf(segment.0, &scratch.leaves[share])
                 .map_err(spool_error(&dir))?;
@@ -465,7 +544,10 @@ fn finish_shares(
             .collect();
         workers
             .into_iter()
-            .map(|w| w.join().unwrap_or_else(|_| Err(io::Error::other("tree thread panicked"))))
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("tree thread panicked")))
+            })
             .collect::<io::Result<Vec<Vec<Hash>>>>()
             .map(|v| v.into_iter().flatten().collect())
     })
@@ -520,9 +602,10 @@ fn finish_shares(
                 scope.spawn(move || shares.into_iter().try_for_each(finish_one))
             })
             .collect();
-        workers
-            .into_iter()
-            .try_for_each(|w| w.join().unwrap_or_else(|_| Err(io::Error::other("share thread panicked"))))
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .unwrap_or_else(|_| Err(io::Error::other("share thread panicked")))
+        })
     })
     .map_err(spool_error("share spools"))?;
     Ok(hash::ueb(&ueb_bytes))

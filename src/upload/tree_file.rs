@@ -43,7 +43,8 @@ impl TreeSection<'_> {
 
     /// Writes leaf `j`.
     pub(crate) fn write_leaf(&self, j: u64, leaf: &Hash) -> io::Result<()> {
-        self.file.write_all_at(&leaf.0, self.offset(self.shape.leaf_node(j)))
+        self.file
+            .write_all_at(&leaf.0, self.offset(self.shape.leaf_node(j)))
     }
 
     /// Fills the padding leaves and computes every interior node from the leaves already
@@ -53,7 +54,11 @@ impl TreeSection<'_> {
         let mut j = self.shape.leaves();
         while j < width {
             let count = (width - j).min(CHUNK_NODES);
-            write_nodes(self.file, self.offset(self.shape.leaf_node(j)), &vec![hash::empty_leaf(); count as usize])?;
+            write_nodes(
+                self.file,
+                self.offset(self.shape.leaf_node(j)),
+                &vec![hash::empty_leaf(); count as usize],
+            )?;
             j += count;
         }
         for height in 1..=self.shape.depth() {
@@ -63,9 +68,20 @@ impl TreeSection<'_> {
             let mut done = 0;
             while done < parents {
                 let count = (parents - done).min(CHUNK_NODES);
-                let children = read_nodes(self.file, self.offset(NodeIndex(child_start.0 + 2 * done)), 2 * count)?;
-                let computed: Vec<Hash> = children.chunks_exact(2).map(|pair| hash::node(&pair[0], &pair[1])).collect();
-                write_nodes(self.file, self.offset(NodeIndex(parent_start.0 + done)), &computed)?;
+                let children = read_nodes(
+                    self.file,
+                    self.offset(NodeIndex(child_start.0 + 2 * done)),
+                    2 * count,
+                )?;
+                let computed: Vec<Hash> = children
+                    .chunks_exact(2)
+                    .map(|pair| hash::node(&pair[0], &pair[1]))
+                    .collect();
+                write_nodes(
+                    self.file,
+                    self.offset(NodeIndex(parent_start.0 + done)),
+                    &computed,
+                )?;
                 done += count;
             }
         }
@@ -89,7 +105,9 @@ impl TreeSection<'_> {
     pub(crate) fn chain_reader(&self) -> ChainReader<'_> {
         ChainReader {
             section: self,
-            levels: (0..self.shape.depth()).map(|_| LevelWindow::default()).collect(),
+            levels: (0..self.shape.depth())
+                .map(|_| LevelWindow::default())
+                .collect(),
         }
     }
 }
@@ -113,13 +131,18 @@ impl ChainReader<'_> {
         let shape = self.section.shape;
         let position = (j >> level) ^ 1;
         let window = &mut self.levels[level as usize];
-        let loaded = position >= window.first && position < window.first + window.nodes.len() as u64;
+        let loaded =
+            position >= window.first && position < window.first + window.nodes.len() as u64;
         if !loaded {
             let level_len = shape.width() >> level;
             let first = position - position % CHUNK_NODES;
             let count = (level_len - first).min(CHUNK_NODES);
             let start = shape.level_start(level).0 + first;
-            window.nodes = read_nodes(self.section.file, self.section.offset(NodeIndex(start)), count)?;
+            window.nodes = read_nodes(
+                self.section.file,
+                self.section.offset(NodeIndex(start)),
+                count,
+            )?;
             window.first = first;
         }
         Ok(window.nodes[(position - window.first) as usize])
@@ -136,8 +159,14 @@ mod tests {
         for leaves in [0u64, 1, 2, 3, 5, 8, 9, 100] {
             let file = tempfile::tempfile().unwrap();
             let shape = TreeShape::new(leaves);
-            let section = TreeSection { file: &file, base: 17, shape };
-            let hashes: Vec<Hash> = (0..leaves).map(|i| hash::block_leaf(&i.to_be_bytes())).collect();
+            let section = TreeSection {
+                file: &file,
+                base: 17,
+                shape,
+            };
+            let hashes: Vec<Hash> = (0..leaves)
+                .map(|i| hash::block_leaf(&i.to_be_bytes()))
+                .collect();
             for (j, leaf) in hashes.iter().enumerate() {
                 section.write_leaf(j as u64, leaf).unwrap();
             }
@@ -146,13 +175,22 @@ mod tests {
             assert_eq!(root, expected[0], "{leaves} leaves");
             let mut chains = section.chain_reader();
             for j in 0..leaves {
-                let chain: Vec<Hash> = (0..shape.depth()).map(|l| chains.sibling(j, l).unwrap()).collect();
+                let chain: Vec<Hash> = (0..shape.depth())
+                    .map(|l| chains.sibling(j, l).unwrap())
+                    .collect();
                 assert_eq!(chain, tree::chain_of(&expected, &shape, j));
             }
             let copy = tempfile::tempfile().unwrap();
             section.copy_to(&copy, 0).unwrap();
-            let copied = TreeSection { file: &copy, base: 0, shape };
-            assert_eq!(read_nodes(copied.file, 0, shape.node_count()).unwrap(), expected);
+            let copied = TreeSection {
+                file: &copy,
+                base: 0,
+                shape,
+            };
+            assert_eq!(
+                read_nodes(copied.file, 0, shape.node_count()).unwrap(),
+                expected
+            );
         }
     }
 }

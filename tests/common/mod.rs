@@ -1,0 +1,136 @@
+//! Shared test fixtures: a grid of fault-injecting directory stores with one file on it.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use segvault::core::geometry::ShareNum;
+use segvault::store::fault::{Faults, FaultyStore};
+use segvault::store::{DirectoryStore, ShareStore};
+use segvault::{Grid, PutOptions, PutSource, ReadCap};
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// `n` directory stores wrapped in fault injectors, and one file uploaded to them.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub stores: Vec<Arc<FaultyStore>>,
+    pub grid: Grid,
+    pub plaintext: Vec<u8>,
+    pub cap: ReadCap,
+}
+
+impl Fixture {
+    pub async fn new(size: usize, segment_size: u64, k: u16, n: u16) -> Fixture {
+        Fixture::with_options(
+            size,
+            PutOptions {
+                k,
+                n,
+                segment_size: Some(segment_size),
+                ..PutOptions::default()
+            },
+        )
+        .await
+    }
+
+    pub async fn with_options(size: usize, options: PutOptions) -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stores: Vec<Arc<FaultyStore>> = (0..options.n)
+            .map(|i| {
+                let store =
+                    DirectoryStore::open(dir.path().join(format!("server-{i:02}"))).expect("store");
+                Arc::new(FaultyStore::new(Arc::new(store)))
+            })
+            .collect();
+        let grid = Grid::new(
+            stores
+                .iter()
+                .map(|s| s.clone() as Arc<dyn ShareStore>)
+                .collect(),
+        );
+        let plaintext = random_bytes(
+            size,
+            size as u64 ^ u64::from(options.k) << 32 ^ u64::from(options.n) << 48,
+        );
+        let cap = segvault::put(&grid, PutSource::Bytes(plaintext.clone()), &options)
+            .await
+            .expect("put");
+        Fixture {
+            dir,
+            stores,
+            grid,
+            plaintext,
+            cap,
+        }
+    }
+
+    /// Applies `faults` to every store.
+    pub fn set_faults(&self, faults: &Faults) {
+        for store in &self.stores {
+            store.set_faults(faults.clone());
+        }
+    }
+
+    /// Hides shares `0..h` everywhere, where `h` is as many primaries as can go while k
+    /// shares remain, so reads must decode from parity. `None` when n = k.
+    pub fn force_parity(&self) -> Option<usize> {
+        let g = self.cap.geometry();
+        let hide = usize::from(g.k().min(g.n() - g.k()));
+        if hide == 0 {
+            return None;
+        }
+        let faults = Faults {
+            hidden: (0..hide).map(|s| ShareNum(s as u8)).collect(),
+            ..Faults::default()
+        };
+        self.set_faults(&faults);
+        Some(hide)
+    }
+
+    /// The store holding `share`.
+    pub async fn store_holding(&self, share: ShareNum) -> &Arc<FaultyStore> {
+        for store in &self.stores {
+            if store
+                .list(self.cap.storage_index())
+                .await
+                .expect("list")
+                .contains(&share)
+            {
+                return store;
+            }
+        }
+        panic!("no store holds share {share}");
+    }
+
+    /// Total `read` requests across all stores.
+    pub fn reads(&self) -> u64 {
+        self.stores
+            .iter()
+            .map(|s| {
+                s.counters()
+                    .reads
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum()
+    }
+
+    /// The plaintext a read of `len` bytes at `offset` must return.
+    pub fn expected(&self, offset: u64, len: u64) -> &[u8] {
+        let size = self.plaintext.len() as u64;
+        let start = offset.min(size);
+        let end = offset.saturating_add(len).min(size).max(start);
+        &self.plaintext[start as usize..end as usize]
+    }
+}

@@ -1,0 +1,392 @@
+//! How the engine fetches: request counts, shared fetches, cancellation, bounded read-ahead,
+//! and routing around missing, corrupt, slow, lying and inconsistent shares.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::Fixture;
+use futures::StreamExt;
+use segvault::core::geometry::{SegmentIndex, ShareNum};
+use segvault::core::layout::ShareLayout;
+use segvault::engine::verify;
+use segvault::store::fault::Faults;
+use segvault::{Client, PutOptions, ReadError, ReaderConfig};
+
+fn client(fixture: &Fixture) -> Client {
+    Client::new(fixture.grid.clone(), ReaderConfig::default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_segment_costs_one_request_per_share_and_a_warm_one_no_hash_bytes() {
+    let fixture = Fixture::new(20_000, 1000, 3, 10).await;
+    let file = client(&fixture).open(&fixture.cap).await.unwrap();
+    let layout = ShareLayout::new(fixture.cap.geometry());
+    let before = fixture.reads();
+    assert_eq!(
+        &file.read(7_500, 10).await.unwrap()[..],
+        fixture.expected(7_500, 10)
+    );
+    assert_eq!(
+        fixture.reads() - before,
+        3,
+        "one request per share for a cold segment"
+    );
+
+    for store in &fixture.stores {
+        store.start_log();
+    }
+    assert_eq!(
+        &file.read(7_000, 1000).await.unwrap()[..],
+        fixture.expected(7_000, 1000)
+    );
+    let requests: Vec<_> = fixture.stores.iter().flat_map(|s| s.take_log()).collect();
+    assert_eq!(requests.len(), 3);
+    for (_, ranges) in requests {
+        assert_eq!(
+            ranges,
+            vec![layout.block_range(SegmentIndex(7))],
+            "a warm read asks for the block alone"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_reads_fetch_about_one_new_hash_level_per_segment() {
+    let fixture = Fixture::new(64_000, 1000, 3, 10).await;
+    let file = client(&fixture).open(&fixture.cap).await.unwrap();
+    let layout = ShareLayout::new(fixture.cap.geometry());
+    for store in &fixture.stores {
+        store.start_log();
+    }
+    file.read(0, 64_000).await.unwrap();
+    let hash_bytes: u64 = fixture
+        .stores
+        .iter()
+        .flat_map(|s| s.take_log())
+        .flat_map(|(_, ranges)| ranges)
+        .filter(|r| r.start >= layout.header_region().end)
+        .map(|r| r.end - r.start)
+        .sum::<u64>()
+        - 3 * 64_000 / 3;
+    // 64 segments, depth 6: a cold chain is 6 levels; sequentially each segment needs ~1-2.
+    let levels_per_block = hash_bytes as f64 / 64.0 / (64.0 * 3.0);
+    assert!(
+        levels_per_block < 2.5,
+        "{levels_per_block} chain levels per block"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_readers_of_a_segment_share_one_fetch() {
+    let fixture = Fixture::new(10_000, 1000, 3, 10).await;
+    let file = client(&fixture).open(&fixture.cap).await.unwrap();
+    fixture.set_faults(&Faults {
+        latency: Some(Duration::from_millis(100)),
+        ..Faults::default()
+    });
+    let before = fixture.reads();
+    let reads = (0..8).map(|i| file.read(4_000 + i * 100, 100));
+    for (i, result) in futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(
+            &result.unwrap()[..],
+            fixture.expected(4_000 + i as u64 * 100, 100)
+        );
+    }
+    assert_eq!(fixture.reads() - before, 3, "eight readers, one fetch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_read_cancels_its_fetches() {
+    let fixture = Fixture::new(100_000, 1000, 3, 10).await;
+    let file = client(&fixture).open(&fixture.cap).await.unwrap();
+    let idle = Arc::strong_count(file.node());
+    fixture.set_faults(&Faults {
+        stall: true,
+        ..Faults::default()
+    });
+    let read = tokio::time::timeout(Duration::from_millis(100), file.read(0, 100_000)).await;
+    assert!(read.is_err(), "a stalled grid cannot finish the read");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        Arc::strong_count(file.node()),
+        idle,
+        "no segment task outlives the dropped read"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_never_fetches_more_than_its_window_ahead() {
+    let fixture = Fixture::new(200_000, 1000, 3, 10).await;
+    let file = client(&fixture).open(&fixture.cap).await.unwrap();
+    let window = file.read_ahead() as u64;
+    let mut stream = file.stream(0..200_000);
+    let before = fixture.reads();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(&first[..], fixture.expected(0, 1000));
+    // The consumer stalls: whatever is in flight completes, and nothing more starts.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(stream.in_flight() as u64 <= window);
+    assert!(
+        fixture.reads() - before <= 3 * window,
+        "{} requests for a window of {window}",
+        fixture.reads() - before
+    );
+    let mut rest = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        rest.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(rest, fixture.expected(1000, 199_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_and_lying_shares_are_routed_around() {
+    let fixture = Fixture::new(50_000, 1000, 3, 10).await;
+    // Shares 0 and 1 flip bits; share 2 returns short reads; share 3 errors.
+    for (i, faults) in [
+        Faults {
+            flip_seed: Some(1),
+            ..Faults::default()
+        },
+        Faults {
+            flip_seed: Some(2),
+            ..Faults::default()
+        },
+        Faults {
+            short_reads: true,
+            ..Faults::default()
+        },
+        Faults {
+            error: Some("disk on fire".into()),
+            ..Faults::default()
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        fixture
+            .store_holding(ShareNum(i as u8))
+            .await
+            .set_faults(faults);
+    }
+    let file = client(&fixture).open(&fixture.cap).await.unwrap();
+    assert_eq!(
+        &file.read(0, 50_000).await.unwrap()[..],
+        &fixture.plaintext[..]
+    );
+    let report = file.node().report().to_string();
+    assert!(report.contains("corrupt"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_share_is_routed_around_after_the_request_timeout() {
+    let fixture = Fixture::new(5_000, 1000, 2, 4).await;
+    let config = ReaderConfig {
+        request_timeout: Duration::from_millis(200),
+        ..ReaderConfig::default()
+    };
+    let file = Client::new(fixture.grid.clone(), config)
+        .open(&fixture.cap)
+        .await
+        .unwrap();
+    for store in &fixture.stores[..2] {
+        store.set_faults(Faults {
+            stall: true,
+            ..Faults::default()
+        });
+    }
+    assert_eq!(
+        &file.read(0, 5_000).await.unwrap()[..],
+        &fixture.plaintext[..]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_marks_expire() {
+    let fixture = Fixture::new(3_000, 1000, 2, 2).await;
+    let config = ReaderConfig {
+        failure_ttl: Duration::from_millis(100),
+        ..ReaderConfig::default()
+    };
+    let file = Client::new(fixture.grid.clone(), config)
+        .open(&fixture.cap)
+        .await
+        .unwrap();
+    fixture.set_faults(&Faults {
+        error: Some("network down".into()),
+        ..Faults::default()
+    });
+    let err = file.read(0, 10).await.unwrap_err();
+    assert!(matches!(err, ReadError::NotEnoughShares { .. }), "{err}");
+    assert!(
+        err.to_string().contains("network down"),
+        "the error says why: {err}"
+    );
+    fixture.set_faults(&Faults::default());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        &file.read(0, 3_000).await.unwrap()[..],
+        &fixture.plaintext[..],
+        "the same node reads again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_files_and_too_few_shares_are_explained() {
+    let fixture = Fixture::new(3_000, 1000, 3, 5).await;
+    fixture.set_faults(&Faults {
+        hidden: (0..5).map(ShareNum).collect(),
+        ..Faults::default()
+    });
+    let err = client(&fixture).open(&fixture.cap).await.unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+
+    fixture.set_faults(&Faults {
+        hidden: (0..3).map(ShareNum).collect(),
+        ..Faults::default()
+    });
+    let err = client(&fixture).open(&fixture.cap).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(
+            err,
+            ReadError::NotEnoughShares {
+                needed: 3,
+                usable: 2,
+                ..
+            }
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("share 3 on") && text.contains("share 4 on"),
+        "names what was found: {text}"
+    );
+    assert!(
+        text.contains("holds no shares"),
+        "names the servers without shares: {text}"
+    );
+}
+
+fn tamper_parity(parity_share: u8, segment: u64) -> PutOptions {
+    PutOptions {
+        k: 3,
+        n: 6,
+        segment_size: Some(1000),
+        tamper: Some(Arc::new(move |share, s, block| {
+            if share.0 == parity_share && s.0 == segment {
+                block[0] ^= 0x55;
+            }
+        })),
+        ..PutOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decode_that_fails_the_ciphertext_check_is_retried_with_other_shares() {
+    // Share 3 (parity) was made wrong for segment 2, yet its hashes are all valid.
+    let fixture = Fixture::with_options(5_000, tamper_parity(3, 2)).await;
+    fixture.set_faults(&Faults {
+        hidden: [ShareNum(0)].into(),
+        ..Faults::default()
+    });
+    let file = client(&fixture).open(&fixture.cap).await.unwrap();
+    assert_eq!(
+        &file.read(0, 5_000).await.unwrap()[..],
+        &fixture.plaintext[..]
+    );
+
+    fixture.set_faults(&Faults::default());
+    let report = verify::verify(
+        &fixture.grid,
+        &fixture.cap.verify_cap(),
+        &ReaderConfig::default(),
+        None,
+    )
+    .await;
+    assert!(!report.is_healthy(), "{report}");
+    let bad: Vec<_> = report.shares.iter().filter(|s| !s.is_good()).collect();
+    assert_eq!(bad.len(), 1, "{report}");
+    assert_eq!(bad[0].share, ShareNum(3));
+    assert!(bad[0].problems[0].contains("segment 2"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shares_that_never_agree_fail_with_an_explanation_not_wrong_bytes() {
+    let options = PutOptions {
+        k: 2,
+        n: 4,
+        segment_size: Some(1000),
+        tamper: Some(Arc::new(|share, _, block| {
+            if share.0 >= 2 {
+                block[0] ^= 1;
+            }
+        })),
+        ..PutOptions::default()
+    };
+    let fixture = Fixture::with_options(3_000, options).await;
+    fixture.set_faults(&Faults {
+        hidden: [ShareNum(0)].into(),
+        ..Faults::default()
+    });
+    let err = client(&fixture)
+        .open(&fixture.cap)
+        .await
+        .unwrap()
+        .read(0, 10)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ReadError::Inconsistent { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_keeps_tree_memory_proportional_to_what_was_read() {
+    let fixture = Fixture::new(1_000_000, 100, 3, 10).await;
+    let file = client(&fixture).open(&fixture.cap).await.unwrap();
+    file.read(500_000, 100).await.unwrap();
+    let (nodes, _) = file.node().tree_memory();
+    // 10,000 segments (depth 14): one read learns a few chains, not whole trees.
+    assert!(nodes < 200, "{nodes} nodes after one read");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_missing_and_corrupt_shares() {
+    let fixture = Fixture::new(10_000, 1000, 3, 10).await;
+    let report = verify::verify(
+        &fixture.grid,
+        &fixture.cap.verify_cap(),
+        &ReaderConfig::default(),
+        None,
+    )
+    .await;
+    assert!(report.is_healthy(), "{report}");
+    assert_eq!(report.shares.len(), 10);
+
+    fixture.stores[0].set_faults(Faults {
+        flip_seed: Some(9),
+        ..Faults::default()
+    });
+    fixture.stores[1].set_faults(Faults {
+        hidden: (0..10).map(ShareNum).collect(),
+        ..Faults::default()
+    });
+    let report = verify::verify(
+        &fixture.grid,
+        &fixture.cap.verify_cap(),
+        &ReaderConfig::default(),
+        None,
+    )
+    .await;
+    assert!(!report.is_healthy());
+    assert_eq!(report.missing.len(), 1, "{report}");
+    assert_eq!(
+        report.shares.iter().filter(|s| !s.is_good()).count(),
+        1,
+        "{report}"
+    );
+}

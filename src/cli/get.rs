@@ -20,7 +20,7 @@ pub(crate) struct GetArgs {
     /// The file's read cap (`-` reads it from stdin)
     cap: String,
     /// Bytes to get, inclusive like HTTP: START-END, START- (to the end) or -SUFFIX (the last bytes)
-    #[arg(long, value_name = "START-END")]
+    #[arg(long, value_name = "START-END", allow_hyphen_values = true)]
     range: Option<String>,
     /// Write to this file instead of stdout (replaced only once every byte is verified)
     #[arg(short = 'o', long, value_name = "PATH")]

@@ -599,7 +599,7 @@ impl FileNode {
         };
         let record = Record::parse(&self.layout, segment, record_bytes)
             .ok_or_else(|| Problem::CorruptShare("record has the wrong length".into()))?;
-        let last = parts.last().map(Bytes::clone).unwrap_or_default();
+        let last = parts.last().cloned().unwrap_or_default();
         let block_start = last.len() - record_bytes.len();
         let data = last.slice(block_start..block_start + record.block.len());
         let block_chain = record.block_chain;

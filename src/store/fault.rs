@@ -45,12 +45,15 @@ pub struct Counters {
     pub bytes_read: AtomicU64,
 }
 
+/// One logged read: the share and the ranges asked for.
+pub type LoggedRead = (ShareNum, Vec<Range<u64>>);
+
 /// Wraps a store and misbehaves on request.
 pub struct FaultyStore {
     inner: Arc<dyn ShareStore>,
     faults: Mutex<Faults>,
     counters: Counters,
-    log: Mutex<Option<Vec<(ShareNum, Vec<Range<u64>>)>>>,
+    log: Mutex<Option<Vec<LoggedRead>>>,
 }
 
 impl fmt::Debug for FaultyStore {
@@ -88,7 +91,7 @@ impl FaultyStore {
     }
 
     /// Stops recording and returns the reads recorded.
-    pub fn take_log(&self) -> Vec<(ShareNum, Vec<Range<u64>>)> {
+    pub fn take_log(&self) -> Vec<LoggedRead> {
         self.log
             .lock()
             .unwrap_or_else(|p| p.into_inner())

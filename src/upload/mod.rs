@@ -465,7 +465,7 @@ impl SegmentEncoder<'_> {
         scratch: &mut Scratch,
     ) -> Result<(), PutError> {
         let g = &self.geometry;
-        let (k, n) = (usize::from(g.k()), usize::from(g.n()));
+        let k = usize::from(g.k());
         let block = g.block_size(segment) as usize;
         if !self.encrypted {
             self.keystream.apply(g.segment_start(segment), buffer);
@@ -488,14 +488,11 @@ impl SegmentEncoder<'_> {
                 tamper(ShareNum(share as u8), segment, bytes);
             }
         }
-        let data: Vec<&[u8]> = buffer.chunks_exact(block).collect();
         let offset = self.layout.block_range(segment).start;
-        for share in 0..n {
-            let bytes = if share < k {
-                data[share]
-            } else {
-                &scratch.parity[share - k][..block]
-            };
+        let blocks = buffer
+            .chunks_exact(block)
+            .chain(scratch.parity.iter().map(|p| &p[..block]));
+        for (share, bytes) in blocks.enumerate() {
             scratch.leaves[share] = hash::block_leaf(bytes);
             let dir = self.spools[share].path().display().to_string();
             self.spools[share]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::core::cap::StorageIndex;
 use crate::core::hash;
-use crate::store::{DirectoryStore, ShareStore};
+use crate::store::{DirectoryStore, Durability, ShareStore};
 
 /// Servers in a new embedded grid.
 pub const EMBEDDED_SERVERS: usize = 10;
@@ -82,8 +82,17 @@ impl Grid {
     }
 
     /// The embedded grid in `data_dir`, with at least `min_servers` directories (created as
-    /// needed; pass 0 to only attach what exists).
+    /// needed; pass 0 to only attach what exists). Writes are durable.
     pub fn embedded(data_dir: &Path, min_servers: usize) -> Result<Grid, GridError> {
+        Grid::embedded_with(data_dir, min_servers, Durability::Fsync)
+    }
+
+    /// [`embedded`](Self::embedded) with a choice of durability.
+    pub fn embedded_with(
+        data_dir: &Path,
+        min_servers: usize,
+        durability: Durability,
+    ) -> Result<Grid, GridError> {
         let grid_dir = data_dir.join("grid");
         let mut numbers: Vec<usize> = match std::fs::read_dir(&grid_dir) {
             Ok(entries) => entries
@@ -110,7 +119,7 @@ impl Grid {
         let mut stores: Vec<Arc<dyn ShareStore>> = Vec::with_capacity(numbers.len());
         for i in numbers {
             let path = grid_dir.join(format!("server-{i:02}"));
-            let store = DirectoryStore::open(&path)
+            let store = DirectoryStore::open_with(&path, durability)
                 .map_err(|source| GridError::Directory { path, source })?;
             stores.push(Arc::new(store));
         }
@@ -118,7 +127,11 @@ impl Grid {
     }
 
     /// A grid from `--server` arguments: each a directory path (created for uploads).
-    pub fn from_specs(specs: &[String], create: bool) -> Result<Grid, GridError> {
+    pub fn from_specs(
+        specs: &[String],
+        create: bool,
+        durability: Durability,
+    ) -> Result<Grid, GridError> {
         let mut stores: Vec<Arc<dyn ShareStore>> = Vec::with_capacity(specs.len());
         for spec in specs {
             if spec.contains("://") {
@@ -126,7 +139,7 @@ impl Grid {
             }
             let path = PathBuf::from(spec);
             let store = if create || path.is_dir() {
-                DirectoryStore::open(&path)
+                DirectoryStore::open_with(&path, durability)
                     .map_err(|source| GridError::Directory { path, source })?
             } else {
                 DirectoryStore::detached(path)

@@ -100,7 +100,7 @@ pub(crate) async fn run(cli: &Cli, args: &GetArgs) -> anyhow::Result<ExitCode> {
         Some(text) => parse_range(text, len)?,
         None => 0..len,
     };
-    let client = Client::new(cli.grid(0, false)?, ReaderConfig::default());
+    let client = Client::new(cli.grid()?, ReaderConfig::default());
     let file = client.open(&cap).await?;
     let sink = Sink::create(args.output.as_deref())?;
     let mut writer = sink.writer()?;

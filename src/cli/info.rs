@@ -12,7 +12,7 @@ use super::{CapArgs, Cli, read_cap_argument};
 
 pub(crate) async fn verify(cli: &Cli, args: &CapArgs) -> anyhow::Result<ExitCode> {
     let cap = read_cap_argument(&args.cap)?.verify_cap();
-    let grid = cli.grid(0, false)?;
+    let grid = cli.grid()?;
     let report = verify::verify(&grid, &cap, &ReaderConfig::default(), None).await;
     println!("{report}");
     Ok(if report.is_healthy() {
@@ -26,7 +26,7 @@ pub(crate) async fn info(cli: &Cli, args: &CapArgs) -> anyhow::Result<ExitCode> 
     let cap = read_cap_argument(&args.cap)?;
     let verify_cap = cap.verify_cap();
     let g = *verify_cap.geometry();
-    let grid = cli.grid(0, false)?;
+    let grid = cli.grid()?;
     let si = verify_cap.storage_index();
     let lists = futures::future::join_all(grid.servers().iter().map(|s| s.store().list(si))).await;
 

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use segvault::core::cap::Cap;
 use segvault::grid::Grid;
+use segvault::store::Durability;
 
 /// Store files encrypted and erasure-coded across storage servers; read any byte range back.
 #[derive(Parser, Debug)]
@@ -65,13 +66,23 @@ impl Cli {
             .ok_or_else(|| anyhow!("no data directory: pass --data DIR or set SEGVAULT_DATA"))
     }
 
+    /// The grid for reading: `--server`s, else the embedded grid.
+    fn grid(&self) -> anyhow::Result<Grid> {
+        self.grid_with(0, false, Durability::Fsync)
+    }
+
     /// The grid: `--server`s, else the embedded grid with at least `min_servers` directories.
-    fn grid(&self, min_servers: usize, for_upload: bool) -> anyhow::Result<Grid> {
+    fn grid_with(
+        &self,
+        min_servers: usize,
+        for_upload: bool,
+        durability: Durability,
+    ) -> anyhow::Result<Grid> {
         if !self.servers.is_empty() {
-            return Ok(Grid::from_specs(&self.servers, for_upload)?);
+            return Ok(Grid::from_specs(&self.servers, for_upload, durability)?);
         }
         let dir = self.data_dir()?;
-        let grid = Grid::embedded(&dir, min_servers)
+        let grid = Grid::embedded_with(&dir, min_servers, durability)
             .with_context(|| format!("opening the embedded grid in {}", dir.display()))?;
         if grid.is_empty() {
             return Err(anyhow!(

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, anyhow};
 use clap::Args;
 use segvault::grid::EMBEDDED_SERVERS;
+use segvault::store::Durability;
 use segvault::{PutOptions, PutSource};
 
 use super::{Cli, progress_bar};
@@ -25,6 +26,11 @@ pub(crate) struct PutArgs {
     /// Servers that must take their shares for the upload to succeed [default: all it uses]
     #[arg(long, value_name = "H")]
     happy: Option<u16>,
+    /// Count a directory share as stored once renamed into place, without waiting for the
+    /// disk (fsync). Much faster on one disk; a power failure may then lose the upload
+    /// (never corrupt a read: every byte is verified).
+    #[arg(long)]
+    no_fsync: bool,
     /// File to upload, or `-` for stdin
     #[arg(value_name = "PATH|-")]
     path: PathBuf,
@@ -51,7 +57,12 @@ pub(crate) async fn run(cli: &Cli, args: &PutArgs) -> anyhow::Result<ExitCode> {
             (PutSource::Reader(Box::new(file)), None)
         }
     };
-    let grid = cli.grid(EMBEDDED_SERVERS.max(usize::from(args.n)), true)?;
+    let durability = if args.no_fsync {
+        Durability::Rename
+    } else {
+        Durability::Fsync
+    };
+    let grid = cli.grid_with(EMBEDDED_SERVERS.max(usize::from(args.n)), true, durability)?;
     let bar = progress_bar(total, "put");
     let options = PutOptions {
         k: args.k,

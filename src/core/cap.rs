@@ -191,8 +191,7 @@ impl ReadCap {
     ///
     /// ```
     /// use segvault::core::cap::ReadCap;
-    /// let text = "sv1-read:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa:\
-    ///             aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa:3:10:131072:5";
+    /// let text = format!("sv1-read:{}:{}:3:10:131072:5", "a".repeat(52), "a".repeat(52));
     /// let cap: ReadCap = text.parse().unwrap();
     /// assert_eq!(cap.geometry().size(), 5);
     /// assert_eq!(cap.to_secret_string(), text);

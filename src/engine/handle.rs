@@ -10,12 +10,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use futures::{FutureExt, Stream};
+use futures::{FutureExt, Stream, StreamExt};
+use tokio_util::task::AbortOnDropHandle;
 
 use super::ReaderConfig;
 use super::error::ReadError;
-use super::node::{FileNode, SharedSegment};
+use super::node::FileNode;
 use super::reader::FileReader;
+use super::segment::SegmentData;
 use crate::core::cap::{StorageIndex, VerifyCap};
 use crate::core::cipher::Keystream;
 use crate::core::geometry::SegmentIndex;
@@ -92,31 +94,41 @@ impl FileHandle {
     /// ```
     pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes, ReadError> {
         let range = clamp(self.node.verify_cap().geometry(), offset, len);
-        let mut out = BytesMut::zeroed((range.end - range.start) as usize);
-        let mut pending = VecDeque::new();
-        let mut slices = self.slices(range);
-        let window = self.read_ahead();
-        loop {
-            while pending.len() < window {
-                let Some(slice) = slices.next() else { break };
-                let fetch = self.node.segment(slice.segment);
-                pending.push_back((slice, fetch));
-            }
-            let Some((slice, fetch)) = pending.pop_front() else {
-                break;
+        let segments = self
+            .node
+            .verify_cap()
+            .geometry()
+            .segments_overlapping(range.clone());
+        if segments.end - segments.start <= 1 {
+            let Some(slice) = self.slices(range).next() else {
+                return Ok(Bytes::new());
             };
-            let segment = fetch.await?;
-            let start = slice.output_offset as usize;
-            let end = start + (slice.within.end - slice.within.start) as usize;
-            let segment_start = self.segment_start(slice.segment);
-            segment.decrypt_into(
-                slice.within.start as usize..slice.within.end as usize,
-                segment_start,
+            let segment = self.node.segment(slice.segment).await?;
+            return Ok(decrypt_slice(
+                &segment,
+                &slice,
+                self.segment_start(slice.segment),
                 &self.keystream,
-                &mut out[start..end],
-            );
+            ));
+        }
+        let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
+        let mut stream = self.stream(range);
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk?);
         }
         Ok(out.freeze())
+    }
+
+    /// Fetches and decrypts one slice in a task of its own, so the slices in flight use
+    /// every core; dropping the handle cancels it.
+    fn spawn_slice(&self, slice: SegmentSlice) -> AbortOnDropHandle<Result<Bytes, ReadError>> {
+        let fetch = self.node.segment(slice.segment);
+        let keystream = self.keystream.clone();
+        let segment_start = self.segment_start(slice.segment);
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            let segment = fetch.await?;
+            Ok(decrypt_slice(&segment, &slice, segment_start, &keystream))
+        }))
     }
 
     /// The bytes of `range` (clamped to the file) as a stream of chunks, in order, with up to
@@ -164,11 +176,23 @@ impl FileHandle {
     }
 }
 
+fn decrypt_slice(
+    segment: &SegmentData,
+    slice: &SegmentSlice,
+    segment_start: u64,
+    keystream: &Keystream,
+) -> Bytes {
+    let within = slice.within.start as usize..slice.within.end as usize;
+    let mut out = BytesMut::zeroed(within.len());
+    segment.decrypt_into(within, segment_start, keystream, &mut out);
+    out.freeze()
+}
+
 /// A range of a file as a stream of verified, decrypted chunks (one per segment touched).
 pub struct ByteStream {
     handle: FileHandle,
     slices: Box<dyn Iterator<Item = SegmentSlice> + Send>,
-    pending: VecDeque<(SegmentSlice, SharedSegment)>,
+    pending: VecDeque<AbortOnDropHandle<Result<Bytes, ReadError>>>,
     window: usize,
     max_window: usize,
     failed: bool,
@@ -202,27 +226,21 @@ impl Stream for ByteStream {
             let Some(slice) = this.slices.next() else {
                 break;
             };
-            let fetch = this.handle.node.segment(slice.segment);
-            this.pending.push_back((slice, fetch));
+            this.pending.push_back(this.handle.spawn_slice(slice));
         }
-        let Some((_, fetch)) = this.pending.front_mut() else {
+        let Some(task) = this.pending.front_mut() else {
             return Poll::Ready(None);
         };
-        let result = match fetch.poll_unpin(cx) {
+        let result = match task.poll_unpin(cx) {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(result) => result,
+            Poll::Ready(Ok(result)) => result,
+            Poll::Ready(Err(e)) => Err(ReadError::Internal(format!("read task failed: {e}"))),
         };
-        let Some((slice, _)) = this.pending.pop_front() else {
-            return Poll::Ready(None);
-        };
+        this.pending.pop_front();
         match result {
-            Ok(segment) => {
+            Ok(chunk) => {
                 this.window = (this.window * 2).min(this.max_window);
-                let within = slice.within.start as usize..slice.within.end as usize;
-                let mut out = BytesMut::zeroed(within.len());
-                let start = this.handle.segment_start(slice.segment);
-                segment.decrypt_into(within, start, &this.handle.keystream, &mut out);
-                Poll::Ready(Some(Ok(out.freeze())))
+                Poll::Ready(Some(Ok(chunk)))
             }
             Err(e) => {
                 // Nothing after a failed segment is delivered; drop the fetches ahead of it.

@@ -18,7 +18,7 @@ use futures::future::BoxFuture;
 use crate::core::cap::StorageIndex;
 use crate::core::geometry::ShareNum;
 
-pub use dir::DirectoryStore;
+pub use dir::{DirectoryStore, Durability};
 
 /// Largest number of bytes one `read` call may ask for (bounds what a request can allocate).
 pub const MAX_READ_BYTES: u64 = 64 << 20;

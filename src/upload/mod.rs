@@ -193,12 +193,14 @@ pub async fn put(
             .await
             .map_err(|e| PutError::Internal(format!("encoder task failed: {e}")))??;
     let si = encoded.cap.storage_index();
+    let started = std::time::Instant::now();
     let writes = encoded.spools.into_iter().enumerate().map(|(i, spool)| {
         let server = encoded.placement[i];
         let store = grid.servers()[server].store().clone();
         async move { (i, server, store.write(si, ShareNum(i as u8), spool).await) }
     });
     let results = futures::future::join_all(writes).await;
+    debug!(%si, commit_ms = started.elapsed().as_millis(), "shares handed to their stores");
 
     let mut failed_servers = std::collections::HashSet::new();
     let mut failures = String::new();
@@ -248,13 +250,10 @@ fn open_input(
 ) -> Result<(Box<dyn Read + Send>, u64, bool), PutError> {
     match source {
         PutSource::Path(path) => {
+            // Read a segment at a time straight into the segment buffer: no BufReader copy.
             let file = File::open(&path).map_err(PutError::Input)?;
             let size = file.metadata().map_err(PutError::Input)?.len();
-            Ok((
-                Box::new(io::BufReader::with_capacity(1 << 20, file)),
-                size,
-                false,
-            ))
+            Ok((Box::new(file), size, false))
         }
         PutSource::Bytes(bytes) => {
             let size = bytes.len() as u64;
@@ -330,8 +329,11 @@ fn encode(grid: &Grid, source: PutSource, options: &PutOptions) -> Result<Encode
         spools: &spools,
         tamper: options.tamper.as_ref(),
     };
+    let started = std::time::Instant::now();
     encoder.encode_all(&mut *input, options)?;
+    let encoded = started.elapsed();
     let ueb_hash = finish_shares(&geometry, &layout, si, &spools, options.threads)?;
+    debug!(%si, encode_ms = encoded.as_millis(), trees_ms = (started.elapsed() - encoded).as_millis(), "shares built");
     Ok(Encoded {
         cap: ReadCap::new(key, ueb_hash, geometry),
         spools,
@@ -347,13 +349,6 @@ struct SegmentEncoder<'a> {
     codec: Codec,
     spools: &'a [SpooledShare],
     tamper: Option<&'a Tamper>,
-}
-
-/// Scratch space one encoding thread reuses for every segment (allocating fresh 128 KiB
-/// buffers per segment costs more than encoding them).
-struct Scratch {
-    parity: Vec<Vec<u8>>,
-    leaves: Vec<Hash>,
 }
 
 impl SegmentEncoder<'_> {
@@ -388,36 +383,45 @@ impl SegmentEncoder<'_> {
         let (job_tx, job_rx) = mpsc::sync_channel::<(SegmentIndex, Vec<u8>)>(threads);
         let job_rx = Mutex::new(job_rx);
         let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+        let (leaf_tx, leaf_rx) = mpsc::channel::<(SegmentIndex, Vec<Hash>)>();
+        let mut leaves = LeafRuns::new(self);
         std::thread::scope(|scope| {
+            // Buffers keep their full length between segments, so nothing is zeroed twice.
             for _ in 0..threads + 2 {
-                let _ = free_tx.send(Vec::with_capacity(
-                    g.padded_segment_len(SegmentIndex(0)) as usize
-                ));
+                let _ = free_tx.send(vec![0u8; g.padded_segment_len(SegmentIndex(0)) as usize]);
             }
-            for _ in 0..threads {
-                let (job_rx, free_tx, failed, fail) = (&job_rx, free_tx.clone(), &failed, &fail);
+            for worker in 0..threads {
+                let (job_rx, free_tx, leaf_tx, failed, fail) =
+                    (&job_rx, free_tx.clone(), leaf_tx.clone(), &failed, &fail);
+                // Each thread walks the share files from a different one, so two threads
+                // rarely wait on the same file's lock.
+                let first_share = worker * usize::from(g.n()) / threads;
                 scope.spawn(move || {
-                    let mut scratch = Scratch {
-                        parity: vec![
-                            vec![0u8; g.full_block_size() as usize];
-                            usize::from(g.n() - g.k())
-                        ],
-                        leaves: vec![Hash::default(); usize::from(g.n())],
-                    };
+                    let mut parity =
+                        vec![vec![0u8; g.full_block_size() as usize]; usize::from(g.n() - g.k())];
                     loop {
                         let job = job_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                         let Ok((segment, mut buffer)) = job else {
                             break;
                         };
-                        if !failed.load(Ordering::SeqCst)
-                            && let Err(e) = self.encode_segment(segment, &mut buffer, &mut scratch)
-                        {
-                            fail(e);
+                        if !failed.load(Ordering::SeqCst) {
+                            match self.encode_segment(
+                                segment,
+                                &mut buffer,
+                                &mut parity,
+                                first_share,
+                            ) {
+                                Ok(hashes) => {
+                                    let _ = leaf_tx.send((segment, hashes));
+                                }
+                                Err(e) => fail(e),
+                            }
                         }
                         let _ = free_tx.send(buffer);
                     }
                 });
             }
+            drop(leaf_tx);
             for s in 0..g.num_segments() {
                 if failed.load(Ordering::SeqCst) {
                     break;
@@ -427,9 +431,7 @@ impl SegmentEncoder<'_> {
                 };
                 let segment = SegmentIndex(s);
                 let len = g.segment_len(segment) as usize;
-                buffer.clear();
-                buffer.resize(len, 0);
-                if let Err(e) = input.read_exact(&mut buffer) {
+                if let Err(e) = input.read_exact(&mut buffer[..len]) {
                     fail(if e.kind() == io::ErrorKind::UnexpectedEof {
                         PutError::InputChanged
                     } else {
@@ -444,10 +446,23 @@ impl SegmentEncoder<'_> {
                 if let Some(progress) = &options.progress {
                     progress(total);
                 }
+                for (segment, hashes) in leaf_rx.try_iter() {
+                    if let Err(e) = leaves.add(segment, hashes) {
+                        fail(e);
+                    }
+                }
             }
             // Closing the queue lets the workers finish what they hold and exit.
             drop(job_tx);
+            for (segment, hashes) in leaf_rx.iter() {
+                if let Err(e) = leaves.add(segment, hashes) {
+                    fail(e);
+                }
+            }
         });
+        if let Err(e) = leaves.flush() {
+            fail(e);
+        }
         if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
             return Err(e);
         }
@@ -458,23 +473,28 @@ impl SegmentEncoder<'_> {
         }
     }
 
+    /// Encrypts, codes and hashes one segment and writes its blocks (starting with share
+    /// `first_share`). Returns the n block leaves followed by the ciphertext leaf.
     fn encode_segment(
         &self,
         segment: SegmentIndex,
-        buffer: &mut Vec<u8>,
-        scratch: &mut Scratch,
-    ) -> Result<(), PutError> {
+        buffer: &mut [u8],
+        parity: &mut [Vec<u8>],
+        first_share: usize,
+    ) -> Result<Vec<Hash>, PutError> {
         let g = &self.geometry;
-        let k = usize::from(g.k());
+        let (k, n) = (usize::from(g.k()), usize::from(g.n()));
         let block = g.block_size(segment) as usize;
+        let len = g.segment_len(segment) as usize;
+        let buffer = &mut buffer[..block * k];
         if !self.encrypted {
-            self.keystream.apply(g.segment_start(segment), buffer);
+            self.keystream
+                .apply(g.segment_start(segment), &mut buffer[..len]);
         }
-        buffer.resize(block * k, 0);
+        buffer[len..].fill(0);
         {
             let data: Vec<&[u8]> = buffer.chunks_exact(block).collect();
-            let mut parity: Vec<&mut [u8]> =
-                scratch.parity.iter_mut().map(|p| &mut p[..block]).collect();
+            let mut parity: Vec<&mut [u8]> = parity.iter_mut().map(|p| &mut p[..block]).collect();
             self.codec
                 .encode(&data, &mut parity)
                 .map_err(|e| PutError::Internal(e.to_string()))?;
@@ -482,31 +502,84 @@ impl SegmentEncoder<'_> {
         if let Some(tamper) = self.tamper {
             for (share, bytes) in buffer
                 .chunks_exact_mut(block)
-                .chain(scratch.parity.iter_mut().map(|p| &mut p[..block]))
+                .chain(parity.iter_mut().map(|p| &mut p[..block]))
                 .enumerate()
             {
                 tamper(ShareNum(share as u8), segment, bytes);
             }
         }
-        let offset = self.layout.block_range(segment).start;
-        let blocks = buffer
+        let blocks: Vec<&[u8]> = buffer
             .chunks_exact(block)
-            .chain(scratch.parity.iter().map(|p| &p[..block]));
-        for (share, bytes) in blocks.enumerate() {
-            scratch.leaves[share] = hash::block_leaf(bytes);
-            let dir = self.spools[share].path().display().to_string();
+            .chain(parity.iter().map(|p| &p[..block]))
+            .collect();
+        let mut hashes: Vec<Hash> = blocks.iter().map(|b| hash::block_leaf(b)).collect();
+        hashes.push(hash::ciphertext_leaf(&hashes[..k]));
+        let offset = self.layout.block_range(segment).start;
+        for share in (first_share..n).chain(0..first_share) {
             self.spools[share]
                 .file()
-                .write_all_at(bytes, offset)
-                .map_err(spool_error(&dir))?;
-            self.section(share, false)
-                .write_leaf(segment.0, &scratch.leaves[share])
-                .map_err(spool_error(&dir))?;
+                .write_all_at(blocks[share], offset)
+                .map_err(spool_error(self.spools[share].path().display()))?;
         }
-        let ciphertext_leaf = hash::ciphertext_leaf(&scratch.leaves[..k]);
-        self.section(0, true)
-            .write_leaf(segment.0, &ciphertext_leaf)
-            .map_err(spool_error(self.spools[0].path().display()))
+        Ok(hashes)
+    }
+}
+
+/// Leaf hashes arrive a segment at a time and out of order; they are written to the tree
+/// sections in contiguous runs (one write per share per run, not one per leaf).
+struct LeafRuns<'a> {
+    encoder: &'a SegmentEncoder<'a>,
+    next: u64,
+    waiting: std::collections::BTreeMap<u64, Vec<Hash>>,
+    /// Per share, then the ciphertext tree: the run being gathered.
+    runs: Vec<Vec<u8>>,
+    run_start: u64,
+}
+
+/// Leaves gathered before a run is written.
+const LEAF_RUN: usize = 256;
+
+impl<'a> LeafRuns<'a> {
+    fn new(encoder: &'a SegmentEncoder<'a>) -> LeafRuns<'a> {
+        let trees = usize::from(encoder.geometry.n()) + 1;
+        LeafRuns {
+            encoder,
+            next: 0,
+            waiting: std::collections::BTreeMap::new(),
+            runs: vec![Vec::with_capacity(LEAF_RUN * 32); trees],
+            run_start: 0,
+        }
+    }
+
+    fn add(&mut self, segment: SegmentIndex, hashes: Vec<Hash>) -> Result<(), PutError> {
+        self.waiting.insert(segment.0, hashes);
+        while let Some(hashes) = self.waiting.remove(&self.next) {
+            for (run, hash) in self.runs.iter_mut().zip(&hashes) {
+                run.extend_from_slice(&hash.0);
+            }
+            self.next += 1;
+            if self.next - self.run_start == LEAF_RUN as u64 {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), PutError> {
+        let n = self.runs.len() - 1;
+        for (tree, run) in self.runs.iter_mut().enumerate() {
+            if run.is_empty() {
+                continue;
+            }
+            let (share, ciphertext) = if tree == n { (0, true) } else { (tree, false) };
+            let section = self.encoder.section(share, ciphertext);
+            section
+                .write_leaves(self.run_start, run)
+                .map_err(spool_error(self.encoder.spools[share].path().display()))?;
+            run.clear();
+        }
+        self.run_start = self.next;
+        Ok(())
     }
 }
 

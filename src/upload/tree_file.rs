@@ -41,10 +41,10 @@ impl TreeSection<'_> {
         self.base + node.0 * HASH_LEN as u64
     }
 
-    /// Writes leaf `j`.
-    pub(crate) fn write_leaf(&self, j: u64, leaf: &Hash) -> io::Result<()> {
+    /// Writes consecutive leaves starting at leaf `first` (`bytes` holds whole hashes).
+    pub(crate) fn write_leaves(&self, first: u64, bytes: &[u8]) -> io::Result<()> {
         self.file
-            .write_all_at(&leaf.0, self.offset(self.shape.leaf_node(j)))
+            .write_all_at(bytes, self.offset(self.shape.leaf_node(first)))
     }
 
     /// Fills the padding leaves and computes every interior node from the leaves already
@@ -167,9 +167,8 @@ mod tests {
             let hashes: Vec<Hash> = (0..leaves)
                 .map(|i| hash::block_leaf(&i.to_be_bytes()))
                 .collect();
-            for (j, leaf) in hashes.iter().enumerate() {
-                section.write_leaf(j as u64, leaf).unwrap();
-            }
+            let bytes: Vec<u8> = hashes.iter().flat_map(|h| h.0).collect();
+            section.write_leaves(0, &bytes).unwrap();
             let root = section.build().unwrap();
             let expected = tree::build(&hashes);
             assert_eq!(root, expected[0], "{leaves} leaves");

@@ -130,6 +130,10 @@ fn progress_bar(total: Option<u64>, message: &'static str) -> Option<ProgressBar
     Some(bar)
 }
 
+/// Threads for blocking file I/O (page-cache misses, fsyncs). Reads in flight are bounded by
+/// the read-ahead window (8 segments × k shares), so a small pool loses nothing.
+const BLOCKING_THREADS: usize = 16;
+
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "warn",

@@ -78,32 +78,37 @@ pub fn geometry_and_planner(data: &[u8]) {
         assert_eq!(block.end - block.start, g.block_size(s));
         assert!(g.block_size(s) * u64::from(g.k()) >= g.segment_len(s));
         assert!(g.block_size(s) >= 1);
-        assert!(layout.chain_range(s).end <= layout.block_tree_range().start);
+        assert!(layout.record_range(s).end <= layout.block_tree_range().start);
         if s.0 + 1 < g.num_segments() {
             assert_eq!(
-                layout.chain_range(s).end,
+                layout.record_range(s).end,
                 layout.record_offset(SegmentIndex(s.0 + 1))
             );
         }
         let request = RecordRequest {
             segment: s,
-            header: input.header,
             levels: input.levels,
+            share_chain: input.header,
         };
-        let ranges = request.ranges(&layout);
-        for r in &ranges {
-            assert!(r.start < r.end && r.end <= layout.share_len());
-        }
-        assert!(ranges.windows(2).all(|w| w[0].end < w[1].start));
+        let range = request.range(&layout);
+        assert!(range.start < range.end && range.end <= layout.share_len());
+        assert!(
+            range.end <= layout.record_range(s).end,
+            "a request stays inside its record"
+        );
         if g.block_size(s) <= 1 << 16 {
-            let record_len = layout.record_read(s, input.levels);
-            let bytes = vec![0u8; (record_len.end - record_len.start) as usize];
+            let bytes = vec![0u8; (range.end - range.start) as usize];
             let parsed = Record::parse(&layout, s, &bytes).expect("planned record parses");
             assert_eq!(parsed.block.len() as u64, g.block_size(s));
-            assert_eq!(
-                parsed.block_chain.len() as u32,
+            let levels = if input.header {
+                layout.depth()
+            } else {
                 input.levels.min(layout.depth())
-            );
+            };
+            assert_eq!(parsed.block_chain.len() as u32, levels);
+            let whole =
+                input.header || (layout.share_chain_levels() == 0 && levels == layout.depth());
+            assert_eq!(parsed.share_chain.is_some(), whole);
         }
     }
     assert_eq!(layout.ciphertext_tree_range().end, layout.share_len());

@@ -9,7 +9,7 @@ use segvault::core::erasure::Codec;
 use segvault::core::geometry::{Geometry, SegmentIndex, ShareNum};
 use segvault::core::hash::{self, Hash};
 use segvault::core::layout::ShareLayout;
-use segvault::core::planner::{RecordRequest, plan_range};
+use segvault::core::planner::{Record, RecordRequest, plan_range};
 use segvault::core::share_header::ShareHeader;
 use segvault::core::tree::{self, PartialTree, TreeShape};
 use segvault::core::ueb::Ueb;
@@ -305,30 +305,26 @@ fn requests_stay_inside_the_share_impl(
         return;
     }
     let layout = ShareLayout::new(&g);
+    let segment = SegmentIndex(s % g.num_segments());
     let request = RecordRequest {
-        segment: SegmentIndex(s % g.num_segments()),
-        header,
+        segment,
         levels,
+        share_chain: header,
     };
-    let ranges = request.ranges(&layout);
+    let range = request.range(&layout);
+    let record = layout.record_range(segment);
     assert!(
-        ranges
-            .iter()
-            .all(|r| r.start < r.end && r.end <= layout.share_len())
+        range.start == record.start && range.end <= record.end && record.end <= layout.share_len()
     );
-    let parts: Vec<Vec<u8>> = ranges
-        .iter()
-        .map(|r| vec![0; (r.end - r.start) as usize])
-        .collect();
-    let (head, record) = request
-        .split(&layout, &parts)
-        .expect("split what was planned");
-    assert_eq!(head.is_some(), header);
-    assert_eq!(
-        record.len() as u64,
-        layout.record_read(request.segment, levels).end
-            - layout.record_read(request.segment, levels).start
-    );
+    let bytes = vec![0; (range.end - range.start) as usize];
+    let parsed = Record::parse(&layout, segment, &bytes).expect("parse what was planned");
+    assert_eq!(parsed.block.len() as u64, g.block_size(segment));
+    if header {
+        assert_eq!(
+            parsed.share_chain.map(|c| c.len() as u32),
+            Some(layout.share_chain_levels())
+        );
+    }
 }
 
 proptest! {

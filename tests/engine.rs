@@ -23,16 +23,22 @@ async fn a_cold_segment_costs_one_request_per_share_and_a_warm_one_no_hash_bytes
     let fixture = Fixture::new(20_000, 1000, 3, 10).await;
     let file = client(&fixture).open(&fixture.cap).await.unwrap();
     let layout = ShareLayout::new(fixture.cap.geometry());
-    let before = fixture.reads();
+    for store in &fixture.stores {
+        store.start_log();
+    }
     assert_eq!(
         &file.read(7_500, 10).await.unwrap()[..],
         fixture.expected(7_500, 10)
     );
-    assert_eq!(
-        fixture.reads() - before,
-        3,
-        "one request per share for a cold segment"
-    );
+    let cold: Vec<_> = fixture.stores.iter().flat_map(|s| s.take_log()).collect();
+    assert_eq!(cold.len(), 3, "one request per share for a cold segment");
+    for (_, ranges) in cold {
+        assert_eq!(
+            ranges,
+            vec![layout.record_range(SegmentIndex(7))],
+            "a cold request is one contiguous range: the block and its path to the UEB"
+        );
+    }
 
     for store in &fixture.stores {
         store.start_log();

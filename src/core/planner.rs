@@ -59,85 +59,51 @@ pub fn plan_range(
     })
 }
 
-/// What one request to one share for one segment must bring.
+/// What one request to one share for one segment must bring: always one contiguous range.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordRequest {
     /// The segment.
     pub segment: SegmentIndex,
-    /// Whether the header region (header, UEB, share chain) is needed too.
-    pub header: bool,
     /// Chain levels to bring after the block.
     pub levels: u32,
+    /// Whether the whole path up to the UEB is needed (the share's block-tree root is not
+    /// verified yet), which means the whole record.
+    pub share_chain: bool,
 }
 
 impl RecordRequest {
     /// Plans a request for `segment` given how much of the trees is known.
     ///
-    /// `block_tree` is `None` while this share's block-tree root is unverified: then the full
-    /// chain is needed (to compute the root) and so is the share chain from the header.
+    /// `block_tree` is `None` while this share's block-tree root is unverified: then the
+    /// whole record is needed, to compute the root and prove it through the share chain.
     pub fn plan(
         layout: &ShareLayout,
         segment: SegmentIndex,
         block_tree: Option<&PartialTree>,
         ciphertext_tree: &PartialTree,
-        have_share_chain: bool,
     ) -> RecordRequest {
         let j = segment.0;
-        let (block_levels, header) = match block_tree {
-            Some(tree) => (tree.levels_needed(j), false),
-            None => (layout.depth(), !have_share_chain),
-        };
-        RecordRequest {
-            segment,
-            header,
-            levels: block_levels.max(ciphertext_tree.levels_needed(j)),
+        match block_tree {
+            None => RecordRequest {
+                segment,
+                levels: layout.depth(),
+                share_chain: true,
+            },
+            Some(tree) => RecordRequest {
+                segment,
+                levels: tree.levels_needed(j).max(ciphertext_tree.levels_needed(j)),
+                share_chain: false,
+            },
         }
     }
 
-    /// The byte ranges to ask the share for, ascending and merged when adjacent.
-    pub fn ranges(&self, layout: &ShareLayout) -> Vec<Range<u64>> {
-        let record = layout.record_read(self.segment, self.levels);
-        if !self.header {
-            return vec![record];
-        }
-        let header = layout.header_region();
-        if header.end == record.start {
-            vec![header.start..record.end]
-        } else {
-            vec![header, record]
-        }
-    }
-
-    /// Splits the bytes returned for [`ranges`](Self::ranges) into the header region (if
-    /// asked for) and the record. `None` if the lengths are not what was asked for.
-    pub fn split<'a>(
-        &self,
-        layout: &ShareLayout,
-        parts: &'a [impl AsRef<[u8]>],
-    ) -> Option<(Option<&'a [u8]>, &'a [u8])> {
-        let ranges = self.ranges(layout);
-        if parts.len() != ranges.len()
-            || parts
-                .iter()
-                .zip(&ranges)
-                .any(|(p, r)| p.as_ref().len() as u64 != r.end - r.start)
-        {
-            return None;
-        }
-        let header_len = layout.header_region().end as usize;
-        match (self.header, parts) {
-            (false, [record]) => Some((None, record.as_ref())),
-            (true, [joined]) => {
-                let (h, rec) = joined.as_ref().split_at(header_len);
-                Some((Some(h), rec))
-            }
-            (true, [h, rec]) => Some((Some(h.as_ref()), rec.as_ref())),
-            _ => None,
-        }
+    /// The byte range to ask the share for.
+    pub fn range(&self, layout: &ShareLayout) -> Range<u64> {
+        layout.record_read(self.segment, self.levels, self.share_chain)
     }
 }
 
-/// A record read back: the block and the chain levels that came with it.
+/// A record (or a prefix of one) read back: the block and the hashes that came with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record<'a> {
     /// The block bytes.
@@ -146,23 +112,30 @@ pub struct Record<'a> {
     pub block_chain: Vec<Hash>,
     /// Ciphertext-tree siblings, bottom-up.
     pub ciphertext_chain: Vec<Hash>,
+    /// Share-tree siblings, bottom-up, when the whole record was read.
+    pub share_chain: Option<Vec<Hash>>,
 }
 
 impl<'a> Record<'a> {
-    /// Parses the bytes of [`ShareLayout::record_read`] for `segment`. `None` if the length
-    /// is not a block plus whole chain levels.
+    /// Parses the bytes of [`ShareLayout::record_read`] for `segment`: a whole record, or a
+    /// block followed by whole chain levels. `None` for any other length.
     pub fn parse(
         layout: &ShareLayout,
         segment: SegmentIndex,
         bytes: &'a [u8],
     ) -> Option<Record<'a>> {
         let block_len = layout.geometry().block_size(segment) as usize;
-        let (block, chain) = bytes.split_at_checked(block_len)?;
-        if chain.len() as u64 % CHAIN_LEVEL_LEN != 0
-            || chain.len() as u64 / CHAIN_LEVEL_LEN > u64::from(layout.depth())
-        {
+        let (block, rest) = bytes.split_at_checked(block_len)?;
+        let chain_len = layout.depth() as usize * CHAIN_LEVEL_LEN as usize;
+        let share_len = layout.share_chain_levels() as usize * HASH_LEN;
+        let (chain, share_chain) = if rest.len() == chain_len + share_len {
+            let (chain, share) = rest.split_at(chain_len);
+            (chain, Some(parse_share_chain(share)?))
+        } else if rest.len() % CHAIN_LEVEL_LEN as usize == 0 && rest.len() <= chain_len {
+            (rest, None)
+        } else {
             return None;
-        }
+        };
         let mut block_chain = Vec::with_capacity(chain.len() / 64);
         let mut ciphertext_chain = Vec::with_capacity(chain.len() / 64);
         for level in chain.chunks_exact(CHAIN_LEVEL_LEN as usize) {
@@ -174,6 +147,7 @@ impl<'a> Record<'a> {
             block,
             block_chain,
             ciphertext_chain,
+            share_chain,
         })
     }
 }
@@ -202,23 +176,24 @@ mod tests {
     }
 
     #[test]
-    fn cold_request_for_segment_zero_is_one_range() {
+    fn cold_requests_take_the_whole_record_and_warm_ones_a_prefix() {
         let g = Geometry::new(1000, 100, 2, 4).unwrap();
         let layout = ShareLayout::new(&g);
         let ct = PartialTree::new(TreeShape::new(10), Hash::default());
-        let req = RecordRequest::plan(&layout, SegmentIndex(0), None, &ct, false);
-        assert!(req.header);
-        assert_eq!(req.levels, 4);
-        assert_eq!(
-            req.ranges(&layout),
-            vec![0..layout.record_read(SegmentIndex(0), 4).end]
-        );
-        let later = RecordRequest::plan(&layout, SegmentIndex(7), None, &ct, false);
-        assert_eq!(later.ranges(&layout).len(), 2);
-        let warm = RecordRequest::plan(&layout, SegmentIndex(7), None, &ct, true);
-        assert_eq!(
-            warm.ranges(&layout),
-            vec![layout.record_read(SegmentIndex(7), 4)]
-        );
+        let cold = RecordRequest::plan(&layout, SegmentIndex(7), None, &ct);
+        assert_eq!(cold.range(&layout), layout.record_range(SegmentIndex(7)));
+        let bytes = vec![
+            0u8;
+            (layout.record_range(SegmentIndex(7)).end - layout.record_range(SegmentIndex(7)).start)
+                as usize
+        ];
+        let record = Record::parse(&layout, SegmentIndex(7), &bytes).unwrap();
+        assert_eq!((record.block.len(), record.block_chain.len()), (50, 4));
+        assert_eq!(record.share_chain.map(|c| c.len()), Some(2));
+        let warm_tree = PartialTree::new(TreeShape::new(10), Hash::default());
+        let warm = RecordRequest::plan(&layout, SegmentIndex(7), Some(&warm_tree), &ct);
+        assert!(!warm.share_chain);
+        assert_eq!(warm.levels, 4, "nothing but the root is known");
+        assert!(Record::parse(&layout, SegmentIndex(7), &bytes[..bytes.len() - 1]).is_none());
     }
 }

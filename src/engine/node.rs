@@ -24,7 +24,7 @@ use crate::core::erasure::Codec;
 use crate::core::geometry::{SegmentIndex, ShareNum};
 use crate::core::hash::{self, Hash};
 use crate::core::layout::{HEADER_LEN, ShareLayout};
-use crate::core::planner::{Record, RecordRequest, parse_share_chain};
+use crate::core::planner::{Record, RecordRequest};
 use crate::core::share_header::ShareHeader;
 use crate::core::tree::{self, PartialTree};
 use crate::core::ueb::Ueb;
@@ -81,8 +81,6 @@ impl Problem {
 struct Slot {
     server: usize,
     share: ShareNum,
-    /// Unverified share chain from a header read, kept until the block-tree root is known.
-    share_chain: Option<Vec<Hash>>,
     failures: u32,
     avoid_until: Option<Instant>,
     problem: Option<String>,
@@ -93,7 +91,6 @@ impl Slot {
         Slot {
             server,
             share,
-            share_chain: None,
             failures: 0,
             avoid_until: None,
             problem: None,
@@ -132,7 +129,6 @@ pub struct FileNode {
     grid: Grid,
     config: Arc<ReaderConfig>,
     ueb: Ueb,
-    ueb_bytes: Vec<u8>,
     state: Mutex<State>,
     inflight: Mutex<HashMap<u64, WeakShared<BoxFuture<'static, SegmentResult>>>>,
 }
@@ -219,11 +215,10 @@ impl FileNode {
                     config.request_timeout
                 ))),
                 Ok(Err(e)) => Err(Problem::from_store(e)),
-                Ok(Ok(parts)) => check_header_region(&cap, &layout, None, slot.share, &parts[0]),
+                Ok(Ok(parts)) => check_header_region(&cap, &layout, slot.share, &parts[0]),
             };
             match outcome {
-                Ok((ueb_bytes, chain)) => {
-                    slot.share_chain = Some(chain);
+                Ok(ueb_bytes) => {
                     verified = Some(ueb_bytes);
                     break;
                 }
@@ -260,7 +255,6 @@ impl FileNode {
             grid,
             config,
             ueb,
-            ueb_bytes,
             state: Mutex::new(state),
             inflight: Mutex::new(HashMap::new()),
         }))
@@ -568,42 +562,31 @@ impl FileNode {
                 segment,
                 state.block_trees[slot.share.index()].as_ref(),
                 &state.ciphertext_tree,
-                slot.share_chain.is_some(),
             );
             (slot.server, slot.share, request)
         };
         let store = self.grid.servers()[server].store();
         let timeout = self.config.request_timeout;
-        let parts = match tokio::time::timeout(
-            timeout,
-            store.read(si, share, request.ranges(&self.layout)),
-        )
-        .await
-        {
+        let read = store.read(si, share, vec![request.range(&self.layout)]);
+        let bytes = match tokio::time::timeout(timeout, read).await {
             Err(_) => {
                 return Err(Problem::Unavailable(format!(
                     "no answer within {timeout:?}"
                 )));
             }
             Ok(Err(e)) => return Err(Problem::from_store(e)),
-            Ok(Ok(parts)) => parts,
+            Ok(Ok(parts)) => parts.into_iter().next().unwrap_or_default(),
         };
-        let (header, record_bytes) = request.split(&self.layout, &parts).ok_or_else(|| {
+        let record = Record::parse(&self.layout, segment, &bytes).ok_or_else(|| {
             Problem::CorruptShare("the server returned the wrong number of bytes".into())
         })?;
-        let header_chain = match header {
-            Some(h) => Some(
-                check_header_region(&self.cap, &self.layout, Some(&self.ueb_bytes), share, h)?.1,
-            ),
-            None => None,
-        };
-        let record = Record::parse(&self.layout, segment, record_bytes)
-            .ok_or_else(|| Problem::CorruptShare("record has the wrong length".into()))?;
-        let last = parts.last().cloned().unwrap_or_default();
-        let block_start = last.len() - record_bytes.len();
-        let data = last.slice(block_start..block_start + record.block.len());
-        let block_chain = record.block_chain;
-        let ciphertext_chain = record.ciphertext_chain;
+        let data = bytes.slice(..record.block.len());
+        let Record {
+            block_chain,
+            ciphertext_chain,
+            share_chain,
+            ..
+        } = record;
         let leaf = if data.len() as u64 >= INLINE_CPU_LIMIT {
             let data = data.clone();
             tokio::task::spawn_blocking(move || hash::block_leaf(&data))
@@ -617,29 +600,22 @@ impl FileNode {
         let state = &mut *state;
         let j = segment.0;
         if state.block_trees[share.index()].is_none() {
+            // The first block from this share: hash it all the way up to the UEB's share root.
             let shape = self.cap.geometry().segment_tree();
-            let chain = header_chain
+            let chain = share_chain
                 .as_ref()
-                .or(state.slots[slot_index].share_chain.as_ref())
-                .ok_or_else(|| Problem::CorruptShare("share chain missing".into()))?;
+                .ok_or_else(|| Problem::CorruptBlock("record lacks its share chain".into()))?;
             let root = tree::root_from_chain(&shape, j, leaf, &block_chain)
                 .map_err(|e| Problem::CorruptBlock(format!("segment {segment}: {e}")))?;
-            // A wrong root here means either this block or the share chain is bad; blame the block
-            // (the cheaper loss) unless the header region came with this very request.
             state
                 .share_tree
                 .verify_leaf(u64::from(share.0), root, chain)
                 .map_err(|e| {
-                    let why =
-                        format!("segment {segment} does not hash up to the UEB's share root ({e})");
-                    if header_chain.is_some() {
-                        Problem::CorruptShare(why)
-                    } else {
-                        Problem::CorruptBlock(why)
-                    }
+                    Problem::CorruptBlock(format!(
+                        "segment {segment} does not hash up to the UEB's share root ({e})"
+                    ))
                 })?;
             state.block_trees[share.index()] = Some(PartialTree::new(shape, root));
-            state.slots[slot_index].share_chain = None;
         }
         if let Some(tree) = state.block_trees[share.index()].as_mut() {
             tree.verify_leaf(j, leaf, &block_chain).map_err(|e| {
@@ -727,15 +703,13 @@ impl FileNode {
     }
 }
 
-/// Checks a header region (header, UEB, share chain) against the cap. Returns the UEB bytes
-/// and the (still unverified) share chain.
+/// Checks a header region (header and UEB) against the cap. Returns the UEB bytes.
 pub(crate) fn check_header_region(
     cap: &VerifyCap,
     layout: &ShareLayout,
-    known_ueb: Option<&[u8]>,
     share: ShareNum,
     region: &[u8],
-) -> Result<(Vec<u8>, Vec<Hash>), Problem> {
+) -> Result<Vec<u8>, Problem> {
     let corrupt = |why: String| Problem::CorruptShare(why);
     let header_bytes = region
         .get(..HEADER_LEN as usize)
@@ -752,27 +726,19 @@ pub(crate) fn check_header_region(
         return Err(corrupt("header parameters differ from the cap's".into()));
     }
     let ueb_range = layout.ueb_range();
-    let ueb_bytes = &region[ueb_range.start as usize..ueb_range.end as usize];
-    match known_ueb {
-        Some(known) if known == ueb_bytes => {}
-        Some(_) => return Err(corrupt("UEB differs from the verified one".into())),
-        None => {
-            if hash::ueb(ueb_bytes) != cap.ueb_hash() {
-                return Err(corrupt("UEB does not match the cap's hash".into()));
-            }
-            let ueb = Ueb::from_bytes(ueb_bytes).map_err(|e| corrupt(format!("bad UEB: {e}")))?;
-            if ueb.geometry != *cap.geometry() {
-                return Err(corrupt(
-                    "the UEB matches the cap's hash but not its parameters: the cap was altered"
-                        .into(),
-                ));
-            }
-        }
+    let ueb_bytes = region
+        .get(ueb_range.start as usize..ueb_range.end as usize)
+        .ok_or_else(|| corrupt("UEB truncated".into()))?;
+    if hash::ueb(ueb_bytes) != cap.ueb_hash() {
+        return Err(corrupt("UEB does not match the cap's hash".into()));
     }
-    let chain_range = layout.share_chain_range();
-    let chain = parse_share_chain(&region[chain_range.start as usize..chain_range.end as usize])
-        .ok_or_else(|| corrupt("share chain has the wrong length".into()))?;
-    Ok((ueb_bytes.to_vec(), chain))
+    let ueb = Ueb::from_bytes(ueb_bytes).map_err(|e| corrupt(format!("bad UEB: {e}")))?;
+    if ueb.geometry != *cap.geometry() {
+        return Err(corrupt(
+            "the UEB matches the cap's hash but not its parameters: the cap was altered".into(),
+        ));
+    }
+    Ok(ueb_bytes.to_vec())
 }
 
 /// The next k-subset of `shares` (sorted) in lexicographic order that is not in `tried`.

@@ -18,7 +18,7 @@ use crate::core::geometry::{SegmentIndex, ShareNum};
 use crate::core::hash::{self, HASH_LEN, Hash};
 use crate::core::layout::ShareLayout;
 use crate::core::planner::Record;
-use crate::core::tree::{self, NodeIndex, PartialTree, TreeShape};
+use crate::core::tree::{self, NodeIndex, TreeShape};
 use crate::core::ueb::Ueb;
 use crate::grid::Grid;
 use crate::store::MAX_READ_BYTES;
@@ -237,26 +237,26 @@ pub async fn verify(
     report
 }
 
-/// Header region: header, UEB (against the cap) and share chain. Returns the UEB if good.
+/// Header and UEB (against the cap), then this share's block-tree root, proven through the
+/// share chain of its first record. Returns the UEB if the header region is good.
 async fn check_front(
     grid: &Grid,
     cap: &VerifyCap,
     layout: &ShareLayout,
     c: &mut Candidate,
 ) -> Option<Ueb> {
+    let g = cap.geometry();
     let store = grid.servers()[c.server].store();
     let share = c.check.share;
-    let region = match store
-        .read(cap.storage_index(), share, vec![layout.header_region()])
-        .await
-    {
+    let si = cap.storage_index();
+    let region = match store.read(si, share, vec![layout.header_region()]).await {
         Ok(parts) => parts.into_iter().next().unwrap_or_default(),
         Err(e) => {
             c.check.problem(format!("cannot read header: {e}"));
             return None;
         }
     };
-    let (ueb_bytes, chain) = match check_header_region(cap, layout, None, share, &region) {
+    let ueb_bytes = match check_header_region(cap, layout, share, &region) {
         Ok(found) => found,
         Err(e) => {
             c.check.problem(e.to_string());
@@ -264,47 +264,58 @@ async fn check_front(
         }
     };
     let ueb = Ueb::from_bytes(&ueb_bytes).ok()?;
-    // The stored block-tree root, proven through the share chain.
-    let root_offset = layout.block_tree_range().start;
-    let root = match store
-        .read(
-            cap.storage_index(),
-            share,
-            vec![root_offset..root_offset + HASH_LEN as u64],
-        )
-        .await
-    {
-        Ok(parts) => parts.first().and_then(|b| Hash::from_slice(b)),
+    if g.num_segments() == 0 {
+        // Every block tree of an empty file is the single empty leaf.
+        let expected = tree::build(&vec![hash::empty_leaf(); usize::from(g.n())])[0];
+        if expected == ueb.share_root {
+            c.root = Some(hash::empty_leaf());
+        } else {
+            c.check
+                .problem("the UEB's share root is not an empty file's".into());
+        }
+        return Some(ueb);
+    }
+    let first = SegmentIndex(0);
+    let root_at = layout.block_tree_range().start;
+    let reads = vec![
+        layout.record_range(first),
+        root_at..root_at + HASH_LEN as u64,
+    ];
+    let (record, stored_root) = match store.read(si, share, reads).await {
+        Ok(parts) if parts.len() == 2 => (parts[0].clone(), Hash::from_slice(&parts[1])),
+        Ok(_) => return Some(ueb),
         Err(e) => {
-            c.check.problem(format!("cannot read block tree root: {e}"));
-            None
+            c.check
+                .problem(format!("cannot read the first record: {e}"));
+            return Some(ueb);
         }
     };
-    let mut share_tree = PartialTree::new(cap.geometry().share_tree(), ueb.share_root);
-    match root.map(|r| (r, share_tree.verify_leaf(u64::from(share.0), r, &chain))) {
-        Some((r, Ok(()))) => c.root = Some(r),
-        Some((_, Err(e))) => c.check.problem(format!(
-            "block tree root or share chain does not lead to the UEB ({e})"
-        )),
-        None => {}
-    }
-    if c.root.is_none() && cap.geometry().num_segments() > 0 {
-        // Fall back to the root the first record's chain implies, so the blocks still get checked.
-        let s = SegmentIndex(0);
-        let range = layout.record_read(s, layout.depth());
-        if let Ok(parts) = store.read(cap.storage_index(), share, vec![range]).await
-            && let Some(record) = parts.first().and_then(|b| Record::parse(layout, s, b))
-            && let Ok(r) = tree::root_from_chain(
-                &cap.geometry().segment_tree(),
-                0,
-                hash::block_leaf(record.block),
-                &record.block_chain,
-            )
-            && share_tree
-                .verify_leaf(u64::from(share.0), r, &chain)
-                .is_ok()
-        {
-            c.root = Some(r);
+    let Some(Record {
+        block,
+        block_chain,
+        share_chain: Some(share_chain),
+        ..
+    }) = Record::parse(layout, first, &record)
+    else {
+        c.check.problem("first record has the wrong length".into());
+        return Some(ueb);
+    };
+    let proves = |root: Hash| {
+        tree::root_from_chain(&g.share_tree(), u64::from(share.0), root, &share_chain).ok()
+            == Some(ueb.share_root)
+    };
+    match stored_root {
+        Some(root) if proves(root) => c.root = Some(root),
+        _ => {
+            c.check
+                .problem("stored block-tree root does not lead to the UEB".into());
+            // Fall back to the root the first record implies, so the blocks still get checked.
+            if let Ok(root) =
+                tree::root_from_chain(&g.segment_tree(), 0, hash::block_leaf(block), &block_chain)
+                && proves(root)
+            {
+                c.root = Some(root);
+            }
         }
     }
     Some(ueb)
@@ -384,7 +395,7 @@ async fn check_segment(
 ) -> SegmentOutcome {
     let g = cap.geometry();
     let shape = g.segment_tree();
-    let range = layout.record_read(s, layout.depth());
+    let range = layout.record_range(s);
     let reads = candidates.iter().map(|&(server, share, root)| {
         let range = range.clone();
         async move {
@@ -424,6 +435,12 @@ async fn check_segment(
             continue;
         };
         let leaf = hash::block_leaf(record.block);
+        let share_chain = record.share_chain.as_deref().unwrap_or_default();
+        if tree::root_from_chain(&g.share_tree(), u64::from(share.0), root, share_chain).ok()
+            != Some(ueb.share_root)
+        {
+            problems.push((index, format!("segment {s}: stored share chain is corrupt")));
+        }
         match tree::root_from_chain(&shape, s.0, leaf, &record.block_chain) {
             Ok(r) if r == root => {
                 let block = bytes.slice(..record.block.len());

@@ -640,14 +640,21 @@ fn finish_shares(
         let blocks = section(i, layout.block_tree_range());
         let mut block_chains = blocks.chain_reader();
         let mut ciphertext_chains = ciphertext.chain_reader();
-        let mut chain = Vec::with_capacity(layout.depth() as usize * 64);
+        // Every record ends with the same share chain: the path from the block-tree root on
+        // to the UEB's share root, so one contiguous read verifies a block from nothing.
+        let share_chain: Vec<u8> = tree::chain_of(&share_tree, &geometry.share_tree(), i as u64)
+            .iter()
+            .flat_map(|h| h.0)
+            .collect();
+        let mut path = Vec::with_capacity(layout.depth() as usize * 64 + share_chain.len());
         for s in 0..geometry.num_segments() {
-            chain.clear();
+            path.clear();
             for level in 0..layout.depth() {
-                chain.extend_from_slice(&block_chains.sibling(s, level)?.0);
-                chain.extend_from_slice(&ciphertext_chains.sibling(s, level)?.0);
+                path.extend_from_slice(&block_chains.sibling(s, level)?.0);
+                path.extend_from_slice(&ciphertext_chains.sibling(s, level)?.0);
             }
-            file.write_all_at(&chain, layout.chain_range(SegmentIndex(s)).start)?;
+            path.extend_from_slice(&share_chain);
+            file.write_all_at(&path, layout.chain_range(SegmentIndex(s)).start)?;
         }
         let mut front = ShareHeader {
             share: ShareNum(i as u8),
@@ -656,9 +663,6 @@ fn finish_shares(
         }
         .to_bytes();
         front.extend_from_slice(&ueb_bytes);
-        for sibling in tree::chain_of(&share_tree, &geometry.share_tree(), i as u64) {
-            front.extend_from_slice(&sibling.0);
-        }
         debug_assert_eq!(front.len() as u64, layout.header_region().end);
         file.write_all_at(&front, 0)
     };

@@ -397,6 +397,19 @@ impl FileNode {
         picked
     }
 
+    /// A share's first failure is a warning; repeats (a share damaged throughout) are debug.
+    fn log_rejection(&self, slot: usize, segment: SegmentIndex, problem: &Problem) {
+        let state = self.lock();
+        let s = &state.slots[slot];
+        let server = self.grid.servers()[s.server].name();
+        let si = self.storage_index();
+        if s.failures == 0 {
+            warn!(%si, %segment, share = %s.share, server, %problem, "share rejected");
+        } else {
+            debug!(%si, %segment, share = %s.share, server, %problem, "share rejected again");
+        }
+    }
+
     fn record(&self, slot: usize, outcome: Result<(), &Problem>) {
         let mut state = self.lock();
         let slot = &mut state.slots[slot];
@@ -482,11 +495,7 @@ impl FileNode {
                             verified.entry(block.share).or_insert(block);
                         }
                         Err(problem) => {
-                            let state = self.lock();
-                            let s = &state.slots[*slot];
-                            warn!(si = %self.storage_index(), %segment, share = %s.share,
-                                server = self.grid.servers()[s.server].name(), %problem, "share rejected");
-                            drop(state);
+                            self.log_rejection(*slot, segment, &problem);
                             self.record(*slot, Err(&problem));
                             problems.insert(*slot, problem.to_string());
                         }

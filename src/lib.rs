@@ -24,6 +24,7 @@
 pub mod core;
 pub mod engine;
 pub mod fuzzing;
+pub mod gateway;
 pub mod grid;
 pub mod size;
 pub mod store;

@@ -65,7 +65,11 @@ fn geometry_tiles_the_file_cases() {
             geometry_tiles_the_file_impl(size, seg, k, n);
         }
     }
-    geometry_tiles_the_file_impl(u64::MAX, 1, 1, 1);
+    assert!(
+        Geometry::new(u64::MAX, 1, 1, 1).is_err(),
+        "too many segments"
+    );
+    geometry_tiles_the_file_impl(1 << 30, 1, 1, 1);
     geometry_tiles_the_file_impl(1 << 52, 16 << 20, 3, 10);
 }
 

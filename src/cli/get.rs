@@ -44,11 +44,19 @@ fn parse_range(text: &str, len: u64) -> anyhow::Result<Range<u64>> {
     }
 }
 
-/// Where the bytes go: stdout, or a temporary file beside the target that replaces it once
-/// complete.
+/// Where the bytes go: stdout, or a file that appears at the target only once complete.
 enum Sink {
     Stdout,
-    File {
+    /// An unnamed file in the target's directory (`O_TMPFILE`): if the read fails or the
+    /// process is killed, no partial plaintext is left behind under any name.
+    #[cfg(target_os = "linux")]
+    Unnamed {
+        file: std::fs::File,
+        dir: PathBuf,
+        target: PathBuf,
+    },
+    /// Where unnamed files are not supported: a hidden temporary file, removed on failure.
+    Named {
         temp: tempfile::NamedTempFile,
         target: PathBuf,
     },
@@ -63,11 +71,23 @@ impl Sink {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::fs::{Mode, OFlags};
+            let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
+            if let Ok(fd) = rustix::fs::open(dir, flags, Mode::from_raw_mode(0o600)) {
+                return Ok(Sink::Unnamed {
+                    file: std::fs::File::from(fd),
+                    dir: dir.to_owned(),
+                    target: target.to_owned(),
+                });
+            }
+        }
         let temp = tempfile::Builder::new()
             .prefix(".segvault-partial-")
             .tempfile_in(dir)
             .with_context(|| format!("cannot write in {}", dir.display()))?;
-        Ok(Sink::File {
+        Ok(Sink::Named {
             temp,
             target: target.to_owned(),
         })
@@ -76,18 +96,52 @@ impl Sink {
     fn writer(&self) -> anyhow::Result<Box<dyn Write + Send>> {
         Ok(match self {
             Sink::Stdout => Box::new(io::stdout()),
-            Sink::File { temp, .. } => Box::new(temp.reopen()?),
+            #[cfg(target_os = "linux")]
+            Sink::Unnamed { file, .. } => Box::new(file.try_clone()?),
+            Sink::Named { temp, .. } => Box::new(temp.reopen()?),
         })
     }
 
+    /// Gives the complete file its name (replacing whatever had it).
     fn finish(self) -> anyhow::Result<()> {
-        if let Sink::File { temp, target } = self {
-            temp.as_file().sync_all()?;
-            temp.persist(&target)
-                .with_context(|| format!("cannot replace {}", target.display()))?;
+        match self {
+            Sink::Stdout => Ok(()),
+            #[cfg(target_os = "linux")]
+            Sink::Unnamed { file, dir, target } => {
+                use std::os::fd::AsRawFd;
+                file.sync_all()?;
+                // Link the finished file under a fresh hidden name, then rename it over the target.
+                let nonce: String = (0..8).map(|_| format!("{:02x}", rand_byte())).collect();
+                let staged = dir.join(format!(".segvault-complete-{nonce}"));
+                let source = format!("/proc/self/fd/{}", file.as_raw_fd());
+                rustix::fs::linkat(
+                    rustix::fs::CWD,
+                    &source,
+                    rustix::fs::CWD,
+                    &staged,
+                    rustix::fs::AtFlags::SYMLINK_FOLLOW,
+                )
+                .with_context(|| format!("cannot create {}", target.display()))?;
+                std::fs::rename(&staged, &target)
+                    .inspect_err(|_| {
+                        let _ = std::fs::remove_file(&staged);
+                    })
+                    .with_context(|| format!("cannot replace {}", target.display()))
+            }
+            Sink::Named { temp, target } => {
+                temp.as_file().sync_all()?;
+                temp.persist(&target)
+                    .with_context(|| format!("cannot replace {}", target.display()))?;
+                Ok(())
+            }
         }
-        Ok(())
     }
+}
+
+fn rand_byte() -> u8 {
+    let mut byte = [0u8; 1];
+    let _ = getrandom::fill(&mut byte);
+    byte[0]
 }
 
 pub(crate) async fn run(cli: &Cli, args: &GetArgs) -> anyhow::Result<ExitCode> {

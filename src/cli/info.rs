@@ -28,7 +28,14 @@ pub(crate) async fn info(cli: &Cli, args: &CapArgs) -> anyhow::Result<ExitCode> 
     let g = *verify_cap.geometry();
     let grid = cli.grid()?;
     let si = verify_cap.storage_index();
-    let lists = futures::future::join_all(grid.servers().iter().map(|s| s.store().list(si))).await;
+    let timeout = ReaderConfig::default().request_timeout;
+    let lists = futures::future::join_all(grid.servers().iter().map(|s| async move {
+        match tokio::time::timeout(timeout, s.store().list(si)).await {
+            Ok(listing) => listing.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }))
+    .await;
 
     println!("storage index: {si}");
     println!("verify cap:    {verify_cap}");
@@ -60,8 +67,15 @@ pub(crate) async fn info(cli: &Cli, args: &CapArgs) -> anyhow::Result<ExitCode> 
         match listing {
             Ok(shares) => {
                 for share in shares {
-                    found.insert(share);
-                    lines.push(format!("  share {share}: {}", server.name()));
+                    if u16::from(share.0) < g.n() {
+                        found.insert(share);
+                        lines.push(format!("  share {share}: {}", server.name()));
+                    } else {
+                        lines.push(format!(
+                            "  ignored: {} holds a share numbered {share}, beyond n",
+                            server.name()
+                        ));
+                    }
                 }
             }
             Err(e) => lines.push(format!("  {}: {e}", server.name())),

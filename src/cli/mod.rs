@@ -3,6 +3,7 @@
 mod get;
 mod info;
 mod put;
+mod serve;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -45,6 +46,8 @@ enum Command {
     Verify(CapArgs),
     /// Show a file's parameters and where its shares are.
     Info(CapArgs),
+    /// Serve files over HTTP, with Range requests, uploads and a small page at `/`.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -134,8 +137,10 @@ fn progress_bar(total: Option<u64>, message: &'static str) -> Option<ProgressBar
 /// the read-ahead window (8 segments × k shares), so a small pool loses nothing.
 const BLOCKING_THREADS: usize = 16;
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, serving: bool) {
     let default = match verbose {
+        // A server reports each request (by storage index, never by cap).
+        0 if serving => "warn,segvault::access=info,segvault::gateway=info",
         0 => "warn",
         1 => "info",
         _ => "debug",
@@ -152,7 +157,7 @@ fn init_logging(verbose: u8) {
 /// Runs the command line; the exit status says whether it worked.
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    init_logging(cli.verbose, matches!(cli.command, Command::Serve(_)));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
@@ -170,6 +175,7 @@ pub(crate) fn main() -> ExitCode {
             Command::Get(args) => get::run(&cli, args).await,
             Command::Verify(args) => info::verify(&cli, args).await,
             Command::Info(args) => info::info(&cli, args).await,
+            Command::Serve(args) => serve::run(&cli, args).await,
         }
     });
     match outcome {

@@ -4,9 +4,10 @@
 //! The planner is pure: it takes what the caller already knows (as tree levels needed) and
 //! returns ranges; the engine does the fetching.
 
+use std::collections::HashSet;
 use std::ops::Range;
 
-use super::geometry::{Geometry, SegmentIndex};
+use super::geometry::{Geometry, SegmentIndex, ShareNum};
 use super::hash::{HASH_LEN, Hash};
 use super::layout::{CHAIN_LEVEL_LEN, ShareLayout};
 use super::tree::PartialTree;
@@ -152,6 +153,59 @@ impl<'a> Record<'a> {
     }
 }
 
+/// The next k-subset of `shares` (sorted, primaries first) to decode that is not in `tried`.
+///
+/// Subsets are taken by *leaving out* shares, in order: after the first k fail together, a
+/// reader fetches one more share and tries each set that leaves one share out, the lowest
+/// first. When a single share is inconsistent, at most k + 1 decodes find the good set.
+///
+/// ```
+/// use std::collections::HashSet;
+/// use segvault::core::{geometry::ShareNum, planner::next_subset};
+/// let shares: Vec<ShareNum> = [0, 1, 2, 3].into_iter().map(ShareNum).collect();
+/// let mut tried = HashSet::new();
+/// tried.insert(vec![ShareNum(0), ShareNum(1), ShareNum(2)]);
+/// assert_eq!(next_subset(&shares, 3, &tried), Some(vec![ShareNum(1), ShareNum(2), ShareNum(3)]));
+/// ```
+pub fn next_subset(
+    shares: &[ShareNum],
+    k: usize,
+    tried: &HashSet<Vec<ShareNum>>,
+) -> Option<Vec<ShareNum>> {
+    if shares.len() < k || k == 0 {
+        return None;
+    }
+    let drop = shares.len() - k;
+    // Combinations of indices to leave out, in lexicographic order.
+    let mut out: Vec<usize> = (0..drop).collect();
+    for _ in 0..10_000 {
+        let subset: Vec<ShareNum> = shares
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !out.contains(i))
+            .map(|(_, s)| *s)
+            .collect();
+        if !tried.contains(&subset) {
+            return Some(subset);
+        }
+        let mut i = drop;
+        loop {
+            if i == 0 {
+                return None;
+            }
+            i -= 1;
+            if out[i] < shares.len() - drop + i {
+                break;
+            }
+        }
+        out[i] += 1;
+        for j in i + 1..drop {
+            out[j] = out[j - 1] + 1;
+        }
+    }
+    None
+}
+
 /// Parses a share chain section (levels × 32 bytes) into hashes.
 pub fn parse_share_chain(bytes: &[u8]) -> Option<Vec<Hash>> {
     if bytes.len() % HASH_LEN != 0 {
@@ -164,6 +218,33 @@ pub fn parse_share_chain(bytes: &[u8]) -> Option<Vec<Hash>> {
 mod tests {
     use super::*;
     use crate::core::tree::TreeShape;
+
+    #[test]
+    fn subsets_leave_shares_out_lowest_first_and_skip_tried_ones() {
+        let shares: Vec<ShareNum> = [0, 1, 4, 7].into_iter().map(ShareNum).collect();
+        let mut tried = HashSet::new();
+        let mut seen = Vec::new();
+        while let Some(s) = next_subset(&shares, 3, &tried) {
+            seen.push(s.iter().map(|x| x.0).collect::<Vec<_>>());
+            tried.insert(s);
+        }
+        assert_eq!(
+            seen,
+            vec![vec![1, 4, 7], vec![0, 4, 7], vec![0, 1, 7], vec![0, 1, 4]]
+        );
+        let mut pairs = Vec::new();
+        let mut tried = HashSet::new();
+        while let Some(s) = next_subset(&shares, 2, &tried) {
+            pairs.push(s.clone());
+            tried.insert(s);
+        }
+        assert_eq!(pairs.len(), 6, "every 2-subset of 4 once");
+        assert_eq!(next_subset(&shares[..1], 2, &HashSet::new()), None);
+        assert_eq!(
+            next_subset(&shares, 4, &HashSet::new()),
+            Some(shares.clone())
+        );
+    }
 
     #[test]
     fn reads_past_eof_are_clamped() {

@@ -91,6 +91,16 @@ pub enum ReadError {
         /// What was found where.
         report: ShareReport,
     },
+    /// A `read` asked for more than fits in one buffer.
+    #[error(
+        "a read of {len} bytes exceeds the {max}-byte limit for one buffer; stream the range instead"
+    )]
+    TooLarge {
+        /// Bytes asked for (after clamping to the file).
+        len: u64,
+        /// The configured limit.
+        max: u64,
+    },
     /// A bug or a runtime failure (a task that panicked or was cancelled).
     #[error("internal error: {0}")]
     Internal(String),

@@ -85,7 +85,9 @@ impl FileHandle {
     }
 
     /// Reads `len` bytes at `offset`. A read reaching past the end returns the bytes up to
-    /// the end; one starting at or past the end returns nothing.
+    /// the end; one starting at or past the end returns nothing. The result is one buffer, so
+    /// ranges above [`ReaderConfig::max_read_bytes`] are refused: use
+    /// [`stream`](Self::stream) for those.
     ///
     /// ```no_run
     /// # async fn demo(file: segvault::FileHandle) -> Result<(), segvault::ReadError> {
@@ -94,6 +96,12 @@ impl FileHandle {
     /// ```
     pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes, ReadError> {
         let range = clamp(self.node.verify_cap().geometry(), offset, len);
+        if range.end - range.start > self.config.max_read_bytes {
+            return Err(ReadError::TooLarge {
+                len: range.end - range.start,
+                max: self.config.max_read_bytes,
+            });
+        }
         let segments = self
             .node
             .verify_cap()
@@ -167,7 +175,10 @@ impl FileHandle {
         FileReader::new(self.clone())
     }
 
-    fn slices(&self, range: Range<u64>) -> impl Iterator<Item = SegmentSlice> + Send + 'static {
+    fn slices(
+        &self,
+        range: Range<u64>,
+    ) -> impl Iterator<Item = SegmentSlice> + Send + Sync + 'static {
         crate::core::planner::plan_range(self.node.verify_cap().geometry(), range)
     }
 
@@ -191,7 +202,7 @@ fn decrypt_slice(
 /// A range of a file as a stream of verified, decrypted chunks (one per segment touched).
 pub struct ByteStream {
     handle: FileHandle,
-    slices: Box<dyn Iterator<Item = SegmentSlice> + Send>,
+    slices: Box<dyn Iterator<Item = SegmentSlice> + Send + Sync>,
     pending: VecDeque<AbortOnDropHandle<Result<Bytes, ReadError>>>,
     window: usize,
     max_window: usize,

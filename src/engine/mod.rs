@@ -26,6 +26,7 @@ pub use segment::SegmentData;
 
 use crate::core::cap::{ReadCap, VerifyCap};
 use crate::core::cipher::Keystream;
+use crate::core::geometry::ShareNum;
 use crate::grid::Grid;
 
 /// How a client reads. Built once, passed down.
@@ -41,6 +42,9 @@ pub struct ReaderConfig {
     pub request_timeout: Duration,
     /// How long a share that failed transiently is avoided (corrupt shares: ten times this).
     pub failure_ttl: Duration,
+    /// Largest range [`FileHandle::read`] returns in one buffer; larger ranges are for
+    /// [`FileHandle::stream`], whose memory stays at the read-ahead window.
+    pub max_read_bytes: u64,
 }
 
 impl Default for ReaderConfig {
@@ -51,11 +55,27 @@ impl Default for ReaderConfig {
             open_files: 256,
             request_timeout: Duration::from_secs(30),
             failure_ttl: Duration::from_secs(60),
+            max_read_bytes: 256 << 20,
         }
     }
 }
 
 type NodeCell = Arc<OnceCell<Arc<FileNode>>>;
+
+/// The distinct share numbers (below `cap`'s n) of a file found on `grid`; servers that fail
+/// or do not answer within `timeout` are skipped.
+pub async fn list_shares(grid: &Grid, cap: &VerifyCap, timeout: Duration) -> Vec<ShareNum> {
+    let (si, n) = (cap.storage_index(), cap.geometry().n());
+    let mut found: Vec<ShareNum> = node::discover(grid, si, n, timeout)
+        .await
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    found
+}
 
 /// Opens files on a grid. Cheap to clone; clones share their open file nodes.
 #[derive(Clone)]

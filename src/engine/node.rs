@@ -24,7 +24,7 @@ use crate::core::erasure::Codec;
 use crate::core::geometry::{SegmentIndex, ShareNum};
 use crate::core::hash::{self, Hash};
 use crate::core::layout::{HEADER_LEN, ShareLayout};
-use crate::core::planner::{Record, RecordRequest};
+use crate::core::planner::{Record, RecordRequest, next_subset};
 use crate::core::share_header::ShareHeader;
 use crate::core::tree::{self, PartialTree};
 use crate::core::ueb::Ueb;
@@ -34,8 +34,11 @@ use crate::store::StoreError;
 /// Blocks at least this large are hashed and decoded on the blocking pool rather than on an
 /// async worker (about 70 µs of BLAKE3 at this size).
 const INLINE_CPU_LIMIT: u64 = 256 << 10;
-/// At most this many k-subsets are decoded for one segment before giving up.
-const MAX_DECODE_ATTEMPTS: usize = 16;
+/// k-subsets decoded for one segment before giving up: enough to leave out each share of a
+/// k+1 set once, and never fewer than 16.
+fn max_decode_attempts(k: usize) -> usize {
+    (2 * (k + 1)).max(16)
+}
 /// Shares are listed again when a read runs out of candidates, but not more often than this.
 const REDISCOVERY_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -141,15 +144,20 @@ impl fmt::Debug for FileNode {
     }
 }
 
-/// Lists shares of `si` on every server at once.
+/// Lists shares of `si` on every server at once. Share numbers of `n` or more cannot belong
+/// to the file (a stray file in a share directory, a confused server) and are dropped.
 pub(crate) async fn discover(
     grid: &Grid,
     si: StorageIndex,
+    n: u16,
     timeout: Duration,
 ) -> Vec<Result<Vec<ShareNum>, String>> {
     let lists = grid.servers().iter().map(|server| async move {
         match tokio::time::timeout(timeout, server.store().list(si)).await {
-            Ok(Ok(shares)) => Ok(shares),
+            Ok(Ok(mut shares)) => {
+                shares.retain(|s| u16::from(s.0) < n);
+                Ok(shares)
+            }
             Ok(Err(e)) => Err(format!("listing failed: {e}")),
             Err(_) => Err(format!("listing failed: no answer within {timeout:?}")),
         }
@@ -169,8 +177,9 @@ impl FileNode {
         let layout = ShareLayout::new(&geometry);
         let codec = Codec::new(geometry.k(), geometry.n())
             .map_err(|e| ReadError::Internal(e.to_string()))?;
-        let (mut slots, listing_errors) =
-            Self::slots_from_listing(discover(&grid, si, config.request_timeout).await);
+        let (mut slots, listing_errors) = Self::slots_from_listing(
+            discover(&grid, si, geometry.n(), config.request_timeout).await,
+        );
 
         let distinct = slots.iter().map(|s| s.share).collect::<HashSet<_>>().len();
         let report = |slots: &[Slot], listing_errors: &HashMap<usize, String>| {
@@ -215,7 +224,12 @@ impl FileNode {
                     config.request_timeout
                 ))),
                 Ok(Err(e)) => Err(Problem::from_store(e)),
-                Ok(Ok(parts)) => check_header_region(&cap, &layout, slot.share, &parts[0]),
+                Ok(Ok(parts)) => check_header_region(
+                    &cap,
+                    &layout,
+                    slot.share,
+                    parts.first().map_or(&[][..], |p| &p[..]),
+                ),
             };
             match outcome {
                 Ok(ueb_bytes) => {
@@ -437,9 +451,11 @@ impl FileNode {
         if self.lock().discovered_at.elapsed() < REDISCOVERY_INTERVAL {
             return;
         }
+        let n = self.cap.geometry().n();
         let listing = discover(
             &self.grid,
             self.storage_index(),
+            n,
             self.config.request_timeout,
         )
         .await;
@@ -505,11 +521,16 @@ impl FileNode {
             }
             let shares: Vec<ShareNum> = verified.keys().copied().collect();
             match next_subset(&shares, k, &decoded) {
-                Some(subset) if decoded.len() < MAX_DECODE_ATTEMPTS => {
+                Some(subset) if decoded.len() < max_decode_attempts(k) => {
                     decoded.insert(subset.clone());
                     let blocks: Vec<VerifiedBlock> =
                         subset.iter().map(|s| verified[s].clone()).collect();
-                    match self.clone().decode_and_check(segment, blocks).await {
+                    // Any record's ciphertext-tree levels will do, not only the subset's.
+                    let chains: Vec<Vec<Hash>> = verified
+                        .values()
+                        .map(|b| b.ciphertext_chain.clone())
+                        .collect();
+                    match self.clone().decode_and_check(segment, blocks, chains).await {
                         Ok(data) => return Ok(data),
                         Err(why) => {
                             warn!(si = %self.storage_index(), %segment, ?subset, %why, "decoded segment rejected");
@@ -517,7 +538,7 @@ impl FileNode {
                     }
                 }
                 // Every combination of what we hold failed: fetch one more share to make new ones.
-                _ if decoded.len() < MAX_DECODE_ATTEMPTS
+                _ if decoded.len() < max_decode_attempts(k)
                     && want < usize::from(self.cap.geometry().n()) =>
                 {
                     want += 1
@@ -639,15 +660,17 @@ impl FileNode {
         })
     }
 
-    /// Decodes `blocks` (k verified blocks) and checks the result against the ciphertext tree.
+    /// Decodes `blocks` (k verified blocks) and checks the result against the ciphertext tree
+    /// through any of `chains`.
     async fn decode_and_check(
         self: Arc<Self>,
         segment: SegmentIndex,
         blocks: Vec<VerifiedBlock>,
+        chains: Vec<Vec<Hash>>,
     ) -> Result<Arc<SegmentData>, String> {
         let big = self.cap.geometry().block_size(segment) >= INLINE_CPU_LIMIT;
         let node = self.clone();
-        let work = move || node.decode_and_check_blocking(segment, blocks);
+        let work = move || node.decode_and_check_blocking(segment, blocks, &chains);
         if big {
             tokio::task::spawn_blocking(work)
                 .await
@@ -661,6 +684,7 @@ impl FileNode {
         &self,
         segment: SegmentIndex,
         blocks: Vec<VerifiedBlock>,
+        chains: &[Vec<Hash>],
     ) -> Result<Arc<SegmentData>, String> {
         let g = self.cap.geometry();
         let k = usize::from(g.k());
@@ -691,7 +715,7 @@ impl FileNode {
         let mut state = self.lock();
         let tree = &mut state.ciphertext_tree;
         let mut last_error = None;
-        for chain in blocks.iter().map(|b| &b.ciphertext_chain) {
+        for chain in chains {
             match tree.verify_leaf(segment.0, leaf, chain) {
                 Ok(()) => {
                     last_error = None;
@@ -750,40 +774,6 @@ pub(crate) fn check_header_region(
     Ok(ueb_bytes.to_vec())
 }
 
-/// The next k-subset of `shares` (sorted) in lexicographic order that is not in `tried`.
-fn next_subset(
-    shares: &[ShareNum],
-    k: usize,
-    tried: &HashSet<Vec<ShareNum>>,
-) -> Option<Vec<ShareNum>> {
-    if shares.len() < k || k == 0 {
-        return None;
-    }
-    let mut idx: Vec<usize> = (0..k).collect();
-    for _ in 0..10_000 {
-        let subset: Vec<ShareNum> = idx.iter().map(|&i| shares[i]).collect();
-        if !tried.contains(&subset) {
-            return Some(subset);
-        }
-        // Advance to the next combination.
-        let mut i = k;
-        loop {
-            if i == 0 {
-                return None;
-            }
-            i -= 1;
-            if idx[i] < shares.len() - k + i {
-                break;
-            }
-        }
-        idx[i] += 1;
-        for j in i + 1..k {
-            idx[j] = idx[j - 1] + 1;
-        }
-    }
-    None
-}
-
 fn build_report(
     grid: &Grid,
     slots: &[Slot],
@@ -818,32 +808,4 @@ fn build_report(
         }
     }
     ShareReport { lines }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subsets_come_in_order_and_skip_tried_ones() {
-        let shares: Vec<ShareNum> = [0, 1, 4, 7].into_iter().map(ShareNum).collect();
-        let mut tried = HashSet::new();
-        let mut seen = Vec::new();
-        while let Some(s) = next_subset(&shares, 2, &tried) {
-            seen.push(s.iter().map(|x| x.0).collect::<Vec<_>>());
-            tried.insert(s);
-        }
-        assert_eq!(
-            seen,
-            vec![
-                vec![0, 1],
-                vec![0, 4],
-                vec![0, 7],
-                vec![1, 4],
-                vec![1, 7],
-                vec![4, 7]
-            ]
-        );
-        assert_eq!(next_subset(&shares[..1], 2, &HashSet::new()), None);
-    }
 }

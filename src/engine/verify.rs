@@ -3,9 +3,8 @@
 //! segment, that the shares agree (decoding gives the ciphertext the ciphertext tree names,
 //! and every block is what re-encoding that ciphertext gives).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::sync::Arc;
 
 use futures::StreamExt;
 
@@ -17,16 +16,22 @@ use crate::core::erasure::Codec;
 use crate::core::geometry::{SegmentIndex, ShareNum};
 use crate::core::hash::{self, HASH_LEN, Hash};
 use crate::core::layout::ShareLayout;
-use crate::core::planner::Record;
+use crate::core::planner::{Record, next_subset};
 use crate::core::tree::{self, NodeIndex, TreeShape};
 use crate::core::ueb::Ueb;
 use crate::grid::Grid;
-use crate::store::MAX_READ_BYTES;
+use std::time::Duration;
+
+use crate::store::{MAX_READ_BYTES, StoreError};
 
 /// Problems reported per share before the rest are only counted.
 const MAX_PROBLEMS_LISTED: usize = 8;
 /// Segments checked concurrently.
 const SEGMENTS_IN_FLIGHT: usize = 4;
+/// Shares whose tree sections are checked at once (each may hold up to 64 MiB of section).
+const TREE_CHECKS_IN_FLIGHT: usize = 2;
+/// Combinations of k shares decoded for one segment before calling it unrecoverable.
+const MAX_DECODES: usize = 64;
 
 /// The verdict on one share.
 #[derive(Debug, Clone)]
@@ -131,6 +136,21 @@ impl fmt::Display for VerifyReport {
     }
 }
 
+/// A store read that gives up after `timeout` (a stalled server must not hang a check).
+async fn read(
+    grid: &Grid,
+    server: usize,
+    cap: &VerifyCap,
+    share: ShareNum,
+    ranges: Vec<std::ops::Range<u64>>,
+    timeout: Duration,
+) -> Result<Vec<bytes::Bytes>, StoreError> {
+    let store = grid.servers()[server].store();
+    tokio::time::timeout(timeout, store.read(cap.storage_index(), share, ranges))
+        .await
+        .unwrap_or(Err(StoreError::Timeout(timeout)))
+}
+
 struct Candidate {
     server: usize,
     check: ShareCheck,
@@ -157,7 +177,7 @@ pub async fn verify(
         segments: g.num_segments(),
     };
     let mut candidates = Vec::new();
-    for (server, listing) in discover(grid, si, config.request_timeout)
+    for (server, listing) in discover(grid, si, g.n(), config.request_timeout)
         .await
         .into_iter()
         .enumerate()
@@ -186,7 +206,7 @@ pub async fn verify(
     let ueb_found = futures::future::join_all(
         candidates
             .iter_mut()
-            .map(|c| check_front(grid, cap, &layout, c)),
+            .map(|c| check_front(grid, cap, &layout, c, config.request_timeout)),
     )
     .await;
     let Some(ueb) = ueb_found.into_iter().flatten().next() else {
@@ -194,30 +214,30 @@ pub async fn verify(
         report.shares = candidates.into_iter().map(|c| c.check).collect();
         return report;
     };
-    futures::future::join_all(
-        candidates
-            .iter_mut()
-            .map(|c| check_trees(grid, cap, &layout, &ueb, c)),
-    )
-    .await;
+    futures::stream::iter(candidates.iter_mut())
+        .for_each_concurrent(TREE_CHECKS_IN_FLIGHT, |c| {
+            check_trees(grid, cap, &layout, &ueb, c, config.request_timeout)
+        })
+        .await;
 
     let codec = Codec::new(g.k(), g.n()).ok();
-    let shared = Arc::new(
-        candidates
-            .iter()
-            .map(|c| (c.server, c.check.share, c.root))
-            .collect::<Vec<_>>(),
-    );
+    let proven: Vec<(usize, ShareNum, Option<Hash>)> = candidates
+        .iter()
+        .map(|c| (c.server, c.check.share, c.root))
+        .collect();
+    let checker = SegmentChecker {
+        grid,
+        cap,
+        layout: &layout,
+        ueb: &ueb,
+        codec: codec.as_ref(),
+        candidates: &proven,
+        timeout: config.request_timeout,
+    };
     let mut segments = futures::stream::iter(0..g.num_segments())
         .map(|s| {
-            let shared = shared.clone();
-            let (layout, codec) = (&layout, codec.as_ref());
-            async move {
-                (
-                    s,
-                    check_segment(grid, cap, layout, &ueb, codec, &shared, SegmentIndex(s)).await,
-                )
-            }
+            let checker = &checker;
+            async move { (s, check_segment(checker, SegmentIndex(s)).await) }
         })
         .buffered(SEGMENTS_IN_FLIGHT);
     let mut done = 0;
@@ -244,12 +264,20 @@ async fn check_front(
     cap: &VerifyCap,
     layout: &ShareLayout,
     c: &mut Candidate,
+    timeout: Duration,
 ) -> Option<Ueb> {
     let g = cap.geometry();
-    let store = grid.servers()[c.server].store();
     let share = c.check.share;
-    let si = cap.storage_index();
-    let region = match store.read(si, share, vec![layout.header_region()]).await {
+    let region = match read(
+        grid,
+        c.server,
+        cap,
+        share,
+        vec![layout.header_region()],
+        timeout,
+    )
+    .await
+    {
         Ok(parts) => parts.into_iter().next().unwrap_or_default(),
         Err(e) => {
             c.check.problem(format!("cannot read header: {e}"));
@@ -281,7 +309,7 @@ async fn check_front(
         layout.record_range(first),
         root_at..root_at + HASH_LEN as u64,
     ];
-    let (record, stored_root) = match store.read(si, share, reads).await {
+    let (record, stored_root) = match read(grid, c.server, cap, share, reads, timeout).await {
         Ok(parts) if parts.len() == 2 => (parts[0].clone(), Hash::from_slice(&parts[1])),
         Ok(_) => return Some(ueb),
         Err(e) => {
@@ -329,9 +357,9 @@ async fn check_trees(
     layout: &ShareLayout,
     ueb: &Ueb,
     c: &mut Candidate,
+    timeout: Duration,
 ) {
     let shape = cap.geometry().segment_tree();
-    let store = grid.servers()[c.server].store();
     let sections = [
         ("block tree", layout.block_tree_range(), c.root),
         (
@@ -344,10 +372,7 @@ async fn check_trees(
         if range.end - range.start > MAX_READ_BYTES {
             continue;
         }
-        let bytes = match store
-            .read(cap.storage_index(), c.check.share, vec![range])
-            .await
-        {
+        let bytes = match read(grid, c.server, cap, c.check.share, vec![range], timeout).await {
             Ok(parts) => parts.into_iter().next().unwrap_or_default(),
             Err(e) => {
                 c.check
@@ -384,15 +409,28 @@ struct SegmentOutcome {
     recoverable: bool,
 }
 
-async fn check_segment(
-    grid: &Grid,
-    cap: &VerifyCap,
-    layout: &ShareLayout,
-    ueb: &Ueb,
-    codec: Option<&Codec>,
-    candidates: &[(usize, ShareNum, Option<Hash>)],
-    s: SegmentIndex,
-) -> SegmentOutcome {
+/// What every segment check needs.
+struct SegmentChecker<'a> {
+    grid: &'a Grid,
+    cap: &'a VerifyCap,
+    layout: &'a ShareLayout,
+    ueb: &'a Ueb,
+    codec: Option<&'a Codec>,
+    /// Per candidate: server, share, proven block-tree root.
+    candidates: &'a [(usize, ShareNum, Option<Hash>)],
+    timeout: Duration,
+}
+
+async fn check_segment(checker: &SegmentChecker<'_>, s: SegmentIndex) -> SegmentOutcome {
+    let SegmentChecker {
+        grid,
+        cap,
+        layout,
+        ueb,
+        codec,
+        candidates,
+        timeout,
+    } = *checker;
     let g = cap.geometry();
     let shape = g.segment_tree();
     let range = layout.record_range(s);
@@ -400,12 +438,7 @@ async fn check_segment(
         let range = range.clone();
         async move {
             match root {
-                Some(_) => Some(
-                    grid.servers()[server]
-                        .store()
-                        .read(cap.storage_index(), share, vec![range])
-                        .await,
-                ),
+                Some(_) => Some(read(grid, server, cap, share, vec![range], timeout).await),
                 None => None,
             }
         }
@@ -466,38 +499,50 @@ async fn check_segment(
             recoverable: true,
         };
     };
-    // Decode from the first k good shares (primaries first), then hold every share to it.
-    let inputs: Vec<(usize, &[u8])> = good
-        .values()
-        .take(k)
-        .map(|&v| (verified[v].1.index(), &verified[v].2[..]))
-        .collect();
-    let Ok(data) = codec.decode(&inputs) else {
+    // Find k shares whose decode the ciphertext tree accepts (trying sets the way a reader
+    // does), then hold every copy of every share to that decode.
+    let shares: Vec<ShareNum> = good.keys().copied().collect();
+    let chains: Vec<&[Hash]> = verified.iter().map(|(_, _, _, c)| c.as_slice()).collect();
+    let accepts = |leaf: Hash| {
+        chains
+            .iter()
+            .any(|c| tree::root_from_chain(&shape, s.0, leaf, c).ok() == Some(ueb.ciphertext_root))
+    };
+    let mut tried = HashSet::new();
+    let mut found = None;
+    while let Some(subset) = next_subset(&shares, k, &tried).filter(|_| tried.len() < MAX_DECODES) {
+        let inputs: Vec<(usize, &[u8])> = subset
+            .iter()
+            .map(|sh| (sh.index(), &verified[good[sh]].2[..]))
+            .collect();
+        tried.insert(subset);
+        if let Ok(data) = codec.decode(&inputs) {
+            let leaves: Vec<Hash> = data.iter().map(|b| hash::block_leaf(b)).collect();
+            let leaf = hash::ciphertext_leaf(&leaves);
+            if accepts(leaf) {
+                found = Some((data, leaf));
+                break;
+            }
+        }
+    }
+    let Some((data, ciphertext_leaf)) = found else {
+        for &v in good.values() {
+            problems.push((verified[v].0, format!("segment {s}: no {k} shares decode to what the ciphertext tree names (inconsistent upload)")));
+        }
         return SegmentOutcome {
             problems,
             recoverable: false,
         };
     };
-    let leaves: Vec<Hash> = data.iter().map(|b| hash::block_leaf(b)).collect();
-    let ciphertext_leaf = hash::ciphertext_leaf(&leaves);
-    let mut consistent = false;
     for (index, _, _, chain) in &verified {
-        match tree::root_from_chain(&shape, s.0, ciphertext_leaf, chain) {
-            Ok(r) if r == ueb.ciphertext_root => consistent = true,
-            _ => problems.push((
+        if tree::root_from_chain(&shape, s.0, ciphertext_leaf, chain).ok()
+            != Some(ueb.ciphertext_root)
+        {
+            problems.push((
                 *index,
                 format!("segment {s}: stored ciphertext-tree chain is corrupt"),
-            )),
+            ));
         }
-    }
-    if !consistent {
-        for &v in good.values().take(k) {
-            problems.push((verified[v].0, format!("segment {s}: decodes to ciphertext the ciphertext tree rejects (inconsistent shares)")));
-        }
-        return SegmentOutcome {
-            problems,
-            recoverable: false,
-        };
     }
     let refs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
     let mut parity = vec![vec![0u8; refs[0].len()]; usize::from(g.n() - g.k())];

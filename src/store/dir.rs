@@ -176,26 +176,38 @@ impl Inner {
     }
 
     fn list_blocking(&self, si: StorageIndex) -> Result<Vec<ShareNum>, StoreError> {
-        let entries = match fs::read_dir(self.file_dir(&si)) {
-            Ok(entries) => entries,
+        let mut shares: Vec<ShareNum> = match fs::read_dir(self.file_dir(&si)) {
+            Ok(entries) => entries
+                .flatten()
+                .filter_map(|entry| parse_share_name(&entry.file_name().to_string_lossy()))
+                .collect(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return if self.root.join("shares").is_dir() {
-                    Ok(Vec::new())
-                } else {
-                    Err(StoreError::Io {
+                if !self.root.join("shares").is_dir() {
+                    return Err(StoreError::Io {
                         context: "listing shares",
                         message: "the storage directory does not exist".into(),
-                    })
-                };
+                    });
+                }
+                Vec::new()
             }
             Err(e) => return Err(StoreError::io("listing shares", e)),
         };
-        let mut shares: Vec<ShareNum> = entries
-            .flatten()
-            .filter_map(|entry| parse_share_name(&entry.file_name().to_string_lossy()))
-            .collect();
         shares.sort_unstable();
+        self.forget_missing(si, &shares);
         Ok(shares)
+    }
+
+    /// Drops open handles of `si`'s shares that are no longer listed, so they stop being served.
+    fn forget_missing(&self, si: StorageIndex, listed: &[ShareNum]) {
+        let mut open = self.lock_open();
+        let stale: Vec<(StorageIndex, ShareNum)> = open
+            .iter()
+            .map(|(key, _)| *key)
+            .filter(|(s, share)| *s == si && !listed.contains(share))
+            .collect();
+        for key in stale {
+            open.pop(&key);
+        }
     }
 
     /// Reads without blocking: only from a share already open and only if every byte is in
@@ -296,7 +308,16 @@ impl Inner {
         spool: SpooledShare,
     ) -> Result<(), StoreError> {
         let dir = self.file_dir(&si);
+        let new_dir = !dir.is_dir();
         fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating share directory", e))?;
+        if new_dir && self.durability == Durability::Fsync {
+            // New directories are only durable once their parents' entries are.
+            for parent in dir.ancestors().skip(1).take(2) {
+                File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| StoreError::io("syncing share directory", e))?;
+            }
+        }
         let temp = spool.into_temp_file();
         match self.persist(temp, si, share) {
             Err(Persist::CrossDevice(spool)) => {

@@ -79,8 +79,9 @@ pub struct PutOptions {
     /// Called as input is processed.
     pub progress: Option<Progress>,
     /// Simulates a malicious or buggy uploader, for tests: called on every block after
-    /// encoding and before hashing, it may change the block. The shares are then authentic
-    /// (they match the trees in the cap) yet disagree with each other.
+    /// encoding and before hashing, it may change the block. The ciphertext tree still names
+    /// the data as encoded, so a tampered share is authentic (its hashes lead to the cap) yet
+    /// disagrees with the others.
     #[doc(hidden)]
     pub tamper: Option<Tamper>,
 }
@@ -499,7 +500,10 @@ impl SegmentEncoder<'_> {
                 .encode(&data, &mut parity)
                 .map_err(|e| PutError::Internal(e.to_string()))?;
         }
-        if let Some(tamper) = self.tamper {
+        // A tampering test uploader commits its ciphertext tree to the data as it should be,
+        // then changes blocks: each tampered share is authentic yet disagrees with the rest.
+        let honest_leaf = self.tamper.map(|tamper| {
+            let leaves: Vec<Hash> = buffer.chunks_exact(block).map(hash::block_leaf).collect();
             for (share, bytes) in buffer
                 .chunks_exact_mut(block)
                 .chain(parity.iter_mut().map(|p| &mut p[..block]))
@@ -507,13 +511,14 @@ impl SegmentEncoder<'_> {
             {
                 tamper(ShareNum(share as u8), segment, bytes);
             }
-        }
+            hash::ciphertext_leaf(&leaves)
+        });
         let blocks: Vec<&[u8]> = buffer
             .chunks_exact(block)
             .chain(parity.iter().map(|p| &p[..block]))
             .collect();
         let mut hashes: Vec<Hash> = blocks.iter().map(|b| hash::block_leaf(b)).collect();
-        hashes.push(hash::ciphertext_leaf(&hashes[..k]));
+        hashes.push(honest_leaf.unwrap_or_else(|| hash::ciphertext_leaf(&hashes[..k])));
         let offset = self.layout.block_range(segment).start;
         for share in (first_share..n).chain(0..first_share) {
             self.spools[share]
@@ -683,4 +688,34 @@ fn finish_shares(
     })
     .map_err(spool_error("share spools"))?;
     Ok(hash::ueb(&ueb_bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Input of unknown length is spooled to disk before encoding; the spool must hold only
+    /// ciphertext (the CLI scan cannot see it: it has no name).
+    #[test]
+    fn the_stdin_spool_holds_only_ciphertext() {
+        let dir = tempfile::tempdir().unwrap();
+        let grid = Grid::embedded(dir.path(), 1).unwrap();
+        let plaintext: Vec<u8> = (0..200_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let key = FileKey::from_bytes([5; 32]);
+        let keystream = Keystream::new(&key);
+        let source = PutSource::Reader(Box::new(io::Cursor::new(plaintext.clone())));
+        let (mut spool, size, encrypted) = open_input(&grid, source, &keystream, None).unwrap();
+        assert!(encrypted);
+        assert_eq!(size, plaintext.len() as u64);
+        let mut stored = Vec::new();
+        spool.read_to_end(&mut stored).unwrap();
+        let mut expected = plaintext.clone();
+        keystream.apply(0, &mut expected);
+        assert_eq!(stored, expected, "the spool is the ciphertext");
+        let windows: std::collections::HashSet<&[u8]> = plaintext.chunks_exact(32).collect();
+        assert!(
+            stored.windows(32).all(|w| !windows.contains(w)),
+            "no plaintext in the spool"
+        );
+    }
 }

@@ -1,0 +1,71 @@
+//! `segvault serve`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use segvault::PutOptions;
+use segvault::gateway::{Gateway, GatewayConfig, shutdown_signal, url_for};
+use segvault::grid::EMBEDDED_SERVERS;
+use segvault::store::Durability;
+
+use super::Cli;
+
+#[derive(Args, Debug)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3456")]
+    listen: SocketAddr,
+    /// Shares needed to read files uploaded through the gateway
+    #[arg(short = 'k', default_value_t = 3)]
+    k: u16,
+    /// Shares written for files uploaded through the gateway
+    #[arg(short = 'n', default_value_t = 10)]
+    n: u16,
+    /// Largest upload accepted, e.g. 4GiB
+    #[arg(long, value_name = "SIZE", value_parser = segvault::size::parse, default_value = "64GiB")]
+    max_upload: u64,
+    /// Connections served at once
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_connections: usize,
+}
+
+pub(crate) async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    if args.k == 0 || args.k > args.n {
+        anyhow::bail!("k must be between 1 and n");
+    }
+    let grid = cli.grid_with(
+        EMBEDDED_SERVERS.max(usize::from(args.n)),
+        true,
+        Durability::Fsync,
+    )?;
+    let config = GatewayConfig {
+        max_connections: args.max_connections,
+        max_upload_bytes: args.max_upload,
+        put: PutOptions {
+            k: args.k,
+            n: args.n,
+            ..PutOptions::default()
+        },
+        ..GatewayConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    // The URL on stdout is the contract scripts rely on (with --listen 127.0.0.1:0 it names the port).
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "{}", url_for(address))?;
+    stdout.flush()?;
+    eprintln!(
+        "segvault: serving {} from {} storage servers; Ctrl-C stops",
+        url_for(address),
+        grid.len()
+    );
+    Gateway::new(grid, config)
+        .serve(listener, shutdown_signal())
+        .await?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,60 @@
+//! The small web page at `/`: upload a file, paste a cap, open or play it. Static assets,
+//! compiled in; the script is a separate file so a strict Content-Security-Policy applies.
+
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Response, StatusCode};
+
+use super::body::{self, Body};
+use super::routes::text;
+
+/// The page's files.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Asset {
+    Index,
+    Script,
+    Style,
+}
+
+const INDEX: &str = include_str!("page/index.html");
+const SCRIPT: &str = include_str!("page/app.js");
+const STYLE: &str = include_str!("page/app.css");
+
+pub(super) fn serve(method: &Method, asset: Asset) -> Response<Body> {
+    if method != Method::GET && method != Method::HEAD {
+        let mut response = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed; use GET",
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    let (content, content_type) = match asset {
+        Asset::Index => (INDEX, "text/html; charset=utf-8"),
+        Asset::Script => (SCRIPT, "text/javascript; charset=utf-8"),
+        Asset::Style => (STYLE, "text/css; charset=utf-8"),
+    };
+    let mut response = Response::new(if method == Method::HEAD {
+        body::empty()
+    } else {
+        body::full(content)
+    });
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(content.len()));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'self'; media-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"),
+    );
+    response
+}

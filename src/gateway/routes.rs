@@ -1,0 +1,387 @@
+//! Routing and the file handler.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use headers::{ETag, HeaderMapExt};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use serde::Serialize;
+use tracing::info;
+
+use super::body::{self, Body, Multipart};
+use super::ranges::{self, Decision};
+use super::{Gateway, page, upload};
+use crate::core::cap::{Cap, StorageIndex, VerifyCap};
+use crate::engine::ReadError;
+
+/// What the access log records about a request (never the path: it may hold a cap).
+#[derive(Default)]
+pub(super) struct Access {
+    pub(super) route: &'static str,
+    pub(super) storage_index: Option<StorageIndex>,
+}
+
+/// A plain-text response (errors and short answers).
+pub(super) fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    let mut message = message.into();
+    if !message.ends_with('\n') {
+        message.push('\n');
+    }
+    let mut response = Response::new(body::full(message));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut response = text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed; use {allow}"),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+/// How a read error reads to an HTTP client.
+pub(super) fn read_error(error: &ReadError) -> Response<Body> {
+    match error {
+        ReadError::NoShares { .. } => text(
+            StatusCode::NOT_FOUND,
+            "file not found: no storage server holds any of its shares",
+        ),
+        ReadError::NotEnoughShares { .. } | ReadError::Inconsistent { .. } => {
+            text(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+        }
+        ReadError::TooLarge { .. } | ReadError::Internal(_) => {
+            text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+        }
+    }
+}
+
+/// The file's strong ETag: its public identity (storage index and UEB hash), never the cap.
+fn etag_for(cap: &VerifyCap) -> ETag {
+    let ueb = crate::core::cap::base32_encode(&cap.ueb_hash().0);
+    format!("\"sv1-{}-{}\"", cap.storage_index(), &ueb[..16])
+        .parse()
+        .unwrap_or_else(|_| unreachable!("base32 and digits make a valid entity tag"))
+}
+
+#[derive(Default)]
+struct Query {
+    t: Option<String>,
+    save: bool,
+}
+
+fn parse_query(query: Option<&str>) -> Query {
+    let mut parsed = Query::default();
+    for (key, value) in form_urlencoded(query.unwrap_or("")) {
+        match key.as_str() {
+            "t" => parsed.t = Some(value),
+            "save" => parsed.save = matches!(value.as_str(), "true" | "1" | "yes"),
+            _ => {}
+        }
+    }
+    parsed
+}
+
+fn form_urlencoded(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |s: &str| {
+            percent_decode_str(&s.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        (decode(key), decode(value))
+    })
+}
+
+impl Gateway {
+    pub(super) async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let mut access = Access::default();
+        let response = self.route(request, &mut access).await;
+        info!(
+            target: "segvault::access",
+            %peer,
+            %method,
+            route = access.route,
+            si = access.storage_index.map(|si| si.to_string()).unwrap_or_default(),
+            status = response.status().as_u16(),
+            micros = started.elapsed().as_micros() as u64,
+        );
+        response
+    }
+
+    async fn route(&self, request: Request<Incoming>, access: &mut Access) -> Response<Body> {
+        let path = request.uri().path().to_owned();
+        let parts: Vec<&str> = path.split('/').collect();
+        match parts.as_slice() {
+            ["", ""] | ["", "index.html"] => {
+                access.route = "page";
+                page::serve(request.method(), page::Asset::Index)
+            }
+            ["", "app.js"] => {
+                access.route = "page";
+                page::serve(request.method(), page::Asset::Script)
+            }
+            ["", "app.css"] => {
+                access.route = "page";
+                page::serve(request.method(), page::Asset::Style)
+            }
+            ["", "uri"] | ["", "uri", ""] => {
+                access.route = "upload";
+                match *request.method() {
+                    Method::PUT => upload::put(self, request, access).await,
+                    Method::POST => upload::post_form(self, request, access).await,
+                    _ => method_not_allowed("PUT, POST"),
+                }
+            }
+            ["", "uri", cap] => self.file(request, cap, None, access).await,
+            ["", "uri", cap, name] if !name.is_empty() => {
+                self.file(request, cap, Some(name), access).await
+            }
+            _ => {
+                access.route = "none";
+                text(
+                    StatusCode::NOT_FOUND,
+                    "not found: files are at /uri/<cap> or /uri/<cap>/<filename>",
+                )
+            }
+        }
+    }
+
+    async fn file(
+        &self,
+        request: Request<Incoming>,
+        cap_text: &str,
+        name: Option<&str>,
+        access: &mut Access,
+    ) -> Response<Body> {
+        access.route = "file";
+        let method = request.method();
+        if method != Method::GET && method != Method::HEAD {
+            return method_not_allowed("GET, HEAD");
+        }
+        let query = parse_query(request.uri().query());
+        let Ok(cap_text) = percent_decode_str(cap_text).decode_utf8() else {
+            return text(StatusCode::BAD_REQUEST, "invalid cap: not UTF-8");
+        };
+        let cap: Cap = match cap_text.parse() {
+            Ok(cap) => cap,
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("invalid cap: {e}")),
+        };
+        let name = match name.map(|n| percent_decode_str(n).decode_utf8()) {
+            None => None,
+            Some(Ok(name)) if !name.chars().any(char::is_control) => Some(name.into_owned()),
+            Some(_) => return text(StatusCode::BAD_REQUEST, "invalid file name"),
+        };
+        access.storage_index = Some(cap.verify_cap().storage_index());
+        match query.t.as_deref() {
+            None => {}
+            Some("json") => return self.metadata(&cap, name.as_deref()).await,
+            Some(other) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown t={other:?}; the only one is t=json"),
+                );
+            }
+        }
+        let Cap::Read(cap) = cap else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "a verify cap can check a file (?t=json) but not read it",
+            );
+        };
+        let file = match self.client().open(&cap).await {
+            Ok(file) => file,
+            Err(e) => return read_error(&e),
+        };
+        let len = file.len();
+        let etag = etag_for(&cap.verify_cap());
+        let content_type = name
+            .as_deref()
+            .map(|n| {
+                mime_guess::from_path(n)
+                    .first_or_octet_stream()
+                    .essence_str()
+                    .to_owned()
+            })
+            .unwrap_or_else(|| "application/octet-stream".to_owned());
+        let decision = ranges::decide(
+            method,
+            request.headers(),
+            len,
+            &etag,
+            &self.inner.config.ranges,
+        );
+        let head = method == Method::HEAD;
+
+        let mut response = Response::new(body::empty());
+        let headers = response.headers_mut();
+        headers.typed_insert(etag);
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        // The URL holds a secret: no shared cache may keep the plaintext; the browser may,
+        // forever, because the content behind a cap never changes.
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, max-age=31536000, immutable"),
+        );
+        headers.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        if query.save {
+            headers.insert(header::CONTENT_DISPOSITION, attachment(name.as_deref()));
+        }
+        let (status, length, body) = match decision {
+            Decision::NotModified => (StatusCode::NOT_MODIFIED, None, None),
+            Decision::PreconditionFailed => (StatusCode::PRECONDITION_FAILED, Some(0), None),
+            Decision::Unsatisfiable => {
+                headers.insert(
+                    header::CONTENT_RANGE,
+                    header_value(&format!("bytes */{len}")),
+                );
+                (StatusCode::RANGE_NOT_SATISFIABLE, Some(0), None)
+            }
+            Decision::Full => {
+                headers.insert(header::CONTENT_TYPE, header_value(&content_type));
+                (StatusCode::OK, Some(len), Some(body::range(&file, 0..len)))
+            }
+            Decision::Partial(range) => {
+                headers.insert(header::CONTENT_TYPE, header_value(&content_type));
+                headers.insert(
+                    header::CONTENT_RANGE,
+                    header_value(&format!("bytes {}-{}/{len}", range.start, range.end - 1)),
+                );
+                (
+                    StatusCode::PARTIAL_CONTENT,
+                    Some(range.end - range.start),
+                    Some(body::range(&file, range)),
+                )
+            }
+            Decision::Multipart(ranges) => {
+                let multipart = Multipart::new(&ranges, len, &content_type);
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    header_value(&multipart.content_type()),
+                );
+                let length = multipart.len();
+                (
+                    StatusCode::PARTIAL_CONTENT,
+                    Some(length),
+                    Some(multipart.body(&file)),
+                )
+            }
+        };
+        *response.status_mut() = status;
+        if let Some(length) = length {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        }
+        if let Some(body) = body.filter(|_| !head && length != Some(0)) {
+            *response.body_mut() = body;
+        }
+        response
+    }
+
+    async fn metadata(&self, cap: &Cap, name: Option<&str>) -> Response<Body> {
+        #[derive(Serialize)]
+        struct Metadata {
+            storage_index: String,
+            verify_cap: String,
+            size: u64,
+            k: u16,
+            n: u16,
+            segment_size: u64,
+            segments: u64,
+            shares_found: usize,
+            shares: Vec<u8>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            content_type: Option<String>,
+        }
+        let verify_cap = cap.verify_cap();
+        let g = verify_cap.geometry();
+        let timeout = self.inner.config.reader.request_timeout;
+        let listing = crate::engine::list_shares(self.client().grid(), &verify_cap, timeout).await;
+        let metadata = Metadata {
+            storage_index: verify_cap.storage_index().to_string(),
+            verify_cap: verify_cap.to_string(),
+            size: g.size(),
+            k: g.k(),
+            n: g.n(),
+            segment_size: g.segment_size(),
+            segments: g.num_segments(),
+            shares_found: listing.len(),
+            shares: listing.iter().map(|s| s.0).collect(),
+            content_type: name.map(|n| {
+                mime_guess::from_path(n)
+                    .first_or_octet_stream()
+                    .essence_str()
+                    .to_owned()
+            }),
+        };
+        let status = if listing.is_empty() {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::OK
+        };
+        let json = serde_json::to_vec_pretty(&metadata).unwrap_or_default();
+        let mut response = Response::new(body::full(json));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}
+
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text)
+        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
+}
+
+/// `attachment`, with the file name both as plain ASCII and as RFC 8187 UTF-8.
+fn attachment(name: Option<&str>) -> HeaderValue {
+    let Some(name) = name else {
+        return HeaderValue::from_static("attachment");
+    };
+    let ascii: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let encoded = utf8_percent_encode(name, NON_ALPHANUMERIC);
+    header_value(&format!(
+        "attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"
+    ))
+}

@@ -30,6 +30,9 @@ pub(crate) struct ServeArgs {
     /// Connections served at once
     #[arg(long, value_name = "N", default_value_t = 1024)]
     max_connections: usize,
+    /// Seconds a client has to send a request's headers (also the keep-alive idle time)
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    header_timeout: u64,
 }
 
 pub(crate) async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
@@ -44,6 +47,7 @@ pub(crate) async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode>
     let config = GatewayConfig {
         max_connections: args.max_connections,
         max_upload_bytes: args.max_upload,
+        header_read_timeout: std::time::Duration::from_secs(args.header_timeout.max(1)),
         put: PutOptions {
             k: args.k,
             n: args.n,

@@ -91,6 +91,15 @@ pub enum ReadError {
         /// What was found where.
         report: ShareReport,
     },
+    /// The cap names a file (its UEB hash matches) but its parameters do not: it was altered
+    /// or mistyped.
+    #[error(
+        "the cap does not match file {storage_index}: its size or coding parameters were altered or mistyped"
+    )]
+    AlteredCap {
+        /// The file.
+        storage_index: StorageIndex,
+    },
     /// A `read` asked for more than fits in one buffer.
     #[error(
         "a read of {len} bytes exceeds the {max}-byte limit for one buffer; stream the range instead"

@@ -56,6 +56,9 @@ pub(crate) enum Problem {
     CorruptShare(String),
     /// One block failed its hash check; the share may still serve other segments.
     CorruptBlock(String),
+    /// The share's UEB is the one the cap's hash names, but the cap's parameters differ from
+    /// it: the cap, not the share, is wrong.
+    AlteredCap,
 }
 
 impl fmt::Display for Problem {
@@ -65,6 +68,7 @@ impl fmt::Display for Problem {
             Problem::Missing => f.write_str("listed but now missing"),
             Problem::CorruptShare(why) => write!(f, "corrupt share: {why}"),
             Problem::CorruptBlock(why) => write!(f, "corrupt block: {why}"),
+            Problem::AlteredCap => f.write_str("the cap's parameters differ from the file's"),
         }
     }
 }
@@ -235,6 +239,9 @@ impl FileNode {
                 Ok(ueb_bytes) => {
                     verified = Some(ueb_bytes);
                     break;
+                }
+                Err(Problem::AlteredCap) => {
+                    return Err(ReadError::AlteredCap { storage_index: si });
                 }
                 Err(problem) => {
                     debug!(%si, share = %slot.share, %problem, "share rejected while opening");
@@ -439,7 +446,7 @@ impl FileNode {
                 let ttl = match problem {
                     Problem::Unavailable(_) | Problem::Missing => Some(self.config.failure_ttl),
                     Problem::CorruptShare(_) => Some(self.config.failure_ttl * 10),
-                    Problem::CorruptBlock(_) => None,
+                    Problem::CorruptBlock(_) | Problem::AlteredCap => None,
                 };
                 slot.avoid_until = ttl.map(|ttl| Instant::now() + ttl);
             }
@@ -749,15 +756,8 @@ pub(crate) fn check_header_region(
         .ok_or_else(|| corrupt("header truncated".into()))?;
     let header =
         ShareHeader::from_bytes(header_bytes).map_err(|e| corrupt(format!("bad header: {e}")))?;
-    if header.share != share {
-        return Err(corrupt(format!("header says it is share {}", header.share)));
-    }
-    if header.storage_index != cap.storage_index() {
-        return Err(corrupt("header names another file".into()));
-    }
-    if header.geometry != *cap.geometry() {
-        return Err(corrupt("header parameters differ from the cap's".into()));
-    }
+    // The UEB first: if it is the one the cap names but the cap's numbers disagree with it,
+    // the cap is at fault, not this share.
     let ueb_range = layout.ueb_range();
     let ueb_bytes = region
         .get(ueb_range.start as usize..ueb_range.end as usize)
@@ -767,9 +767,16 @@ pub(crate) fn check_header_region(
     }
     let ueb = Ueb::from_bytes(ueb_bytes).map_err(|e| corrupt(format!("bad UEB: {e}")))?;
     if ueb.geometry != *cap.geometry() {
-        return Err(corrupt(
-            "the UEB matches the cap's hash but not its parameters: the cap was altered".into(),
-        ));
+        return Err(Problem::AlteredCap);
+    }
+    if header.share != share {
+        return Err(corrupt(format!("header says it is share {}", header.share)));
+    }
+    if header.storage_index != cap.storage_index() {
+        return Err(corrupt("header names another file".into()));
+    }
+    if header.geometry != *cap.geometry() {
+        return Err(corrupt("header parameters differ from the cap's".into()));
     }
     Ok(ueb_bytes.to_vec())
 }

@@ -14,7 +14,9 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::Frame;
 
-use crate::engine::FileHandle;
+use futures::Stream;
+
+use crate::engine::{ByteStream, FileHandle, ReadError};
 
 /// The body type of every response.
 pub type Body = BoxBody<Bytes, io::Error>;
@@ -31,13 +33,20 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
-/// Bytes `range` of `file`, verified and decrypted as they are sent.
-pub fn range(file: &FileHandle, range: Range<u64>) -> Body {
-    let chunks = file
-        .stream(range)
-        .map_ok(Frame::data)
-        .map_err(io::Error::from);
-    BodyExt::boxed(StreamBody::new(chunks))
+/// Bytes `range` of `file`, verified and decrypted as they are sent. The first chunk is
+/// fetched before this returns, so a file that cannot be read at all is an error the caller
+/// can still answer with a status code; a failure later aborts the connection.
+pub async fn range(file: &FileHandle, range: Range<u64>) -> Result<Body, ReadError> {
+    let chunks = primed(file.stream(range)).await?;
+    Ok(BodyExt::boxed(StreamBody::new(chunks.map_ok(Frame::data))))
+}
+
+/// The stream with its first chunk already fetched (and checked).
+async fn primed(
+    mut stream: ByteStream,
+) -> Result<impl Stream<Item = io::Result<Bytes>> + Send + Sync + 'static, ReadError> {
+    let first = stream.next().await.transpose()?;
+    Ok(stream::iter(first.map(Ok)).chain(stream.map_err(io::Error::from)))
 }
 
 /// A `multipart/byteranges` payload (RFC 9110 §14.6) with its exact length known up front.
@@ -95,14 +104,121 @@ impl Multipart {
         self.parts.is_empty()
     }
 
-    /// The payload, streamed part by part.
-    pub fn body(self, file: &FileHandle) -> Body {
+    /// The payload, streamed part by part (the first part's first chunk fetched up front,
+    /// as for [`range`]).
+    pub async fn body(self, file: &FileHandle) -> Result<Body, ReadError> {
+        let mut parts = self.parts.into_iter();
+        let Some((first_header, first_range)) = parts.next() else {
+            return Ok(full(self.trailer));
+        };
+        let first = primed(file.stream(first_range)).await?;
         let file = file.clone();
-        let parts = stream::iter(self.parts).flat_map(move |(header, range)| {
+        let rest = stream::iter(parts).flat_map(move |(header, range)| {
             let data = file.stream(range).map_err(io::Error::from);
             stream::once(async move { Ok(Bytes::from(header)) }).chain(data)
         });
-        let payload = parts.chain(stream::once(async move { Ok(Bytes::from(self.trailer)) }));
-        BodyExt::boxed(StreamBody::new(payload.map_ok(Frame::data)))
+        let payload = stream::once(async move { Ok(Bytes::from(first_header)) })
+            .chain(first)
+            .chain(rest)
+            .chain(stream::once(async move { Ok(Bytes::from(self.trailer)) }));
+        Ok(BodyExt::boxed(StreamBody::new(payload.map_ok(Frame::data))))
+    }
+}
+
+/// One access-log line per request, written when its body ends: how many bytes went out and
+/// whether the transfer completed, was aborted (an error after the headers), or was cut short
+/// by the client. Never the path: it may hold a cap.
+pub(super) struct AccessLog {
+    pub(super) started: std::time::Instant,
+    pub(super) peer: std::net::SocketAddr,
+    pub(super) method: hyper::Method,
+    pub(super) route: &'static str,
+    pub(super) storage_index: Option<crate::core::cap::StorageIndex>,
+    pub(super) status: u16,
+}
+
+impl AccessLog {
+    fn write(&self, sent: u64, outcome: &str) {
+        tracing::info!(
+            target: "segvault::access",
+            peer = %self.peer,
+            method = %self.method,
+            route = self.route,
+            si = self.storage_index.map(|si| si.to_string()).unwrap_or_default(),
+            status = self.status,
+            bytes = sent,
+            micros = self.started.elapsed().as_micros() as u64,
+            outcome,
+        );
+    }
+}
+
+/// A body that counts what it sends and writes the access log when it ends.
+pub(super) struct Logged {
+    inner: Body,
+    sent: u64,
+    log: Option<AccessLog>,
+}
+
+impl Logged {
+    pub(super) fn wrap(inner: Body, log: AccessLog) -> Body {
+        BodyExt::boxed(Logged {
+            inner,
+            sent: 0,
+            log: Some(log),
+        })
+    }
+}
+
+impl hyper::body::Body for Logged {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                this.sent += frame.data_ref().map_or(0, |d| d.len() as u64);
+            }
+            std::task::Poll::Ready(Some(Err(e))) => {
+                if let Some(log) = this.log.take() {
+                    log.write(this.sent, &format!("aborted: {e}"));
+                }
+            }
+            std::task::Poll::Ready(None) => {
+                if let Some(log) = this.log.take() {
+                    log.write(this.sent, "complete");
+                }
+            }
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            // Bodyless responses (HEAD, 304) end without being polled to the end.
+            let ended = hyper::body::Body::is_end_stream(&self.inner);
+            let outcome = if ended {
+                "complete"
+            } else {
+                "client went away"
+            };
+            log.write(self.sent, outcome);
+        }
     }
 }

@@ -41,6 +41,14 @@ use crate::grid::Grid;
 use crate::upload::PutOptions;
 pub use ranges::RangeLimits;
 
+/// Characters escaped in a URL path segment or an RFC 8187 header value: all but RFC 3986
+/// unreserved ones.
+pub(crate) const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// How the gateway behaves. Built once, passed down.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {

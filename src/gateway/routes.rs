@@ -7,11 +7,10 @@ use headers::{ETag, HeaderMapExt};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use percent_encoding::{percent_decode_str, utf8_percent_encode};
 use serde::Serialize;
-use tracing::info;
 
-use super::body::{self, Body, Multipart};
+use super::body::{self, AccessLog, Body, Logged, Multipart};
 use super::ranges::{self, Decision};
 use super::{Gateway, page, upload};
 use crate::core::cap::{Cap, StorageIndex, VerifyCap};
@@ -61,6 +60,9 @@ pub(super) fn read_error(error: &ReadError) -> Response<Body> {
         ),
         ReadError::NotEnoughShares { .. } | ReadError::Inconsistent { .. } => {
             text(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+        }
+        ReadError::AlteredCap { .. } => {
+            text(StatusCode::BAD_REQUEST, format!("invalid cap: {error}"))
         }
         ReadError::TooLarge { .. } | ReadError::Internal(_) => {
             text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
@@ -116,16 +118,15 @@ impl Gateway {
         let method = request.method().clone();
         let mut access = Access::default();
         let response = self.route(request, &mut access).await;
-        info!(
-            target: "segvault::access",
-            %peer,
-            %method,
-            route = access.route,
-            si = access.storage_index.map(|si| si.to_string()).unwrap_or_default(),
-            status = response.status().as_u16(),
-            micros = started.elapsed().as_micros() as u64,
-        );
-        response
+        let log = AccessLog {
+            started,
+            peer,
+            method,
+            route: access.route,
+            storage_index: access.storage_index,
+            status: response.status().as_u16(),
+        };
+        response.map(|body| Logged::wrap(body, log))
     }
 
     async fn route(&self, request: Request<Incoming>, access: &mut Access) -> Response<Body> {
@@ -253,6 +254,19 @@ impl Gateway {
         if query.save {
             headers.insert(header::CONTENT_DISPOSITION, attachment(name.as_deref()));
         }
+        // A body's first chunk is fetched before the status line (for HEAD too, which must
+        // answer as GET would): a file that cannot be read at all gets a 404 or 503, and only a
+        // failure later in the transfer aborts the connection.
+        let body_for = |range: std::ops::Range<u64>| {
+            let file = file.clone();
+            async move {
+                if head {
+                    file.read(range.start, 1).await.map(|_| None)
+                } else {
+                    body::range(&file, range).await.map(Some)
+                }
+            }
+        };
         let (status, length, body) = match decision {
             Decision::NotModified => (StatusCode::NOT_MODIFIED, None, None),
             Decision::PreconditionFailed => (StatusCode::PRECONDITION_FAILED, Some(0), None),
@@ -265,7 +279,10 @@ impl Gateway {
             }
             Decision::Full => {
                 headers.insert(header::CONTENT_TYPE, header_value(&content_type));
-                (StatusCode::OK, Some(len), Some(body::range(&file, 0..len)))
+                match body_for(0..len).await {
+                    Ok(body) => (StatusCode::OK, Some(len), body),
+                    Err(e) => return read_error(&e),
+                }
             }
             Decision::Partial(range) => {
                 headers.insert(header::CONTENT_TYPE, header_value(&content_type));
@@ -273,11 +290,11 @@ impl Gateway {
                     header::CONTENT_RANGE,
                     header_value(&format!("bytes {}-{}/{len}", range.start, range.end - 1)),
                 );
-                (
-                    StatusCode::PARTIAL_CONTENT,
-                    Some(range.end - range.start),
-                    Some(body::range(&file, range)),
-                )
+                let length = range.end - range.start;
+                match body_for(range).await {
+                    Ok(body) => (StatusCode::PARTIAL_CONTENT, Some(length), body),
+                    Err(e) => return read_error(&e),
+                }
             }
             Decision::Multipart(ranges) => {
                 let multipart = Multipart::new(&ranges, len, &content_type);
@@ -286,11 +303,15 @@ impl Gateway {
                     header_value(&multipart.content_type()),
                 );
                 let length = multipart.len();
-                (
-                    StatusCode::PARTIAL_CONTENT,
-                    Some(length),
-                    Some(multipart.body(&file)),
-                )
+                let body = if head {
+                    file.read(ranges[0].start, 1).await.map(|_| None)
+                } else {
+                    multipart.body(&file).await.map(Some)
+                };
+                match body {
+                    Ok(body) => (StatusCode::PARTIAL_CONTENT, Some(length), body),
+                    Err(e) => return read_error(&e),
+                }
             }
         };
         *response.status_mut() = status;
@@ -299,7 +320,7 @@ impl Gateway {
                 .headers_mut()
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
         }
-        if let Some(body) = body.filter(|_| !head && length != Some(0)) {
+        if let Some(body) = body {
             *response.body_mut() = body;
         }
         response
@@ -380,7 +401,7 @@ fn attachment(name: Option<&str>) -> HeaderValue {
             }
         })
         .collect();
-    let encoded = utf8_percent_encode(name, NON_ALPHANUMERIC);
+    let encoded = utf8_percent_encode(name, super::ESCAPED);
     header_value(&format!(
         "attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"
     ))

@@ -15,7 +15,7 @@ use http_body_util::BodyStream;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use percent_encoding::utf8_percent_encode;
 use tokio::time::{Sleep, sleep};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 use tracing::warn;
@@ -142,7 +142,7 @@ fn too_large(limit: u64) -> Response<Body> {
 fn location(cap: &ReadCap, name: Option<&str>) -> String {
     let cap = cap.to_secret_string();
     match name {
-        Some(name) => format!("/uri/{cap}/{}", utf8_percent_encode(name, NON_ALPHANUMERIC)),
+        Some(name) => format!("/uri/{cap}/{}", utf8_percent_encode(name, super::ESCAPED)),
         None => format!("/uri/{cap}"),
     }
 }

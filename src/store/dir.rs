@@ -152,8 +152,8 @@ impl Inner {
     }
 
     fn open_share(&self, si: StorageIndex, share: ShareNum) -> Result<OpenShare, StoreError> {
-        if let Some(found) = self.lock_open().get(&(si, share)) {
-            return Ok(found.clone());
+        if let Some(found) = self.cached(si, share) {
+            return Ok(found);
         }
         let file = File::open(self.share_path(&si, share))
             .map_err(|e| StoreError::io("opening share", e))?;
@@ -164,6 +164,19 @@ impl Inner {
         let opened = Arc::new((file, len));
         self.lock_open().put((si, share), opened.clone());
         Ok(opened)
+    }
+
+    /// An open handle to a share that is still in place. A deleted share stays readable
+    /// through an open handle; a store must stop serving it, so an unlinked file is dropped.
+    fn cached(&self, si: StorageIndex, share: ShareNum) -> Option<OpenShare> {
+        use std::os::unix::fs::MetadataExt;
+        let found = self.lock_open().get(&(si, share)).cloned()?;
+        if found.0.metadata().is_ok_and(|m| m.nlink() > 0) {
+            Some(found)
+        } else {
+            self.lock_open().pop(&(si, share));
+            None
+        }
     }
 
     fn lock_open(
@@ -228,7 +241,7 @@ impl Inner {
         if UNSUPPORTED.load(Ordering::Relaxed) || validate_ranges(ranges).is_err() {
             return None;
         }
-        let opened = self.lock_open().get(&(si, share))?.clone();
+        let opened = self.cached(si, share)?;
         let (file, len) = (&opened.0, opened.1);
         let mut parts = Vec::with_capacity(ranges.len());
         for r in ranges {

@@ -235,3 +235,96 @@ pub fn parse_cap(data: &[u8]) {
         }
     }
 }
+
+#[derive(Debug, Arbitrary)]
+struct RangeInput {
+    method: u8,
+    len: u64,
+    small: bool,
+    range: Option<Vec<u8>>,
+    if_range: Option<Vec<u8>>,
+    if_match: Option<Vec<u8>>,
+    if_none_match: Option<Vec<u8>>,
+    gap: u16,
+    parts: u8,
+}
+
+/// Range and conditional headers: whatever the client sends, the decision is well-formed
+/// (see [`range_decision`]).
+pub fn range_header(data: &[u8]) {
+    let Ok(input) = RangeInput::arbitrary(&mut Unstructured::new(data)) else {
+        return;
+    };
+    let len = if input.small {
+        input.len % 2000
+    } else {
+        input.len
+    };
+    let headers = [
+        (hyper::header::RANGE, input.range.as_deref()),
+        (hyper::header::IF_RANGE, input.if_range.as_deref()),
+        (hyper::header::IF_MATCH, input.if_match.as_deref()),
+        (hyper::header::IF_NONE_MATCH, input.if_none_match.as_deref()),
+    ];
+    range_decision(input.method, len, &headers, input.gap, input.parts);
+}
+
+/// Decides a response for `headers` (raw values; invalid ones are left out) and checks it:
+/// ranges non-empty and inside the file, multipart parts disjoint and farther apart than
+/// the coalescing gap, and every status justified by a header that asked for it.
+pub fn range_decision(
+    method: u8,
+    len: u64,
+    headers: &[(hyper::header::HeaderName, Option<&[u8]>)],
+    gap: u16,
+    parts: u8,
+) {
+    use crate::gateway::ranges::{Decision, RangeLimits, decide};
+    use hyper::header::{HeaderMap, HeaderValue};
+    let method = match method % 3 {
+        0 => hyper::Method::GET,
+        1 => hyper::Method::HEAD,
+        _ => hyper::Method::PUT,
+    };
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        if let Some(value) = value.and_then(|v| HeaderValue::from_bytes(v).ok()) {
+            map.insert(name.clone(), value);
+        }
+    }
+    let limits = RangeLimits {
+        max_specs: 100,
+        max_parts: usize::from(parts % 40) + 2,
+        coalesce_gap: u64::from(gap),
+    };
+    let Ok(etag) = "\"sv1-fuzz\"".parse::<headers::ETag>() else {
+        return;
+    };
+    let safe = method == hyper::Method::GET || method == hyper::Method::HEAD;
+    let has = |name: hyper::header::HeaderName| map.contains_key(name);
+    match decide(&method, &map, len, &etag, &limits) {
+        Decision::Partial(r) => {
+            assert!(safe && has(hyper::header::RANGE));
+            assert!(r.start < r.end && r.end <= len, "{r:?} of {len}");
+        }
+        Decision::Multipart(parts) => {
+            assert!(safe && parts.len() >= 2 && parts.len() <= limits.max_parts);
+            for (i, a) in parts.iter().enumerate() {
+                assert!(a.start < a.end && a.end <= len, "{a:?} of {len}");
+                for b in &parts[i + 1..] {
+                    let apart = a.end.saturating_add(limits.coalesce_gap) < b.start
+                        || b.end.saturating_add(limits.coalesce_gap) < a.start;
+                    assert!(apart, "parts {a:?} and {b:?} should have been coalesced");
+                }
+            }
+            let payload: u64 = parts.iter().map(|p| p.end - p.start).sum();
+            assert!(payload < len, "multipart bigger than the file");
+        }
+        Decision::Unsatisfiable => assert!(safe && has(hyper::header::RANGE)),
+        Decision::NotModified => assert!(safe && has(hyper::header::IF_NONE_MATCH)),
+        Decision::PreconditionFailed => {
+            assert!(has(hyper::header::IF_MATCH) || has(hyper::header::IF_NONE_MATCH));
+        }
+        Decision::Full => {}
+    }
+}

@@ -6,12 +6,13 @@ use segvault::fuzzing;
 
 type Harness = fn(&[u8]);
 
-const HARNESSES: [(&str, Harness); 5] = [
+const HARNESSES: [(&str, Harness); 6] = [
     ("geometry_planner", fuzzing::geometry_and_planner),
     ("merkle", fuzzing::merkle),
     ("parse_ueb", fuzzing::parse_ueb),
     ("parse_share_header", fuzzing::parse_share_header),
     ("parse_cap", fuzzing::parse_cap),
+    ("range_header", fuzzing::range_header),
 ];
 
 proptest! {
@@ -24,6 +25,23 @@ proptest! {
     fn parse_ueb(data in proptest::collection::vec(any::<u8>(), 0..200)) { fuzzing::parse_ueb(&data) }
     #[test]
     fn parse_share_header(data in proptest::collection::vec(any::<u8>(), 0..128)) { fuzzing::parse_share_header(&data) }
+    #[test]
+    fn range_header(data in proptest::collection::vec(any::<u8>(), 0..512)) { fuzzing::range_header(&data) }
+    #[test]
+    fn range_header_texts(
+        method in 0u8..3,
+        len in 0u64..5000,
+        range in "(bytes|items|BYTES)=[-0-9, ]{0,60}",
+        tag in "(W/)?\"[a-z0-9-]{0,12}\"|\\*|\"sv1-fuzz\"",
+        which in 0usize..3,
+        gap in 0u16..2000,
+        parts in any::<u8>(),
+    ) {
+        use hyper::header::{IF_MATCH, IF_NONE_MATCH, IF_RANGE, RANGE};
+        let conditional = [IF_RANGE, IF_MATCH, IF_NONE_MATCH][which].clone();
+        let headers = [(RANGE, Some(range.as_bytes())), (conditional, Some(tag.as_bytes()))];
+        fuzzing::range_decision(method, len, &headers, gap, parts)
+    }
     #[test]
     fn parse_cap(text in "(sv1-(read|verify):)?[a-z2-7:0-9]{0,160}") { fuzzing::parse_cap(text.as_bytes()) }
 }

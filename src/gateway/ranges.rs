@@ -74,13 +74,13 @@ pub fn decide(
     // §13.2.2: If-Match first; If-Unmodified-Since and If-Modified-Since need a Last-Modified,
     // which immutable content addressed by hash does not have, so they are not evaluated.
     if headers.contains_key(header::IF_MATCH) {
-        match headers.typed_get::<IfMatch>() {
+        match checked::<IfMatch>(headers, &header::IF_MATCH) {
             Some(condition) if condition.precondition_passes(etag) => {}
             _ => return Decision::PreconditionFailed,
         }
     }
     let safe = method == Method::GET || method == Method::HEAD;
-    if let Some(condition) = headers.typed_get::<IfNoneMatch>()
+    if let Some(condition) = checked::<IfNoneMatch>(headers, &header::IF_NONE_MATCH)
         && !condition.precondition_passes(etag)
     {
         return if safe {
@@ -99,7 +99,7 @@ pub fn decide(
     // §13.1.5: with If-Range, the range is served only if the validator is our strong ETag.
     // A date never matches (there is no Last-Modified), nor does anything unparseable.
     if headers.contains_key(header::IF_RANGE) {
-        match headers.typed_get::<IfRange>() {
+        match checked::<IfRange>(headers, &header::IF_RANGE) {
             Some(condition) if !condition.is_modified(Some(etag), None) => {}
             _ => return Decision::Full,
         }
@@ -112,6 +112,28 @@ pub fn decide(
         // §14.2: a Range header that is malformed, of an unknown unit, or too large is ignored.
         Err(_) => Decision::Full,
         Ok(parsed) => resolve(&parsed.into_ranges(), len, limits),
+    }
+}
+
+/// A conditional header, typed, or `None` when absent or malformed. Entity tags are screened
+/// first: the `headers` crate asserts (panicking in debug builds) on a tag with a space or a
+/// tab inside its quotes, which no valid tag has.
+fn checked<H: headers::Header>(headers: &HeaderMap, name: &header::HeaderName) -> Option<H> {
+    let well_formed = headers.get_all(name).iter().all(|value| {
+        let mut quoted = false;
+        value.as_bytes().iter().all(|&b| {
+            if b == b'"' {
+                quoted = !quoted;
+                true
+            } else {
+                !quoted || (0x21..=0x7e).contains(&b) || b >= 0x80
+            }
+        })
+    });
+    if well_formed {
+        headers.typed_get::<H>()
+    } else {
+        None
     }
 }
 
@@ -388,6 +410,24 @@ mod tests {
         );
         assert_eq!(get(&[range, ("if-range", "garbage")], 19), Decision::Full);
         assert_eq!(get(&[("if-range", "\"other\"")], 19), Decision::Full);
+    }
+
+    #[test]
+    fn malformed_entity_tags_are_ignored_not_fatal() {
+        // Found by fuzzing: whitespace inside the quotes of a tag.
+        assert_eq!(
+            get(&[("if-none-match", "\"sv1 test\"")], 19),
+            Decision::Full
+        );
+        assert_eq!(get(&[("if-none-match", "\"a\tb\"")], 19), Decision::Full);
+        assert_eq!(
+            get(&[("if-match", "\"sv1 test\"")], 19),
+            Decision::PreconditionFailed
+        );
+        assert_eq!(
+            get(&[("range", "bytes=0-1"), ("if-range", "\"x y\"")], 19),
+            Decision::Full
+        );
     }
 
     #[test]

@@ -86,7 +86,8 @@ done
 full_n=$(median < "$work/full.nginx"); full_s=$(median < "$work/full.segvault")
 printf '   nginx %8.0f MB/s   segvault %8.0f MB/s   ratio %s\n' "$full_n" "$full_s" "$(ratio "$full_s" "$full_n")"
 
-echo "== 2. time to first byte of 100 random 64 KiB ranges (ms), alternating"
+echo "== 2. time to first byte of 100 random 64 KiB ranges (ms)"
+echo "   a) one curl per request, alternating (what the design notes quote for nginx)"
 : > "$work/ttfb.nginx"; : > "$work/ttfb.segvault"
 for i in $(seq 100); do
   first=$(( (RANDOM * 32768 + RANDOM) % (big_len - 65536) ))
@@ -98,6 +99,8 @@ p50_n=$(pct 50 < "$work/ttfb.nginx"); p99_n=$(pct 99 < "$work/ttfb.nginx")
 p50_s=$(pct 50 < "$work/ttfb.segvault"); p99_s=$(pct 99 < "$work/ttfb.segvault")
 printf '   nginx p50 %.3f p99 %.3f   segvault p50 %.3f p99 %.3f   ratio p50 %s p99 %s\n' \
   "$p50_n" "$p99_n" "$p50_s" "$p99_s" "$(ratio "$p50_s" "$p50_n")" "$(ratio "$p99_s" "$p99_n")"
+echo "   b) raw sockets, request sent to first byte, interleaved (A = nginx, B = segvault)"
+python3 benches/ttfb.py 100 65536 "$big_len" "$nginx/big.bin" "$gateway/uri/$big_cap"
 
 echo "== 3. 1-byte range at EOF of a file not opened yet (ms), 5 fresh files each"
 : > "$work/eof.nginx"; : > "$work/eof.segvault"

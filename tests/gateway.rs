@@ -405,6 +405,8 @@ fn names_types_metadata_and_client_errors() {
     for file in &share_files[..8] {
         std::fs::remove_file(file).unwrap();
     }
+    // Open shares are rechecked for deletion at most once a second.
+    std::thread::sleep(Duration::from_millis(1100));
     let unavailable = check(&format!("/uri/{cap}/other-name"), 503, "not enough shares");
     assert!(
         !unavailable.text().contains(&cap[9..61]),

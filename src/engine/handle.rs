@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
 use tokio_util::task::AbortOnDropHandle;
 
@@ -17,7 +18,6 @@ use super::ReaderConfig;
 use super::error::ReadError;
 use super::node::FileNode;
 use super::reader::FileReader;
-use super::segment::SegmentData;
 use crate::core::cap::{StorageIndex, VerifyCap};
 use crate::core::cipher::Keystream;
 use crate::core::geometry::SegmentIndex;
@@ -112,12 +112,8 @@ impl FileHandle {
                 return Ok(Bytes::new());
             };
             let segment = self.node.segment(slice.segment).await?;
-            return Ok(decrypt_slice(
-                &segment,
-                &slice,
-                self.segment_start(slice.segment),
-                &self.keystream,
-            ));
+            let within = slice.within.start as usize..slice.within.end as usize;
+            return Ok(segment.decrypt(within, self.segment_start(slice.segment), &self.keystream));
         }
         let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
         let mut stream = self.stream(range);
@@ -127,28 +123,31 @@ impl FileHandle {
         Ok(out.freeze())
     }
 
-    /// Fetches and decrypts one slice in a task of its own, so the slices in flight use
-    /// every core; dropping the handle cancels it.
-    fn spawn_slice(&self, slice: SegmentSlice) -> AbortOnDropHandle<Result<Bytes, ReadError>> {
+    /// Fetches and decrypts one slice.
+    fn slice_chunk(&self, slice: SegmentSlice) -> BoxFuture<'static, Result<Bytes, ReadError>> {
         let fetch = self.node.segment(slice.segment);
         let keystream = self.keystream.clone();
         let segment_start = self.segment_start(slice.segment);
-        AbortOnDropHandle::new(tokio::spawn(async move {
+        Box::pin(async move {
             let segment = fetch.await?;
-            Ok(decrypt_slice(&segment, &slice, segment_start, &keystream))
-        }))
+            let within = slice.within.start as usize..slice.within.end as usize;
+            Ok(segment.decrypt(within, segment_start, &keystream))
+        })
     }
 
-    /// The bytes of `range` (clamped to the file) as a stream of chunks, in order, with up to
-    /// [`read_ahead`](Self::read_ahead) segments fetched ahead of the consumer and never more.
+    /// The bytes of `range` (clamped to the file) as a stream of chunks, in order.
+    ///
+    /// Segments are fetched ahead of the consumer in a window that follows it: the window
+    /// doubles when the consumer has to wait and shrinks when chunks wait for the consumer,
+    /// between one segment and [`read_ahead`](Self::read_ahead). A fast reader gets every
+    /// core; a slow one (a video player at playback speed) holds about one segment.
     /// Dropping the stream cancels its fetches.
     pub fn stream(&self, range: Range<u64>) -> ByteStream {
-        let window = self.read_ahead();
-        self.stream_with_window(range, window)
+        self.stream_with_window(range, 2)
     }
 
-    /// Like [`stream`](Self::stream), starting with a window of one segment that doubles with
-    /// every segment consumed (for readers that may stop or seek soon).
+    /// Like [`stream`](Self::stream), starting with a window of one segment (for readers that
+    /// may stop or seek soon).
     pub fn stream_slow_start(&self, range: Range<u64>) -> ByteStream {
         self.stream_with_window(range, 1)
     }
@@ -166,6 +165,8 @@ impl FileHandle {
             pending: VecDeque::new(),
             window: initial.clamp(1, max_window),
             max_window,
+            waited: false,
+            started: false,
             failed: false,
         }
     }
@@ -187,25 +188,37 @@ impl FileHandle {
     }
 }
 
-fn decrypt_slice(
-    segment: &SegmentData,
-    slice: &SegmentSlice,
-    segment_start: u64,
-    keystream: &Keystream,
-) -> Bytes {
-    let within = slice.within.start as usize..slice.within.end as usize;
-    let mut out = BytesMut::zeroed(within.len());
-    segment.decrypt_into(within, segment_start, keystream, &mut out);
-    out.freeze()
+/// A chunk being produced: a stream's first runs in the consumer's own task (no hop to
+/// another thread before the first byte); the rest run in tasks of their own, so the chunks
+/// in flight use every core. Dropping either cancels it.
+enum Chunk {
+    Inline(BoxFuture<'static, Result<Bytes, ReadError>>),
+    Spawned(AbortOnDropHandle<Result<Bytes, ReadError>>),
+}
+
+impl Chunk {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, ReadError>> {
+        match self {
+            Chunk::Inline(future) => future.poll_unpin(cx),
+            Chunk::Spawned(task) => task.poll_unpin(cx).map(|joined| {
+                joined
+                    .unwrap_or_else(|e| Err(ReadError::Internal(format!("read task failed: {e}"))))
+            }),
+        }
+    }
 }
 
 /// A range of a file as a stream of verified, decrypted chunks (one per segment touched).
 pub struct ByteStream {
     handle: FileHandle,
     slices: Box<dyn Iterator<Item = SegmentSlice> + Send + Sync>,
-    pending: VecDeque<AbortOnDropHandle<Result<Bytes, ReadError>>>,
+    pending: VecDeque<Chunk>,
     window: usize,
     max_window: usize,
+    /// Whether the consumer has waited for the chunk now at the front.
+    waited: bool,
+    /// Whether the first chunk has been started (only it runs in the consumer's task).
+    started: bool,
     failed: bool,
 }
 
@@ -237,20 +250,36 @@ impl Stream for ByteStream {
             let Some(slice) = this.slices.next() else {
                 break;
             };
-            this.pending.push_back(this.handle.spawn_slice(slice));
+            let chunk = this.handle.slice_chunk(slice);
+            this.pending.push_back(if this.started {
+                Chunk::Spawned(AbortOnDropHandle::new(tokio::spawn(chunk)))
+            } else {
+                this.started = true;
+                Chunk::Inline(chunk)
+            });
         }
-        let Some(task) = this.pending.front_mut() else {
+        let Some(chunk) = this.pending.front_mut() else {
             return Poll::Ready(None);
         };
-        let result = match task.poll_unpin(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Ok(result)) => result,
-            Poll::Ready(Err(e)) => Err(ReadError::Internal(format!("read task failed: {e}"))),
+        let result = match chunk.poll(cx) {
+            Poll::Pending => {
+                this.waited = true;
+                return Poll::Pending;
+            }
+            Poll::Ready(result) => result,
         };
         this.pending.pop_front();
         match result {
             Ok(chunk) => {
-                this.window = (this.window * 2).min(this.max_window);
+                // The window follows the consumer: if it had to wait, fetch further ahead (up
+                // to the limit); if the chunk was already waiting for it, the consumer is the
+                // slow side and holding more ahead would only cost memory.
+                this.window = if this.waited {
+                    (this.window * 2).min(this.max_window)
+                } else {
+                    (this.window - 1).max(1)
+                };
+                this.waited = false;
                 Poll::Ready(Some(Ok(chunk)))
             }
             Err(e) => {

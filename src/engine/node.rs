@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared, WeakShared};
-use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, warn};
 
 use super::ReaderConfig;
@@ -364,14 +363,10 @@ impl FileNode {
         if let Some(existing) = inflight.get(&s.0).and_then(WeakShared::upgrade) {
             return existing;
         }
-        let node = self.clone();
-        let task = AbortOnDropHandle::new(tokio::spawn(async move { node.fetch_segment(s).await }));
-        let shared = async move {
-            task.await
-                .unwrap_or_else(|e| Err(ReadError::Internal(format!("segment task failed: {e}"))))
-        }
-        .boxed()
-        .shared();
+        // No task of its own: whichever reader polls the shared future drives the fetch (the
+        // readers' own tasks spread segments over the cores), and when the last reader drops
+        // it, the fetch is dropped with it.
+        let shared = self.clone().fetch_segment(s).boxed().shared();
         if inflight.len() >= 64 {
             inflight.retain(|_, weak| weak.upgrade().is_some());
         }

@@ -10,7 +10,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::Frame;
 
@@ -19,18 +19,18 @@ use futures::Stream;
 use crate::engine::{ByteStream, FileHandle, ReadError};
 
 /// The body type of every response.
-pub type Body = BoxBody<Bytes, io::Error>;
+pub type Body = UnsyncBoxBody<Bytes, io::Error>;
 
 /// An empty body.
 pub fn empty() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed()
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
 /// A body held in memory.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
-        .boxed()
+        .boxed_unsync()
 }
 
 /// Bytes `range` of `file`, verified and decrypted as they are sent. The first chunk is
@@ -38,13 +38,15 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 /// can still answer with a status code; a failure later aborts the connection.
 pub async fn range(file: &FileHandle, range: Range<u64>) -> Result<Body, ReadError> {
     let chunks = primed(file.stream(range)).await?;
-    Ok(BodyExt::boxed(StreamBody::new(chunks.map_ok(Frame::data))))
+    Ok(BodyExt::boxed_unsync(StreamBody::new(
+        chunks.map_ok(Frame::data),
+    )))
 }
 
 /// The stream with its first chunk already fetched (and checked).
 async fn primed(
     mut stream: ByteStream,
-) -> Result<impl Stream<Item = io::Result<Bytes>> + Send + Sync + 'static, ReadError> {
+) -> Result<impl Stream<Item = io::Result<Bytes>> + Send + 'static, ReadError> {
     let first = stream.next().await.transpose()?;
     Ok(stream::iter(first.map(Ok)).chain(stream.map_err(io::Error::from)))
 }
@@ -121,7 +123,9 @@ impl Multipart {
             .chain(first)
             .chain(rest)
             .chain(stream::once(async move { Ok(Bytes::from(self.trailer)) }));
-        Ok(BodyExt::boxed(StreamBody::new(payload.map_ok(Frame::data))))
+        Ok(BodyExt::boxed_unsync(StreamBody::new(
+            payload.map_ok(Frame::data),
+        )))
     }
 }
 
@@ -162,7 +166,7 @@ pub(super) struct Logged {
 
 impl Logged {
     pub(super) fn wrap(inner: Body, log: AccessLog) -> Body {
-        BodyExt::boxed(Logged {
+        BodyExt::boxed_unsync(Logged {
             inner,
             sent: 0,
             log: Some(log),

@@ -33,7 +33,14 @@ const STALE_SPOOL_AGE: Duration = Duration::from_secs(24 * 3600);
 /// Open share files kept for reuse.
 const OPEN_FILES: usize = 128;
 
-type OpenShare = Arc<(File, u64)>;
+/// An open share: the file, its length, and when (ms since the store opened) it was last
+/// checked to still be in place.
+type OpenShare = Arc<(File, u64, std::sync::atomic::AtomicU64)>;
+
+/// How often an open share is checked for having been deleted: a deleted share may be
+/// served for up to this long (its bytes still verify); checking on every read would cost a
+/// syscall per block.
+const RECHECK_MS: u64 = 1000;
 
 /// When a written share counts as stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +63,7 @@ struct Inner {
     root: PathBuf,
     name: String,
     durability: Durability,
+    epoch: std::time::Instant,
     open: Mutex<LruCache<(StorageIndex, ShareNum), OpenShare>>,
 }
 
@@ -85,6 +93,7 @@ impl DirectoryStore {
             name: root.display().to_string(),
             root,
             durability,
+            epoch: std::time::Instant::now(),
             open: Mutex::new(LruCache::new(
                 NonZeroUsize::new(OPEN_FILES).unwrap_or(NonZeroUsize::MIN),
             )),
@@ -105,6 +114,7 @@ impl DirectoryStore {
                 name: root.display().to_string(),
                 root,
                 durability: Durability::Fsync,
+                epoch: std::time::Instant::now(),
                 open: Mutex::new(LruCache::new(
                     NonZeroUsize::new(OPEN_FILES).unwrap_or(NonZeroUsize::MIN),
                 )),
@@ -161,7 +171,8 @@ impl Inner {
             .metadata()
             .map_err(|e| StoreError::io("reading share metadata", e))?
             .len();
-        let opened = Arc::new((file, len));
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let opened = Arc::new((file, len, std::sync::atomic::AtomicU64::new(now)));
         self.lock_open().put((si, share), opened.clone());
         Ok(opened)
     }
@@ -170,8 +181,14 @@ impl Inner {
     /// through an open handle; a store must stop serving it, so an unlinked file is dropped.
     fn cached(&self, si: StorageIndex, share: ShareNum) -> Option<OpenShare> {
         use std::os::unix::fs::MetadataExt;
+        use std::sync::atomic::Ordering;
         let found = self.lock_open().get(&(si, share)).cloned()?;
+        let now = self.epoch.elapsed().as_millis() as u64;
+        if now.saturating_sub(found.2.load(Ordering::Relaxed)) < RECHECK_MS {
+            return Some(found);
+        }
         if found.0.metadata().is_ok_and(|m| m.nlink() > 0) {
+            found.2.store(now, Ordering::Relaxed);
             Some(found)
         } else {
             self.lock_open().pop(&(si, share));

@@ -32,7 +32,9 @@ use crate::grid::Grid;
 /// How a client reads. Built once, passed down.
 #[derive(Debug, Clone)]
 pub struct ReaderConfig {
-    /// Segments a stream may fetch ahead of its consumer.
+    /// Most segments a stream may fetch ahead of its consumer (its window adapts below this).
+    /// On a local grid 4 keeps both cores busy: 8 measured no faster and held 30 % more
+    /// memory with 16 slow clients.
     pub read_ahead_segments: usize,
     /// Bytes of segments a stream may fetch ahead (caps the window for large segments).
     pub read_ahead_bytes: u64,
@@ -50,7 +52,7 @@ pub struct ReaderConfig {
 impl Default for ReaderConfig {
     fn default() -> ReaderConfig {
         ReaderConfig {
-            read_ahead_segments: 8,
+            read_ahead_segments: 4,
             read_ahead_bytes: 8 << 20,
             open_files: 256,
             request_timeout: Duration::from_secs(30),

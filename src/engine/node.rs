@@ -212,41 +212,41 @@ impl FileNode {
                 s.server,
             )
         });
+        // Headers are read k at a time, in parallel: one proves the UEB, and the others open
+        // the very share files the first segment will be read from.
         let header_region = layout.header_region();
+        let timeout = config.request_timeout;
+        let (cap_ref, layout_ref) = (&cap, &layout);
+        let read_header = |slot: &Slot| {
+            let store = grid.servers()[slot.server].store().clone();
+            let (share, region) = (slot.share, header_region.clone());
+            async move {
+                let (cap, layout) = (cap_ref, layout_ref);
+                match tokio::time::timeout(timeout, store.read(si, share, vec![region])).await {
+                    Err(_) => Err(Problem::Unavailable(format!("no answer within {timeout:?}"))),
+                    Ok(Err(e)) => Err(Problem::from_store(e)),
+                    Ok(Ok(parts)) => check_header_region(cap, layout, share, parts.first().map_or(&[][..], |p| &p[..])),
+                }
+            }
+        };
         let mut verified = None;
-        for slot in &mut slots {
-            let store = grid.servers()[slot.server].store();
-            let read = tokio::time::timeout(
-                config.request_timeout,
-                store.read(si, slot.share, vec![header_region.clone()]),
-            )
-            .await;
-            let outcome = match read {
-                Err(_) => Err(Problem::Unavailable(format!(
-                    "no answer within {:?}",
-                    config.request_timeout
-                ))),
-                Ok(Err(e)) => Err(Problem::from_store(e)),
-                Ok(Ok(parts)) => check_header_region(
-                    &cap,
-                    &layout,
-                    slot.share,
-                    parts.first().map_or(&[][..], |p| &p[..]),
-                ),
-            };
-            match outcome {
-                Ok(ueb_bytes) => {
-                    verified = Some(ueb_bytes);
-                    break;
+        for batch in (0..slots.len()).collect::<Vec<_>>().chunks(usize::from(geometry.k()).max(1)) {
+            let outcomes = futures::future::join_all(batch.iter().map(|&i| read_header(&slots[i]))).await;
+            for (&i, outcome) in batch.iter().zip(outcomes) {
+                match outcome {
+                    Ok(ueb_bytes) => {
+                        verified.get_or_insert(ueb_bytes);
+                    }
+                    Err(Problem::AlteredCap) => return Err(ReadError::AlteredCap { storage_index: si }),
+                    Err(problem) => {
+                        debug!(%si, share = %slots[i].share, %problem, "share rejected while opening");
+                        slots[i].problem = Some(problem.to_string());
+                        slots[i].failures += 1;
+                    }
                 }
-                Err(Problem::AlteredCap) => {
-                    return Err(ReadError::AlteredCap { storage_index: si });
-                }
-                Err(problem) => {
-                    debug!(%si, share = %slot.share, %problem, "share rejected while opening");
-                    slot.problem = Some(problem.to_string());
-                    slot.failures += 1;
-                }
+            }
+            if verified.is_some() {
+                break;
             }
         }
         let Some(ueb_bytes) = verified else {

@@ -223,21 +223,34 @@ impl FileNode {
             async move {
                 let (cap, layout) = (cap_ref, layout_ref);
                 match tokio::time::timeout(timeout, store.read(si, share, vec![region])).await {
-                    Err(_) => Err(Problem::Unavailable(format!("no answer within {timeout:?}"))),
+                    Err(_) => Err(Problem::Unavailable(format!(
+                        "no answer within {timeout:?}"
+                    ))),
                     Ok(Err(e)) => Err(Problem::from_store(e)),
-                    Ok(Ok(parts)) => check_header_region(cap, layout, share, parts.first().map_or(&[][..], |p| &p[..])),
+                    Ok(Ok(parts)) => check_header_region(
+                        cap,
+                        layout,
+                        share,
+                        parts.first().map_or(&[][..], |p| &p[..]),
+                    ),
                 }
             }
         };
         let mut verified = None;
-        for batch in (0..slots.len()).collect::<Vec<_>>().chunks(usize::from(geometry.k()).max(1)) {
-            let outcomes = futures::future::join_all(batch.iter().map(|&i| read_header(&slots[i]))).await;
+        for batch in (0..slots.len())
+            .collect::<Vec<_>>()
+            .chunks(usize::from(geometry.k()).max(1))
+        {
+            let outcomes =
+                futures::future::join_all(batch.iter().map(|&i| read_header(&slots[i]))).await;
             for (&i, outcome) in batch.iter().zip(outcomes) {
                 match outcome {
                     Ok(ueb_bytes) => {
                         verified.get_or_insert(ueb_bytes);
                     }
-                    Err(Problem::AlteredCap) => return Err(ReadError::AlteredCap { storage_index: si }),
+                    Err(Problem::AlteredCap) => {
+                        return Err(ReadError::AlteredCap { storage_index: si });
+                    }
                     Err(problem) => {
                         debug!(%si, share = %slots[i].share, %problem, "share rejected while opening");
                         slots[i].problem = Some(problem.to_string());

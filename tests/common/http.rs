@@ -89,11 +89,28 @@ pub fn send(
     stream
 }
 
-/// Reads until the server closes (a reset counts as a close: an aborted transfer).
+/// Reads one response: the head, then as many body bytes as Content-Length says, or until
+/// the server closes (a reset counts as a close: an aborted transfer).
 pub fn read_all(stream: &mut TcpStream) -> Vec<u8> {
     let mut raw = Vec::new();
     let mut buf = [0u8; 64 * 1024];
     loop {
+        if let Some(head_end) = raw.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) {
+            let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            let bodiless = head.starts_with("http/1.1 304") || head.starts_with("http/1.1 204");
+            if let Some(length) = length.filter(|_| !bodiless)
+                && raw.len() >= head_end + length
+            {
+                return raw;
+            }
+            if bodiless {
+                return raw;
+            }
+        }
         match stream.read(&mut buf) {
             Ok(0) | Err(_) => return raw,
             Ok(n) => raw.extend_from_slice(&buf[..n]),

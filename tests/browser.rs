@@ -1,0 +1,257 @@
+//! A real browser against a real gateway: headless Chromium opens the page at `/` for a stored
+//! MP4, seeks the `<video>` to 5 s, and must see it play from there. Driven through
+//! chromedriver's WebDriver HTTP API.
+//!
+//! Needs `chromium`, `chromium-driver` and `ffmpeg` (Debian packages; `.ci/run` installs
+//! them and sets `SEGVAULT_BROWSER_TESTS=1`, which turns a missing tool into a failure).
+//! Without them and without that variable the test says so and passes vacuously.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::http::{self, Server};
+use serde_json::{Value, json};
+
+fn have(tool: &str) -> bool {
+    let flag = if tool == "ffmpeg" {
+        "-version"
+    } else {
+        "--version"
+    };
+    Command::new(tool)
+        .arg(flag)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Driver {
+    child: Child,
+    addr: String,
+    session: String,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let port = free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let addr = format!("127.0.0.1:{port}");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "chromedriver did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let profile = tempfile::tempdir().unwrap().keep();
+        let capabilities = json!({ "capabilities": { "alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-quic", "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    "--autoplay-policy=no-user-gesture-required",
+                    format!("--user-data-dir={}", profile.display()),
+                ]
+            }
+        }}});
+        let reply = post(&addr, "/session", &capabilities);
+        let session = reply["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {reply}"))
+            .to_owned();
+        let mut driver = Driver {
+            child,
+            addr,
+            session,
+        };
+        driver.command("timeouts", &json!({ "script": 40_000, "pageLoad": 30_000 }));
+        driver
+    }
+
+    fn command(&mut self, what: &str, body: &Value) -> Value {
+        post(
+            &self.addr,
+            &format!("/session/{}/{what}", self.session),
+            body,
+        )
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = http::request(
+            &self.addr,
+            "DELETE",
+            &format!("/session/{}", self.session),
+            &[],
+            b"",
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn post(addr: &str, path: &str, body: &Value) -> Value {
+    let response = http::request(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    );
+    serde_json::from_slice(&response.body).unwrap_or_else(|_| panic!("{path}: {}", response.text()))
+}
+
+/// Waits for the page to create the player, seeks to 5 s, plays, and reports where it got.
+const SEEK_AND_PLAY: &str = r#"
+const done = arguments[arguments.length - 1];
+const deadline = Date.now() + 30000;
+const report = (extra) => {
+  const v = document.getElementById('media');
+  done(Object.assign({
+    status: document.getElementById('open-status').textContent,
+    readyState: v ? v.readyState : -1,
+    currentTime: v ? v.currentTime : -1,
+    error: v && v.error ? v.error.code : null,
+  }, extra));
+};
+const start = () => {
+  const v = document.getElementById('media');
+  if (!v || v.readyState < 1) {
+    return Date.now() > deadline ? report({ stage: 'metadata' }) : setTimeout(start, 100);
+  }
+  v.muted = true;
+  v.addEventListener('seeked', () => v.play().catch((e) => report({ stage: 'play', message: String(e) })), { once: true });
+  v.currentTime = 5;
+  const check = () => {
+    if (v.currentTime > 5.5 && !v.paused) return report({ stage: 'playing', duration: v.duration });
+    return Date.now() > deadline ? report({ stage: 'stuck' }) : setTimeout(check, 100);
+  };
+  check();
+};
+start();
+"#;
+
+#[test]
+fn chromium_seeks_a_stored_mp4_and_plays_from_there() {
+    let required = std::env::var_os("SEGVAULT_BROWSER_TESTS").is_some_and(|v| v == "1");
+    let tools = ["chromium", "chromedriver", "ffmpeg"];
+    if let Some(missing) = tools.iter().find(|t| !have(t)) {
+        assert!(
+            !required,
+            "{missing} is not installed but SEGVAULT_BROWSER_TESTS=1"
+        );
+        eprintln!(
+            "skipped: {missing} is not installed (set SEGVAULT_BROWSER_TESTS=1 to require it)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("clip.mp4");
+    // Noisy frames keep the bitrate (and the number of segments) up; no faststart, so the
+    // index is at the end and the browser must ask for ranges before it can play.
+    let made = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg("testsrc2=duration=20:size=640x360:rate=30,noise=alls=30:allf=t")
+        .args([
+            "-pix_fmt",
+            "yuv420p",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-b:v",
+            "8M",
+        ])
+        .arg(&video)
+        .status()
+        .unwrap();
+    assert!(made.success(), "ffmpeg failed");
+    let size = std::fs::metadata(&video).unwrap().len();
+    let data = dir.path().join("data");
+    let cap = put(&data, &video);
+
+    let log = dir.path().join("gateway.log");
+    let server = Server::start_logging(&data, &[], Some(&log));
+    let mut driver = Driver::start();
+    let url = format!("http://{}/#cap={cap}&name=clip.mp4", server.addr);
+    driver.command("url", &json!({ "url": url }));
+    let outcome = driver.command(
+        "execute/async",
+        &json!({ "script": SEEK_AND_PLAY, "args": [] }),
+    );
+    let value = &outcome["value"];
+    assert_eq!(
+        value["stage"], "playing",
+        "the video did not play from 5 s: {outcome}"
+    );
+    assert!(value["currentTime"].as_f64().unwrap() >= 5.5, "{outcome}");
+    assert!(
+        (value["duration"].as_f64().unwrap() - 20.0).abs() < 0.5,
+        "{outcome}"
+    );
+
+    // Closing the browser ends its open-ended media requests; stopping the gateway gracefully
+    // lets every request's access line be written.
+    drop(driver);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut server = server;
+    server.terminate();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let partial = logged.lines().filter(|l| l.contains("status=206")).count();
+    assert!(
+        partial >= 2,
+        "the browser seeked with range requests ({partial} 206s for a {size}-byte file):\n{logged}"
+    );
+}
+
+fn put(data: &Path, file: &Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_segvault"))
+        .arg("--data")
+        .arg(data)
+        .args(["put", "--segment-size", "64KiB"])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned()
+}

@@ -26,8 +26,12 @@ pub mod engine;
 pub mod fuzzing;
 pub mod gateway;
 pub mod grid;
+pub mod protocol;
+pub mod serving;
 pub mod size;
+pub mod storage_node;
 pub mod store;
+pub mod token;
 pub mod upload;
 
 pub use crate::core::cap::{Cap, ReadCap, StorageIndex, VerifyCap};

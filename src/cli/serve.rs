@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use segvault::PutOptions;
-use segvault::gateway::{Gateway, GatewayConfig, shutdown_signal, url_for};
+use segvault::gateway::{ConnectionLimits, Gateway, GatewayConfig, shutdown_signal, url_for};
 use segvault::grid::EMBEDDED_SERVERS;
 use segvault::store::Durability;
 
@@ -45,9 +45,12 @@ pub(crate) async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode>
         Durability::Fsync,
     )?;
     let config = GatewayConfig {
-        max_connections: args.max_connections,
+        connections: ConnectionLimits {
+            max_connections: args.max_connections,
+            header_read_timeout: std::time::Duration::from_secs(args.header_timeout.max(1)),
+            ..ConnectionLimits::default()
+        },
         max_upload_bytes: args.max_upload,
-        header_read_timeout: std::time::Duration::from_secs(args.header_timeout.max(1)),
         put: PutOptions {
             k: args.k,
             n: args.n,

@@ -3,6 +3,7 @@
 //! and property tests drive it directly.
 
 pub mod cap;
+pub mod choice;
 pub mod cipher;
 pub mod codec;
 pub mod erasure;

@@ -10,28 +10,14 @@ use std::ops::Range;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 
 use futures::Stream;
 
 use crate::engine::{ByteStream, FileHandle, ReadError};
 
-/// The body type of every response.
-pub type Body = UnsyncBoxBody<Bytes, io::Error>;
-
-/// An empty body.
-pub fn empty() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed_unsync()
-}
-
-/// A body held in memory.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
+pub use crate::serving::{Body, empty, full};
 
 /// Bytes `range` of `file`, verified and decrypted as they are sent. The first chunk is
 /// fetched before this returns, so a file that cannot be read at all is an error the caller

@@ -12,12 +12,24 @@ use std::os::unix::fs::FileExt;
 
 use super::{ShareStore, SpooledShare, StoreError};
 use crate::core::cap::StorageIndex;
-use crate::core::geometry::ShareNum;
+use crate::core::codec::Codec as _;
+use crate::core::geometry::{Geometry, ShareNum};
+use crate::core::layout::{HEADER_LEN, ShareLayout};
+use crate::core::share_header::ShareHeader;
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
+/// Share-shaped bytes: a valid header naming (`si`, `share`) and a filler pattern, as long as
+/// a share of a `size`-byte file is (storage nodes check both).
+fn pattern(si: StorageIndex, share: ShareNum, size: u64, seed: u8) -> Vec<u8> {
+    let geometry = Geometry::new(size, 4096, 3, 256).expect("valid geometry");
+    let len = ShareLayout::new(&geometry).share_len() as usize;
+    let mut bytes = ShareHeader {
+        share,
+        geometry,
+        storage_index: si,
+    }
+    .to_bytes();
+    bytes.extend((HEADER_LEN as usize..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)));
+    bytes
 }
 
 fn spool(store: &dyn ShareStore, bytes: &[u8]) -> SpooledShare {
@@ -50,14 +62,16 @@ pub async fn run(store: &dyn ShareStore) {
         "reading a missing share is NotFound"
     );
 
-    let bytes = pattern(100_000, 7);
+    let bytes = pattern(si, share, 250_000, 7);
+    let len = bytes.len() as u64;
+    assert!(len > 70_000);
     store
         .write(si, share, spool(store, &bytes))
         .await
         .expect("write a share");
     assert_eq!(store.list(si).await.expect("list"), vec![share]);
 
-    let ranges = vec![0..10, 99_990..100_000, 5..5, 4096..70_000];
+    let ranges = vec![0..10, len - 10..len, 5..5, 4096..70_000];
     let got = store
         .read(si, share, ranges.clone())
         .await
@@ -73,7 +87,7 @@ pub async fn run(store: &dyn ShareStore) {
 
     assert!(
         matches!(
-            store.read(si, share, vec![99_999..100_001]).await,
+            store.read(si, share, vec![len - 1..len + 1]).await,
             Err(StoreError::OutOfBounds { .. })
         ),
         "a range past the end is refused"
@@ -95,7 +109,7 @@ pub async fn run(store: &dyn ShareStore) {
     assert!(
         matches!(
             store
-                .write(si, share, spool(store, &pattern(100_000, 8)))
+                .write(si, share, spool(store, &pattern(si, share, 250_000, 8)))
                 .await,
             Err(StoreError::Conflict { .. })
         ),
@@ -108,11 +122,19 @@ pub async fn run(store: &dyn ShareStore) {
     );
 
     store
-        .write(si, ShareNum(0), spool(store, &pattern(10, 1)))
+        .write(
+            si,
+            ShareNum(0),
+            spool(store, &pattern(si, ShareNum(0), 10, 1)),
+        )
         .await
         .expect("write share 0");
     store
-        .write(si, ShareNum(255), spool(store, &pattern(1, 2)))
+        .write(
+            si,
+            ShareNum(255),
+            spool(store, &pattern(si, ShareNum(255), 1, 2)),
+        )
         .await
         .expect("write share 255");
     assert_eq!(
@@ -128,6 +150,19 @@ pub async fn run(store: &dyn ShareStore) {
             .is_empty(),
         "files do not mix"
     );
+
+    let many: Vec<_> = (0..200u64).map(|i| i * 300..i * 300 + 17).collect();
+    let got = store
+        .read(si, share, many.clone())
+        .await
+        .expect("read 200 ranges at once");
+    for (r, part) in many.iter().zip(&got) {
+        assert_eq!(
+            &part[..],
+            &bytes[r.start as usize..r.end as usize],
+            "range {r:?}"
+        );
+    }
 
     let reads = (0..16u64).map(|i| store.read(si, share, vec![i * 1000..i * 1000 + 500]));
     for (i, result) in futures::future::join_all(reads)

@@ -505,6 +505,24 @@ impl ShareStore for DirectoryStore {
     fn spool_dir(&self) -> Option<PathBuf> {
         Some(self.inner.root.join("tmp"))
     }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        let this = self.inner.clone();
+        blocking(move || {
+            let shares = this.root.join("shares");
+            match fs::metadata(&shares) {
+                Ok(meta) if meta.is_dir() => Ok(()),
+                Ok(_) => Err(StoreError::Io {
+                    context: "checking the store",
+                    message: format!("{} is not a directory", shares.display()),
+                }),
+                Err(e) => Err(StoreError::Io {
+                    context: "checking the store",
+                    message: format!("{}: {e}", shares.display()),
+                }),
+            }
+        })
+    }
 }
 
 #[cfg(test)]

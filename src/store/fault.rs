@@ -43,6 +43,8 @@ pub struct Counters {
     pub reads: AtomicU64,
     /// Bytes asked for by `read` calls.
     pub bytes_read: AtomicU64,
+    /// `report_corrupt` calls.
+    pub corruption_reports: AtomicU64,
 }
 
 /// One logged read: the share and the ranges asked for.
@@ -197,5 +199,25 @@ impl ShareStore for FaultyStore {
 
     fn spool_dir(&self) -> Option<PathBuf> {
         self.inner.spool_dir()
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let faults = self.faults();
+            self.before_call(&faults).await?;
+            self.inner.check().await
+        })
+    }
+
+    fn report_corrupt(
+        &self,
+        si: StorageIndex,
+        share: ShareNum,
+        reason: String,
+    ) -> BoxFuture<'_, ()> {
+        self.counters
+            .corruption_reports
+            .fetch_add(1, Ordering::Relaxed);
+        self.inner.report_corrupt(si, share, reason)
     }
 }

@@ -5,6 +5,7 @@
 pub mod conformance;
 pub mod dir;
 pub mod fault;
+pub mod http;
 
 use std::fmt;
 use std::fs::File;
@@ -19,6 +20,7 @@ use crate::core::cap::StorageIndex;
 use crate::core::geometry::ShareNum;
 
 pub use dir::{DirectoryStore, Durability};
+pub use http::{HttpOptions, HttpStore, UrlError};
 
 /// Largest number of bytes one `read` call may ask for (bounds what a request can allocate).
 pub const MAX_READ_BYTES: u64 = 64 << 20;
@@ -50,6 +52,9 @@ pub enum StoreError {
         /// Share.
         share: ShareNum,
     },
+    /// The store answered, but not as the protocol says (wrong lengths, garbage).
+    #[error("broken answer: {0}")]
+    Protocol(String),
     /// The store did not answer in time.
     #[error("no answer within {0:?}")]
     Timeout(std::time::Duration),
@@ -184,5 +189,23 @@ pub trait ShareStore: Send + Sync + fmt::Debug {
     /// into place instead of copying them. `None`: anywhere.
     fn spool_dir(&self) -> Option<PathBuf> {
         None
+    }
+
+    /// Whether the store is reachable and accepts us (an uploader asks before placing
+    /// shares). The default: always.
+    fn check(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Tells the store that a share failed verification (why, in `reason`: never a secret),
+    /// so its operator can repair or remove it. Best effort: the default does nothing.
+    fn report_corrupt(
+        &self,
+        storage_index: StorageIndex,
+        share: ShareNum,
+        reason: String,
+    ) -> BoxFuture<'_, ()> {
+        let _ = (storage_index, share, reason);
+        Box::pin(std::future::ready(()))
     }
 }

@@ -1,0 +1,139 @@
+//! What a client has learned about each server, shared by every file it reads: latency,
+//! requests in flight, and expiring marks for servers that failed or ran late. Marks expire,
+//! so a server that recovers is used again (Tahoe-LAFS #1679 kept them for the node's life).
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::core::choice::{LatencyEstimate, ServerView};
+
+/// One server's record. See the module documentation.
+#[derive(Debug, Default)]
+pub struct ServerHealth {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    latency: LatencyEstimate,
+    in_flight: u32,
+    failing_until: Option<Instant>,
+    slow_until: Option<Instant>,
+    last_problem: Option<String>,
+    requests: u64,
+    failures: u64,
+    hedges: u64,
+}
+
+/// A snapshot of a server's record, for reports and metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HealthSnapshot {
+    /// Smoothed block-request latency, if measured.
+    pub latency: Option<Duration>,
+    /// Requests in flight.
+    pub in_flight: u32,
+    /// Marked failing now.
+    pub failing: bool,
+    /// Marked slow now.
+    pub slow: bool,
+    /// The last failure, if any.
+    pub last_problem: Option<String>,
+    /// Requests made.
+    pub requests: u64,
+    /// Requests that failed.
+    pub failures: u64,
+    /// Requests that ran late and made the engine ask another share.
+    pub hedges: u64,
+}
+
+/// A request in flight to a server; it stops counting when dropped (completed or cancelled).
+#[derive(Debug)]
+pub(crate) struct InFlight<'a> {
+    health: &'a ServerHealth,
+    started: Instant,
+}
+
+impl InFlight<'_> {
+    /// When the request started.
+    pub(crate) fn started(&self) -> Instant {
+        self.started
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut state = self.health.lock();
+        state.in_flight = state.in_flight.saturating_sub(1);
+    }
+}
+
+impl ServerHealth {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a request as in flight until the returned guard drops.
+    pub(crate) fn begin(&self) -> InFlight<'_> {
+        let mut state = self.lock();
+        state.in_flight += 1;
+        state.requests += 1;
+        InFlight {
+            health: self,
+            started: Instant::now(),
+        }
+    }
+
+    /// A block request succeeded after `elapsed`.
+    pub(crate) fn succeeded(&self, elapsed: Duration) {
+        let mut state = self.lock();
+        state.latency.observe(elapsed);
+        state.failing_until = None;
+    }
+
+    /// A request failed in a way that says the server is unwell; avoid it for `ttl`.
+    pub(crate) fn failed(&self, problem: &str, ttl: Duration) {
+        let mut state = self.lock();
+        state.failures += 1;
+        state.failing_until = Some(Instant::now() + ttl);
+        state.last_problem = Some(problem.to_owned());
+    }
+
+    /// A request ran past its hedge delay; prefer other servers for `ttl`.
+    pub(crate) fn ran_late(&self, ttl: Duration) {
+        let mut state = self.lock();
+        state.hedges += 1;
+        state.slow_until = Some(Instant::now() + ttl);
+    }
+
+    /// The latency estimate.
+    pub(crate) fn latency(&self) -> LatencyEstimate {
+        self.lock().latency
+    }
+
+    /// What share choice needs to know, as of `now`.
+    pub(crate) fn view(&self, now: Instant) -> ServerView {
+        let state = self.lock();
+        ServerView {
+            latency: state.latency,
+            in_flight: state.in_flight,
+            failing: state.failing_until.is_some_and(|t| t > now),
+            slow: state.slow_until.is_some_and(|t| t > now),
+        }
+    }
+
+    /// A snapshot for reports.
+    pub fn snapshot(&self) -> HealthSnapshot {
+        let now = Instant::now();
+        let state = self.lock();
+        HealthSnapshot {
+            latency: state.latency.smoothed,
+            in_flight: state.in_flight,
+            failing: state.failing_until.is_some_and(|t| t > now),
+            slow: state.slow_until.is_some_and(|t| t > now),
+            last_problem: state.last_problem.clone(),
+            requests: state.requests,
+            failures: state.failures,
+            hedges: state.hedges,
+        }
+    }
+}

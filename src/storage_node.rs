@@ -1,0 +1,526 @@
+//! `segvault storage-server`: a storage node that keeps shares in a directory store and
+//! serves them over HTTP (protocol in `docs/storage-protocol.md`, paths in
+//! [`crate::protocol`]).
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use segvault::storage_node::{NodeConfig, StorageNode};
+//! let store = segvault::store::DirectoryStore::open("/srv/segvault")?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:7001").await?;
+//! StorageNode::new(store, NodeConfig::default()).serve(listener, std::future::pending()).await
+//! # }
+//! ```
+//!
+//! The node never sees plaintext or keys, only shares. It checks what it can without a cap:
+//! paths are typed (no request can name a file outside the store), an uploaded share's header
+//! must name the storage index and share number it is stored under and its length must be
+//! the one its parameters give, and a share once written never changes.
+
+use std::io::{self, Write as _};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use futures::{StreamExt, stream};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::core::cap::StorageIndex;
+use crate::core::codec::Codec as _;
+use crate::core::geometry::ShareNum;
+use crate::core::layout::{HEADER_LEN, ShareLayout};
+use crate::core::share_header::ShareHeader;
+use crate::protocol::{self, CorruptionReport, ErrorBody, RequestError, Route, ShareList, Status};
+use crate::serving::{self, Body, ConnectionLimits, empty, full};
+use crate::store::{DirectoryStore, MAX_READ_BYTES, ShareStore, SpooledShare, StoreError};
+use crate::token::Token;
+
+/// The corruption-report file stops growing at this size.
+const MAX_REPORTS_FILE: u64 = 16 << 20;
+
+/// How a storage node behaves.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Connection limits and timeouts.
+    pub connections: ConnectionLimits,
+    /// When set, every request must carry it.
+    pub token: Option<Token>,
+    /// Largest share accepted; larger uploads get 413 before any byte is read.
+    pub max_share_bytes: u64,
+    /// An upload that sends no bytes for this long is abandoned.
+    pub upload_idle_timeout: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> NodeConfig {
+        NodeConfig {
+            connections: ConnectionLimits::default(),
+            token: None,
+            max_share_bytes: 1 << 40,
+            upload_idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A storage node over a directory store. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct StorageNode {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: DirectoryStore,
+    config: NodeConfig,
+    reports: PathBuf,
+}
+
+/// Why a node may not listen where it was asked to.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{0} is not a loopback address: a storage node without --token-file only listens on 127.0.0.1 or ::1"
+)]
+pub struct NotLoopback(pub SocketAddr);
+
+/// Refuses a non-loopback address unless a token protects the node.
+pub fn check_listen_address(address: SocketAddr, token: Option<&Token>) -> Result<(), NotLoopback> {
+    if token.is_none() && !address.ip().is_loopback() {
+        return Err(NotLoopback(address));
+    }
+    Ok(())
+}
+
+/// What the access log says about a request (never a token).
+#[derive(Default)]
+struct Access {
+    route: &'static str,
+    storage_index: Option<StorageIndex>,
+    share: Option<ShareNum>,
+    bytes: u64,
+}
+
+impl StorageNode {
+    /// A node serving `store`.
+    pub fn new(store: DirectoryStore, config: NodeConfig) -> StorageNode {
+        let reports = store.root().join("corruption-reports.jsonl");
+        StorageNode {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                reports,
+            }),
+        }
+    }
+
+    /// Serves `listener` until `shutdown` completes (then waits for requests in flight).
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> io::Result<()> {
+        let node = self.clone();
+        serving::serve(
+            listener,
+            &self.inner.config.connections,
+            shutdown,
+            move |request, peer| {
+                let node = node.clone();
+                async move { node.handle(request, peer).await }
+            },
+        )
+        .await
+    }
+
+    async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let mut access = Access::default();
+        let response = self.route(request, peer, &mut access).await;
+        info!(
+            target: "segvault::access",
+            %peer,
+            %method,
+            route = access.route,
+            si = access.storage_index.map(|si| si.to_string()).unwrap_or_default(),
+            share = access.share.map(|s| i32::from(s.0)).unwrap_or(-1),
+            status = response.status().as_u16(),
+            bytes = access.bytes,
+            ms = format_args!("{:.2}", started.elapsed().as_secs_f64() * 1000.0),
+            "storage request"
+        );
+        response
+    }
+
+    async fn route(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        access: &mut Access,
+    ) -> Response<Body> {
+        if let Some(token) = &self.inner.config.token {
+            let presented = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .map(HeaderValue::as_bytes);
+            if !token.admits(presented) {
+                access.route = "refused";
+                let mut response = error(
+                    StatusCode::UNAUTHORIZED,
+                    "this storage node needs its token (Authorization: Bearer ...)",
+                );
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"segvault\""),
+                );
+                // The body is never read: a refused upload stores nothing.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return response;
+            }
+        }
+        let route = match protocol::route(request.method(), request.uri().path()) {
+            Ok(route) => route,
+            Err(e) => {
+                access.route = "invalid";
+                let status = match e {
+                    RequestError::NotFound => StatusCode::NOT_FOUND,
+                    RequestError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                return error(status, &e.to_string());
+            }
+        };
+        match route {
+            Route::Status => {
+                access.route = "status";
+                json(
+                    StatusCode::OK,
+                    &Status {
+                        protocol: protocol::VERSION,
+                        server: format!("segvault {}", env!("CARGO_PKG_VERSION")),
+                        max_read_bytes: MAX_READ_BYTES,
+                        max_share_bytes: self.inner.config.max_share_bytes,
+                    },
+                )
+            }
+            Route::List(si) => {
+                access.route = "list";
+                access.storage_index = Some(si);
+                match self.inner.store.list(si).await {
+                    Ok(shares) => json(
+                        StatusCode::OK,
+                        &ShareList {
+                            shares: shares.into_iter().map(|s| s.0).collect(),
+                        },
+                    ),
+                    Err(e) => store_error(e),
+                }
+            }
+            Route::Read(si, share) => {
+                access.route = "read";
+                access.storage_index = Some(si);
+                access.share = Some(share);
+                self.read(request, si, share, access).await
+            }
+            Route::Write(si, share) => {
+                access.route = "write";
+                access.storage_index = Some(si);
+                access.share = Some(share);
+                self.write(request, si, share, access).await
+            }
+            Route::ReportCorrupt(si, share) => {
+                access.route = "corrupt";
+                access.storage_index = Some(si);
+                access.share = Some(share);
+                self.report(request, si, share, peer).await
+            }
+        }
+    }
+
+    async fn read(
+        &self,
+        request: Request<Incoming>,
+        si: StorageIndex,
+        share: ShareNum,
+        access: &mut Access,
+    ) -> Response<Body> {
+        let ranges = match protocol::parse_ranges_query(request.uri().query()) {
+            Ok(ranges) => ranges,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+        };
+        let parts = match self.inner.store.read(si, share, ranges).await {
+            Ok(parts) => parts,
+            Err(e) => return store_error(e),
+        };
+        let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        access.bytes = total;
+        let body = if request.method() == Method::HEAD {
+            empty()
+        } else {
+            // The parts go out as they are, without being joined into one buffer.
+            let frames = stream::iter(parts)
+                .filter(|p| std::future::ready(!p.is_empty()))
+                .map(|p| Ok::<_, io::Error>(Frame::data(p)));
+            BodyExt::boxed_unsync(StreamBody::new(frames))
+        };
+        let mut response = Response::new(body);
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+        response
+    }
+
+    async fn write(
+        &self,
+        request: Request<Incoming>,
+        si: StorageIndex,
+        share: ShareNum,
+        access: &mut Access,
+    ) -> Response<Body> {
+        let config = &self.inner.config;
+        let Some(length) = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        else {
+            return error(
+                StatusCode::LENGTH_REQUIRED,
+                "a share upload needs a Content-Length",
+            );
+        };
+        if length > config.max_share_bytes {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "the share is {length} bytes; this node accepts at most {}",
+                    config.max_share_bytes
+                ),
+            );
+        }
+        if length < HEADER_LEN {
+            return error(StatusCode::BAD_REQUEST, "too short to be a share");
+        }
+        let spool_dir = self
+            .inner
+            .store
+            .spool_dir()
+            .unwrap_or_else(std::env::temp_dir);
+        let spool =
+            match tokio::task::spawn_blocking(move || SpooledShare::create(&spool_dir, length))
+                .await
+            {
+                Ok(Ok(spool)) => spool,
+                Ok(Err(e)) => return store_error(StoreError::io("creating spool", e)),
+                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            };
+        let header = match self.receive(request.into_body(), &spool, length).await {
+            Ok(header) => header,
+            Err(response) => return response,
+        };
+        access.bytes = length;
+        let header = match ShareHeader::from_bytes(&header) {
+            Ok(header) => header,
+            Err(e) => {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &format!("not a share: {e}"),
+                );
+            }
+        };
+        if header.storage_index != si || header.share != share {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!(
+                    "the share's header names share {} of {}, not share {share} of {si}",
+                    header.share, header.storage_index
+                ),
+            );
+        }
+        let expected = ShareLayout::new(&header.geometry).share_len();
+        if expected != length {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!("the share's parameters give {expected} bytes, not {length}"),
+            );
+        }
+        match self.inner.store.write(si, share, spool).await {
+            Ok(()) => {
+                let mut response = Response::new(empty());
+                *response.status_mut() = StatusCode::CREATED;
+                response
+            }
+            Err(e) => store_error(e),
+        }
+    }
+
+    /// Streams an upload body into `spool`; returns the share's header bytes.
+    async fn receive(
+        &self,
+        mut body: Incoming,
+        spool: &SpooledShare,
+        length: u64,
+    ) -> Result<Vec<u8>, Response<Body>> {
+        let idle = self.inner.config.upload_idle_timeout;
+        let file = spool
+            .file()
+            .try_clone()
+            .map_err(|e| store_error(StoreError::io("opening spool", e)))?;
+        let mut writer =
+            tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
+        let mut header = Vec::with_capacity(HEADER_LEN as usize);
+        let mut received = 0u64;
+        loop {
+            let frame = match tokio::time::timeout(idle, body.frame()).await {
+                Err(_) => {
+                    return Err(error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        &format!("no upload bytes for {idle:?}"),
+                    ));
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    return Err(error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("the upload broke off: {e}"),
+                    ));
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            received += data.len() as u64;
+            if received > length {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "the body is longer than its Content-Length",
+                ));
+            }
+            let wanted = (HEADER_LEN as usize)
+                .saturating_sub(header.len())
+                .min(data.len());
+            header.extend_from_slice(&data[..wanted]);
+            writer
+                .write_all(&data)
+                .await
+                .map_err(|e| store_error(StoreError::io("writing spool", e)))?;
+        }
+        if received != length {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                &format!("the body ended after {received} of {length} bytes"),
+            ));
+        }
+        writer
+            .flush()
+            .await
+            .map_err(|e| store_error(StoreError::io("writing spool", e)))?;
+        Ok(header)
+    }
+
+    async fn report(
+        &self,
+        request: Request<Incoming>,
+        si: StorageIndex,
+        share: ShareNum,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let body = http_body_util::Limited::new(request.into_body(), protocol::MAX_JSON_BYTES);
+        let report: CorruptionReport = match body.collect().await {
+            Ok(collected) => match serde_json::from_slice(&collected.to_bytes()) {
+                Ok(report) => report,
+                Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad report: {e}")),
+            },
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad report: {e}")),
+        };
+        let reason: String = report
+            .reason
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .scan(0usize, |used, c| {
+                *used += c.len_utf8();
+                (*used <= protocol::MAX_REASON_BYTES).then_some(c)
+            })
+            .collect();
+        warn!(%si, %share, %peer, %reason, "a reader reports this share corrupt");
+        let line = serde_json::json!({
+            "time": SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            "storage_index": si.to_string(),
+            "share": share.0,
+            "peer": peer.to_string(),
+            "reason": reason,
+        });
+        let path = self.inner.reports.clone();
+        let appended = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
+            if file.metadata()?.len() < MAX_REPORTS_FILE {
+                writeln!(file, "{line}")?;
+            }
+            Ok(())
+        })
+        .await;
+        if let Ok(Err(e)) | Err(e) = appended.map_err(io::Error::other) {
+            warn!(error = %e, "cannot record the corruption report");
+        }
+        let mut response = Response::new(empty());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        response
+    }
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut response = Response::new(full(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    json(
+        status,
+        &ErrorBody {
+            error: message.to_owned(),
+            share_length: None,
+        },
+    )
+}
+
+fn store_error(e: StoreError) -> Response<Body> {
+    match e {
+        StoreError::NotFound => error(StatusCode::NOT_FOUND, "no such share"),
+        StoreError::OutOfBounds { len, .. } => json(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            &ErrorBody {
+                error: e.to_string(),
+                share_length: Some(len),
+            },
+        ),
+        StoreError::InvalidRequest(_) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+        StoreError::Conflict { .. } => error(StatusCode::CONFLICT, &e.to_string()),
+        StoreError::Timeout(_) | StoreError::Protocol(_) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+        }
+        StoreError::Io { .. } => {
+            warn!(error = %e, "storage failure");
+            error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+        }
+    }
+}

@@ -1,0 +1,578 @@
+//! A share store on a storage node, over HTTP (protocol in `docs/storage-protocol.md`).
+//! Connections are kept alive and reused; every request has a time limit; a server that
+//! answers with the wrong number of bytes or garbage gets a [`StoreError::Protocol`], never
+//! a short or long buffer.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::TryStreamExt;
+use futures::future::BoxFuture;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio_util::io::ReaderStream;
+
+use super::{ShareStore, SpooledShare, StoreError, validate_ranges};
+use crate::core::cap::StorageIndex;
+use crate::core::geometry::ShareNum;
+use crate::protocol::{self, CorruptionReport, ErrorBody, ShareList, Status};
+use crate::serving::Body;
+use crate::token::Token;
+
+/// How an [`HttpStore`] talks to its node.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Sent with every request when set.
+    pub token: Option<Token>,
+    /// Where uploads build shares before sending them (ciphertext only). `None`: the
+    /// system's temporary directory.
+    pub spool_dir: Option<PathBuf>,
+    /// Time to establish a connection.
+    pub connect_timeout: Duration,
+    /// Limit on any request but an upload (callers usually set a shorter one).
+    pub request_timeout: Duration,
+    /// An upload that makes no progress for this long is abandoned.
+    pub upload_idle_timeout: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> HttpOptions {
+        HttpOptions {
+            token: None,
+            spool_dir: None,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(60),
+            upload_idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why a storage-node URL cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    /// Not a URL.
+    #[error("{0:?} is not a URL: {1}")]
+    Malformed(String, String),
+    /// A scheme other than `http`.
+    #[error(
+        "{0:?}: only http:// storage nodes are supported (for TLS, put the nodes behind a tunnel or a private network)"
+    )]
+    Scheme(String),
+    /// Credentials, a query or a fragment in the URL (not repeated: it may hold a secret).
+    #[error(
+        "a storage-node URL is http://host:port[/prefix], without credentials, query or fragment (pass tokens with --token-file)"
+    )]
+    Extra,
+}
+
+/// A storage node, reached over HTTP. Cloning shares its connections.
+#[derive(Clone)]
+pub struct HttpStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    base: String,
+    client: Client<HttpConnector, Body>,
+    options: HttpOptions,
+}
+
+impl fmt::Debug for HttpStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpStore")
+            .field("url", &self.inner.name)
+            .finish()
+    }
+}
+
+impl HttpStore {
+    /// A store for the node at `url` (`http://host:port`, optionally with a path prefix).
+    ///
+    /// ```
+    /// # use segvault::store::{HttpStore, HttpOptions};
+    /// let store = HttpStore::new("http://127.0.0.1:7001", HttpOptions::default()).unwrap();
+    /// assert!(HttpStore::new("https://node", HttpOptions::default()).is_err());
+    /// ```
+    pub fn new(url: &str, options: HttpOptions) -> Result<HttpStore, UrlError> {
+        let uri: Uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| {
+            UrlError::Malformed(url.into(), e.to_string())
+        })?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(_) => return Err(UrlError::Scheme(url.into())),
+            None => {
+                return Err(UrlError::Malformed(url.into(), "it needs http://".into()));
+            }
+        }
+        let Some(authority) = uri.authority() else {
+            return Err(UrlError::Malformed(url.into(), "no host".into()));
+        };
+        if authority.as_str().contains('@') || uri.query().is_some() || url.contains('#') {
+            return Err(UrlError::Extra);
+        }
+        let prefix = uri.path().trim_end_matches('/');
+        let base = format!("http://{authority}{prefix}");
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(options.connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(30)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .build(connector);
+        Ok(HttpStore {
+            inner: Arc::new(Inner {
+                name: base.clone(),
+                base,
+                client,
+                options,
+            }),
+        })
+    }
+
+    fn request(&self, method: Method, path: &str, body: Body) -> Result<Request<Body>, StoreError> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.inner.base))
+            .body(body)
+            .map_err(|e| StoreError::Io {
+                context: "building request",
+                message: e.to_string(),
+            })?;
+        if let Some(token) = &self.inner.options.token {
+            request
+                .headers_mut()
+                .insert(header::AUTHORIZATION, token.header_value());
+        }
+        Ok(request)
+    }
+
+    async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, StoreError> {
+        self.inner
+            .client
+            .request(request)
+            .await
+            .map_err(|e| StoreError::Io {
+                context: "request",
+                message: describe_client_error(&e),
+            })
+    }
+
+    /// `send`, then the whole body if it is at most `limit` bytes, within the request timeout.
+    async fn exchange(
+        &self,
+        request: Request<Body>,
+        limit: usize,
+    ) -> Result<(StatusCode, Bytes), StoreError> {
+        let timeout = self.inner.options.request_timeout;
+        let exchange = async {
+            let response = self.send(request).await?;
+            let status = response.status();
+            let body = http_body_util::Limited::new(response.into_body(), limit)
+                .collect()
+                .await
+                .map_err(|e| StoreError::Protocol(format!("reading the answer: {e}")))?
+                .to_bytes();
+            Ok((status, body))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| StoreError::Timeout(timeout))?
+    }
+
+    async fn read_ranges(
+        &self,
+        si: StorageIndex,
+        share: ShareNum,
+        ranges: Vec<Range<u64>>,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        validate_ranges(&ranges)?;
+        if ranges.len() > protocol::MAX_RANGES {
+            return Err(StoreError::InvalidRequest(format!(
+                "{} ranges in one request; the protocol allows {}",
+                ranges.len(),
+                protocol::MAX_RANGES
+            )));
+        }
+        let total: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        let path = protocol::read_path(&si, share, &ranges);
+        let request = self.request(Method::GET, &path, crate::serving::empty())?;
+        let response = self.send(request).await?;
+        let status = response.status();
+        if status != StatusCode::OK {
+            let body = http_body_util::Limited::new(response.into_body(), protocol::MAX_JSON_BYTES)
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            return Err(status_error(status, &body, &ranges));
+        }
+        if let Some(length) = response.headers().get(header::CONTENT_LENGTH)
+            && length.to_str().ok().and_then(|v| v.parse::<u64>().ok()) != Some(total)
+        {
+            return Err(wrong_length(total, length.to_str().unwrap_or("?")));
+        }
+        let body = receive_exactly(response.into_body(), total).await?;
+        let mut parts = Vec::with_capacity(ranges.len());
+        let mut at = 0usize;
+        for r in &ranges {
+            let len = (r.end - r.start) as usize;
+            parts.push(body.slice(at..at + len));
+            at += len;
+        }
+        Ok(parts)
+    }
+
+    async fn upload(
+        &self,
+        si: StorageIndex,
+        share: ShareNum,
+        spool: SpooledShare,
+    ) -> Result<(), StoreError> {
+        let file = spool
+            .file()
+            .try_clone()
+            .map_err(|e| StoreError::io("opening spool", e))?;
+        let length = spool.len();
+        // Progress is when hyper takes another chunk of the body; a node that stops taking
+        // them (stalled, SIGSTOPped) is given up on after the idle timeout.
+        let epoch = Instant::now();
+        let last_progress = Arc::new(AtomicU64::new(0));
+        let sent_all = Arc::new(AtomicBool::new(false));
+        let chunks = {
+            let last_progress = last_progress.clone();
+            let sent_all = sent_all.clone();
+            let mut sent = 0u64;
+            ReaderStream::with_capacity(tokio::fs::File::from_std(file), 256 << 10).map_ok(
+                move |chunk| {
+                    sent += chunk.len() as u64;
+                    if sent >= length {
+                        sent_all.store(true, Ordering::Relaxed);
+                    }
+                    last_progress.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    Frame::data(chunk)
+                },
+            )
+        };
+        let body = BodyExt::boxed_unsync(StreamBody::new(chunks));
+        let mut request = self.request(Method::PUT, &protocol::share_path(&si, share), body)?;
+        request
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        request.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        let idle = self.inner.options.upload_idle_timeout;
+        // After the last byte the node fsyncs a whole share: allow it longer.
+        let commit = idle.max(Duration::from_secs(120));
+        let mut exchange = pin!(async {
+            let response = self.send(request).await?;
+            let status = response.status();
+            let body = http_body_util::Limited::new(response.into_body(), protocol::MAX_JSON_BYTES)
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            Ok::<_, StoreError>((status, body))
+        });
+        let (status, body) = loop {
+            tokio::select! {
+                outcome = &mut exchange => break outcome?,
+                () = tokio::time::sleep(Duration::from_millis(500)) => {
+                    let quiet = epoch.elapsed().saturating_sub(Duration::from_millis(last_progress.load(Ordering::Relaxed)));
+                    let limit = if sent_all.load(Ordering::Relaxed) { commit } else { idle };
+                    if quiet > limit {
+                        return Err(StoreError::Timeout(limit));
+                    }
+                }
+            }
+        };
+        drop(spool);
+        match status {
+            StatusCode::CREATED | StatusCode::OK | StatusCode::NO_CONTENT => Ok(()),
+            StatusCode::CONFLICT => Err(StoreError::Conflict {
+                storage_index: si,
+                share,
+            }),
+            _ => Err(status_error(status, &body, &[])),
+        }
+    }
+}
+
+/// The body of a read, which must be exactly `total` bytes: more or fewer is a broken server.
+async fn receive_exactly(mut body: Incoming, total: u64) -> Result<Bytes, StoreError> {
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    let mut received = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| StoreError::Io {
+            context: "reading share bytes",
+            message: e.to_string(),
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        received += data.len() as u64;
+        if received > total {
+            return Err(wrong_length(total, &format!("more than {total}")));
+        }
+        // One frame is the common case for a block: keep it without copying.
+        match (&mut first, &mut joined) {
+            (None, None) => first = Some(data),
+            (Some(head), None) => {
+                let mut buffer = BytesMut::with_capacity(total as usize);
+                buffer.extend_from_slice(head);
+                buffer.extend_from_slice(&data);
+                joined = Some(buffer);
+                first = None;
+            }
+            (_, Some(buffer)) => buffer.extend_from_slice(&data),
+        }
+    }
+    if received != total {
+        return Err(wrong_length(total, &received.to_string()));
+    }
+    Ok(match (first, joined) {
+        (_, Some(buffer)) => buffer.freeze(),
+        (Some(data), None) => data,
+        (None, None) => Bytes::new(),
+    })
+}
+
+fn wrong_length(expected: u64, got: &str) -> StoreError {
+    StoreError::Protocol(format!(
+        "the node sent {got} bytes for {expected} requested"
+    ))
+}
+
+/// An error for a non-success status, with the node's own message when it sent one.
+fn status_error(status: StatusCode, body: &[u8], ranges: &[Range<u64>]) -> StoreError {
+    let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
+    let message = parsed
+        .as_ref()
+        .map(|b| b.error.chars().take(200).collect::<String>())
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_owned());
+    match status {
+        StatusCode::NOT_FOUND => StoreError::NotFound,
+        StatusCode::RANGE_NOT_SATISFIABLE => {
+            let len = parsed.and_then(|b| b.share_length).unwrap_or(0);
+            let beyond = ranges.iter().find(|r| r.end > len).cloned().unwrap_or(0..0);
+            StoreError::OutOfBounds {
+                start: beyond.start,
+                end: beyond.end,
+                len,
+            }
+        }
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => StoreError::Io {
+            context: "authorization",
+            message: format!("{} ({message}): check --token-file", status.as_u16()),
+        },
+        _ => StoreError::Io {
+            context: "storage node",
+            message: format!("{}: {message}", status.as_u16()),
+        },
+    }
+}
+
+/// A client error with its cause (hyper's own message is only "client error (Connect)").
+fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl ShareStore for HttpStore {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn list(&self, si: StorageIndex) -> BoxFuture<'_, Result<Vec<ShareNum>, StoreError>> {
+        Box::pin(async move {
+            let request = self.request(
+                Method::GET,
+                &protocol::list_path(&si),
+                crate::serving::empty(),
+            )?;
+            let (status, body) = self.exchange(request, protocol::MAX_JSON_BYTES).await?;
+            if status != StatusCode::OK {
+                return Err(status_error(status, &body, &[]));
+            }
+            let list: ShareList = serde_json::from_slice(&body)
+                .map_err(|e| StoreError::Protocol(format!("bad share list: {e}")))?;
+            let mut shares: Vec<ShareNum> = list.shares.into_iter().map(ShareNum).collect();
+            shares.sort_unstable();
+            shares.dedup();
+            Ok(shares)
+        })
+    }
+
+    fn read(
+        &self,
+        si: StorageIndex,
+        share: ShareNum,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, Result<Vec<Bytes>, StoreError>> {
+        Box::pin(async move {
+            let timeout = self.inner.options.request_timeout;
+            tokio::time::timeout(timeout, self.read_ranges(si, share, ranges))
+                .await
+                .map_err(|_| StoreError::Timeout(timeout))?
+        })
+    }
+
+    fn write(
+        &self,
+        si: StorageIndex,
+        share: ShareNum,
+        spool: SpooledShare,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.upload(si, share, spool))
+    }
+
+    fn spool_dir(&self) -> Option<PathBuf> {
+        self.inner.options.spool_dir.clone()
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let request = self.request(Method::GET, "/v1/status", crate::serving::empty())?;
+            let (status, body) = self.exchange(request, protocol::MAX_JSON_BYTES).await?;
+            if status != StatusCode::OK {
+                return Err(status_error(status, &body, &[]));
+            }
+            let status: Status = serde_json::from_slice(&body).map_err(|_| {
+                StoreError::Protocol("not a segvault storage node (bad /v1/status)".into())
+            })?;
+            if status.protocol != protocol::VERSION {
+                return Err(StoreError::Protocol(format!(
+                    "the node speaks protocol {}, this build {}",
+                    status.protocol,
+                    protocol::VERSION
+                )));
+            }
+            Ok(())
+        })
+    }
+
+    fn report_corrupt(
+        &self,
+        si: StorageIndex,
+        share: ShareNum,
+        reason: String,
+    ) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let report = serde_json::to_vec(&CorruptionReport { reason }).unwrap_or_default();
+            let body = Full::new(Bytes::from(report))
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            let Ok(mut request) =
+                self.request(Method::POST, &protocol::corrupt_path(&si, share), body)
+            else {
+                return;
+            };
+            request.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            if let Err(e) = self.exchange(request, protocol::MAX_JSON_BYTES).await {
+                tracing::debug!(node = %self.inner.name, error = %e, "corruption report not delivered");
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage_node::{NodeConfig, StorageNode};
+    use crate::store::DirectoryStore;
+
+    async fn node(config: NodeConfig) -> (String, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirectoryStore::open(dir.path()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let node = StorageNode::new(store, config);
+        tokio::spawn(async move { node.serve(listener, std::future::pending()).await });
+        (url, dir)
+    }
+
+    #[tokio::test]
+    async fn passes_the_conformance_suite() {
+        let (url, _dir) = node(NodeConfig::default()).await;
+        let store = HttpStore::new(&url, HttpOptions::default()).unwrap();
+        store.check().await.unwrap();
+        crate::store::conformance::run(&store).await;
+        // With a path prefix ending in a slash, and the same node.
+        let store = HttpStore::new(&format!("{url}/"), HttpOptions::default()).unwrap();
+        assert_eq!(store.name(), url);
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        let options = HttpOptions::default;
+        for bad in [
+            "127.0.0.1:7001",
+            "https://node:7001",
+            "ftp://node",
+            "http://user:secret@node:7001",
+            "http://node:7001/?x=1",
+            "http://node:7001/#x",
+            "http://",
+            "not a url",
+        ] {
+            let error = HttpStore::new(bad, options()).unwrap_err().to_string();
+            assert!(!error.contains("secret"), "{error}");
+        }
+        let store = HttpStore::new("http://node:7001/segvault/", options()).unwrap();
+        assert_eq!(store.name(), "http://node:7001/segvault");
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "abcdefghijklmnopqrstuvwxyz234567").unwrap();
+        let token = Token::from_file(&token_file).unwrap();
+        let (url, _node_dir) = node(NodeConfig {
+            token: Some(token.clone()),
+            ..NodeConfig::default()
+        })
+        .await;
+        let without = HttpStore::new(&url, HttpOptions::default()).unwrap();
+        let error = without.check().await.unwrap_err().to_string();
+        assert!(
+            error.contains("401") && error.contains("--token-file"),
+            "{error}"
+        );
+        let with = HttpStore::new(
+            &url,
+            HttpOptions {
+                token: Some(token),
+                ..HttpOptions::default()
+            },
+        )
+        .unwrap();
+        with.check().await.unwrap();
+        crate::store::conformance::run(&with).await;
+    }
+}

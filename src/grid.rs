@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::core::cap::StorageIndex;
 use crate::core::hash;
+use crate::engine::ServerHealth;
 use crate::store::{DirectoryStore, Durability, ShareStore};
 
 /// Servers in a new embedded grid.
@@ -21,6 +22,7 @@ pub const EMBEDDED_SERVERS: usize = 10;
 pub struct Server {
     name: String,
     store: Arc<dyn ShareStore>,
+    health: Arc<ServerHealth>,
 }
 
 impl Server {
@@ -29,6 +31,7 @@ impl Server {
         Server {
             name: store.name().to_owned(),
             store,
+            health: Arc::default(),
         }
     }
 
@@ -40,6 +43,12 @@ impl Server {
     /// The store.
     pub fn store(&self) -> &Arc<dyn ShareStore> {
         &self.store
+    }
+
+    /// What readers have learned about this server (latency, failures); shared by every
+    /// clone of the grid.
+    pub fn health(&self) -> &ServerHealth {
+        &self.health
     }
 }
 

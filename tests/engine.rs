@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::Fixture;
 use futures::StreamExt;
+use segvault::core::choice::Policy;
 use segvault::core::geometry::{SegmentIndex, ShareNum};
 use segvault::core::layout::ShareLayout;
 use segvault::engine::verify;
@@ -18,10 +19,28 @@ fn client(fixture: &Fixture) -> Client {
     Client::new(fixture.grid.clone(), ReaderConfig::default())
 }
 
+/// A configuration under which no request counts as late and primaries always win: for
+/// tests that count requests, whatever latencies the machine shows.
+fn fixed_choice() -> ReaderConfig {
+    ReaderConfig {
+        share_choice: Policy {
+            hedge_floor: Duration::from_secs(3600),
+            parity_cost: Duration::from_secs(3600),
+            ..Policy::default()
+        },
+        primary_grace: Duration::from_secs(3600),
+        ..ReaderConfig::default()
+    }
+}
+
+fn fixed_client(fixture: &Fixture) -> Client {
+    Client::new(fixture.grid.clone(), fixed_choice())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_segment_costs_one_request_per_share_and_a_warm_one_no_hash_bytes() {
     let fixture = Fixture::new(20_000, 1000, 3, 10).await;
-    let file = client(&fixture).open(&fixture.cap).await.unwrap();
+    let file = fixed_client(&fixture).open(&fixture.cap).await.unwrap();
     let layout = ShareLayout::new(fixture.cap.geometry());
     for store in &fixture.stores {
         store.start_log();
@@ -61,7 +80,7 @@ async fn a_cold_segment_costs_one_request_per_share_and_a_warm_one_no_hash_bytes
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_reads_fetch_about_one_new_hash_level_per_segment() {
     let fixture = Fixture::new(64_000, 1000, 3, 10).await;
-    let file = client(&fixture).open(&fixture.cap).await.unwrap();
+    let file = fixed_client(&fixture).open(&fixture.cap).await.unwrap();
     let layout = ShareLayout::new(fixture.cap.geometry());
     for store in &fixture.stores {
         store.start_log();
@@ -87,7 +106,7 @@ async fn sequential_reads_fetch_about_one_new_hash_level_per_segment() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_readers_of_a_segment_share_one_fetch() {
     let fixture = Fixture::new(10_000, 1000, 3, 10).await;
-    let file = client(&fixture).open(&fixture.cap).await.unwrap();
+    let file = fixed_client(&fixture).open(&fixture.cap).await.unwrap();
     fixture.set_faults(&Faults {
         latency: Some(Duration::from_millis(100)),
         ..Faults::default()
@@ -129,7 +148,7 @@ async fn dropping_a_read_cancels_its_fetches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_never_fetches_more_than_its_window_ahead() {
     let fixture = Fixture::new(200_000, 1000, 3, 10).await;
-    let file = client(&fixture).open(&fixture.cap).await.unwrap();
+    let file = fixed_client(&fixture).open(&fixture.cap).await.unwrap();
     let window = file.read_ahead() as u64;
     let mut stream = file.stream(0..200_000);
     let before = fixture.reads();
@@ -189,25 +208,94 @@ async fn corrupt_and_lying_shares_are_routed_around() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_share_is_routed_around_after_the_request_timeout() {
-    let fixture = Fixture::new(5_000, 1000, 2, 4).await;
+async fn stalled_servers_are_hedged_long_before_the_request_timeout() {
+    let fixture = Fixture::new(20_000, 1000, 2, 4).await;
     let config = ReaderConfig {
-        request_timeout: Duration::from_millis(200),
+        request_timeout: Duration::from_secs(600),
         ..ReaderConfig::default()
     };
-    let file = Client::new(fixture.grid.clone(), config)
-        .open(&fixture.cap)
-        .await
-        .unwrap();
-    for store in &fixture.stores[..2] {
+    let client = Client::new(fixture.grid.clone(), config);
+    let file = client.open(&fixture.cap).await.unwrap();
+    // The primaries' servers stop answering, as if SIGSTOPped, after the file was opened.
+    // (Both found before either stalls: finding one lists every store.)
+    let primaries = [
+        fixture.store_holding(ShareNum(0)).await,
+        fixture.store_holding(ShareNum(1)).await,
+    ];
+    for store in primaries {
         store.set_faults(Faults {
             stall: true,
             ..Faults::default()
         });
     }
+    // Without hedging this waits for the ten-minute request timeout.
+    let read = tokio::time::timeout(Duration::from_secs(60), file.read(0, 20_000)).await;
+    assert_eq!(&read.expect("hedged").unwrap()[..], &fixture.plaintext[..]);
+    let hedged: u64 = client
+        .grid()
+        .servers()
+        .iter()
+        .map(|s| s.health().snapshot().hedges)
+        .sum();
+    assert!(hedged >= 2, "{hedged} late requests");
+    assert!(
+        client
+            .grid()
+            .servers()
+            .iter()
+            .filter(|s| s.health().snapshot().slow)
+            .count()
+            == 2,
+        "the stalled servers are marked slow, so later segments go elsewhere first"
+    );
+
+    // A fresh client never learns of the stalled servers' shares: discovery opens the file
+    // with the answers it has.
+    let fresh = Client::new(fixture.grid.clone(), ReaderConfig::default());
+    let read = tokio::time::timeout(Duration::from_secs(60), async {
+        fresh.open(&fixture.cap).await?.read(0, 20_000).await
+    })
+    .await;
     assert_eq!(
-        &file.read(0, 5_000).await.unwrap()[..],
+        &read.expect("opened without the stalled servers").unwrap()[..],
         &fixture.plaintext[..]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_ahead_spreads_over_more_than_k_servers_when_they_are_slow() {
+    let fixture = Fixture::new(60_000, 1000, 3, 10).await;
+    let no_hedging = ReaderConfig {
+        share_choice: Policy {
+            hedge_floor: Duration::from_secs(3600),
+            ..Policy::default()
+        },
+        primary_grace: Duration::from_secs(3600),
+        ..ReaderConfig::default()
+    };
+    let file = Client::new(fixture.grid.clone(), no_hedging)
+        .open(&fixture.cap)
+        .await
+        .unwrap();
+    fixture.set_faults(&Faults {
+        latency: Some(Duration::from_millis(20)),
+        ..Faults::default()
+    });
+    for store in &fixture.stores {
+        store.start_log();
+    }
+    let mut stream = file.stream(0..60_000);
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        body.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(body, fixture.plaintext);
+    let per_server: Vec<usize> = fixture.stores.iter().map(|s| s.take_log().len()).collect();
+    let total: usize = per_server.iter().sum();
+    let busiest = per_server.iter().copied().max().unwrap_or(0);
+    assert!(
+        per_server.iter().filter(|&&n| n > 0).count() > 3 && busiest * 4 < total,
+        "segments in flight together spread over more than k servers: {per_server:?}"
     );
 }
 

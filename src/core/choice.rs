@@ -79,8 +79,10 @@ pub struct Candidate {
 /// The knobs of the policy.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Policy {
-    /// Extra time a parity block costs over a primary one (decoding and hashing the rebuilt
-    /// block).
+    /// Extra time a parity block is charged over a primary one: decoding, hashing the rebuilt
+    /// blocks, and the hash nodes a share not read before still lacks. Set well above
+    /// local-disk jitter (tens of µs), so that primaries are not traded for parity on noise;
+    /// on a local grid, where decoding competes for the same cores, that is the right call.
     pub parity_cost: Duration,
     /// How much each request already in flight to a server stretches its expected latency
     /// (0.5: a server with two requests waiting looks twice as slow).
@@ -96,7 +98,7 @@ pub struct Policy {
 impl Default for Policy {
     fn default() -> Policy {
         Policy {
-            parity_cost: Duration::from_micros(100),
+            parity_cost: Duration::from_millis(1),
             load_weight: 0.5,
             hedge_floor: Duration::from_millis(25),
             hedge_unknown: Duration::from_millis(250),

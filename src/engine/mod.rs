@@ -5,6 +5,7 @@
 
 mod error;
 mod handle;
+mod health;
 mod node;
 mod reader;
 mod segment;
@@ -20,11 +21,13 @@ use tokio::sync::OnceCell;
 
 pub use error::{ReadError, ReportLine, ShareReport};
 pub use handle::{ByteStream, FileHandle};
+pub use health::{HealthSnapshot, ServerHealth};
 pub use node::FileNode;
 pub use reader::FileReader;
 pub use segment::SegmentData;
 
 use crate::core::cap::{ReadCap, VerifyCap};
+use crate::core::choice::Policy;
 use crate::core::cipher::Keystream;
 use crate::core::geometry::ShareNum;
 use crate::grid::Grid;
@@ -47,6 +50,14 @@ pub struct ReaderConfig {
     /// Largest range [`FileHandle::read`] returns in one buffer; larger ranges are for
     /// [`FileHandle::stream`], whose memory stays at the read-ahead window.
     pub max_read_bytes: u64,
+    /// How shares are chosen and when a late request is hedged.
+    pub share_choice: Policy,
+    /// How long a server whose request ran late is used only after the others.
+    pub slow_ttl: Duration,
+    /// Opening starts reading once any k shares are known; a primary share not yet known by
+    /// then is waited for this much longer (primaries save decoding; a stalled server then
+    /// costs this once per file opened, not a request timeout).
+    pub primary_grace: Duration,
 }
 
 impl Default for ReaderConfig {
@@ -58,6 +69,9 @@ impl Default for ReaderConfig {
             request_timeout: Duration::from_secs(30),
             failure_ttl: Duration::from_secs(60),
             max_read_bytes: 256 << 20,
+            share_choice: Policy::default(),
+            slow_ttl: Duration::from_secs(10),
+            primary_grace: Duration::from_millis(20),
         }
     }
 }

@@ -3,21 +3,33 @@
 //! the share map with each share's health, and the segment fetches in flight (one fetch per
 //! segment however many readers want it). It only ever handles ciphertext; keys stay in
 //! [`FileHandle`](super::FileHandle)s.
+//!
+//! Shares are found by asking every server at once; a file opens as soon as k distinct shares
+//! are known and later answers join the share map as they come (Tahoe-LAFS #928). Each block
+//! request goes to the share [`choice`](crate::core::choice) ranks best by its server's
+//! measured latency and load; a request that runs late for its server makes the fetch ask one
+//! more share, and the first k verified blocks win.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::future::Future;
+use std::ops::Range;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::FutureExt;
 use futures::future::{BoxFuture, Shared, WeakShared};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use super::ReaderConfig;
 use super::error::{ReadError, ReportLine, ShareReport};
 use super::segment::SegmentData;
 use crate::core::cap::{StorageIndex, VerifyCap};
+use crate::core::choice::{self, Candidate};
 use crate::core::codec::Codec as _;
 use crate::core::erasure::Codec;
 use crate::core::geometry::{SegmentIndex, ShareNum};
@@ -27,7 +39,7 @@ use crate::core::planner::{Record, RecordRequest, next_subset};
 use crate::core::share_header::ShareHeader;
 use crate::core::tree::{self, PartialTree};
 use crate::core::ueb::Ueb;
-use crate::grid::Grid;
+use crate::grid::{Grid, Server};
 use crate::store::StoreError;
 
 /// Blocks at least this large are hashed and decoded on the blocking pool rather than on an
@@ -47,7 +59,8 @@ pub(crate) type SharedSegment = Shared<BoxFuture<'static, SegmentResult>>;
 /// Why one share could not serve one request.
 #[derive(Debug, Clone)]
 pub(crate) enum Problem {
-    /// Transient: I/O error or timeout. The share is avoided for a while.
+    /// Transient: I/O error, timeout, a broken answer. The share is avoided for a while and
+    /// its server is marked failing.
     Unavailable(String),
     /// The share is gone from the server.
     Missing,
@@ -80,6 +93,71 @@ impl Problem {
             other => Problem::Unavailable(other.to_string()),
         }
     }
+
+    /// Whether the share's bytes are bad (worth telling its server).
+    fn is_corruption(&self) -> bool {
+        matches!(self, Problem::CorruptShare(_) | Problem::CorruptBlock(_))
+    }
+}
+
+/// Reads `ranges` of a share from `server` within `timeout`, keeping the server's health:
+/// requests in flight, latency of answers, and a failing mark when it errs or stays silent.
+async fn timed_read(
+    server: &Server,
+    si: StorageIndex,
+    share: ShareNum,
+    ranges: Vec<Range<u64>>,
+    timeout: Duration,
+    failure_ttl: Duration,
+) -> Result<Vec<Bytes>, Problem> {
+    let health = server.health();
+    let request = health.begin();
+    let outcome = match tokio::time::timeout(timeout, server.store().read(si, share, ranges)).await
+    {
+        Err(_) => Err(Problem::Unavailable(format!(
+            "no answer within {timeout:?}"
+        ))),
+        Ok(result) => result.map_err(Problem::from_store),
+    };
+    match &outcome {
+        Ok(_) => health.succeeded(request.started().elapsed()),
+        Err(problem @ Problem::Unavailable(_)) => health.failed(&problem.to_string(), failure_ttl),
+        // The server answered; only the share is at fault.
+        Err(_) => health.succeeded(request.started().elapsed()),
+    }
+    outcome
+}
+
+/// Lists shares of `si` on every server at once and waits for all. Share numbers of `n` or
+/// more cannot belong to the file (a stray file in a share directory, a confused server) and
+/// are dropped.
+pub(crate) async fn discover(
+    grid: &Grid,
+    si: StorageIndex,
+    n: u16,
+    timeout: Duration,
+) -> Vec<Result<Vec<ShareNum>, String>> {
+    let lists = grid
+        .servers()
+        .iter()
+        .map(|server| list_one(server, si, n, timeout));
+    futures::future::join_all(lists).await
+}
+
+async fn list_one(
+    server: &Server,
+    si: StorageIndex,
+    n: u16,
+    timeout: Duration,
+) -> Result<Vec<ShareNum>, String> {
+    match tokio::time::timeout(timeout, server.store().list(si)).await {
+        Ok(Ok(mut shares)) => {
+            shares.retain(|s| u16::from(s.0) < n);
+            Ok(shares)
+        }
+        Ok(Err(e)) => Err(format!("listing failed: {e}")),
+        Err(_) => Err(format!("listing failed: no answer within {timeout:?}")),
+    }
 }
 
 /// One (server, share) pair found by discovery.
@@ -90,6 +168,8 @@ struct Slot {
     failures: u32,
     avoid_until: Option<Instant>,
     problem: Option<String>,
+    /// The server was told this share is corrupt (once is enough).
+    reported: bool,
 }
 
 impl Slot {
@@ -100,6 +180,7 @@ impl Slot {
             failures: 0,
             avoid_until: None,
             problem: None,
+            reported: false,
         }
     }
 
@@ -108,11 +189,118 @@ impl Slot {
     }
 }
 
-struct State {
+/// What the servers said they hold, filled in as their answers arrive.
+#[derive(Default)]
+struct ShareMap {
+    /// Slots are only ever appended, so an index names one slot for the node's life.
     slots: Vec<Slot>,
-    /// Per server: the listing error, if listing failed.
+    /// Per server: the listing error, if its last listing failed.
     listing_errors: HashMap<usize, String>,
-    discovered_at: Instant,
+    /// Servers whose listing is in flight.
+    listing: HashSet<usize>,
+    listed_at: Option<Instant>,
+}
+
+impl ShareMap {
+    fn distinct_shares(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|s| s.share)
+            .collect::<HashSet<_>>()
+            .len()
+    }
+
+    fn reject_at_open(&mut self, si: StorageIndex, slot: usize, problem: &Problem) {
+        let slot = &mut self.slots[slot];
+        debug!(%si, share = %slot.share, %problem, "share rejected while opening");
+        slot.problem = Some(problem.to_string());
+        slot.failures += 1;
+    }
+
+    fn merge(&mut self, server: usize, listing: Result<Vec<ShareNum>, String>) {
+        self.listing.remove(&server);
+        match listing {
+            Ok(shares) => {
+                self.listing_errors.remove(&server);
+                for share in shares {
+                    if !self
+                        .slots
+                        .iter()
+                        .any(|s| s.server == server && s.share == share)
+                    {
+                        self.slots.push(Slot::new(server, share));
+                    }
+                }
+            }
+            Err(e) => {
+                self.listing_errors.insert(server, e);
+            }
+        }
+    }
+}
+
+/// The share map with a signal for each change. Shared with the listing task.
+#[derive(Default)]
+struct Shares {
+    map: Mutex<ShareMap>,
+    changed: Notify,
+}
+
+impl Shares {
+    fn lock(&self) -> MutexGuard<'_, ShareMap> {
+        // Every critical section leaves the map consistent even if it panics midway.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks every server for its shares of `si`, merging answers as they arrive, unless a
+    /// listing is already in flight. Returns at once; see [`wait_until`](Self::wait_until).
+    fn start_listing(self: &Arc<Self>, grid: &Grid, si: StorageIndex, n: u16, timeout: Duration) {
+        {
+            let mut map = self.lock();
+            if !map.listing.is_empty() {
+                return;
+            }
+            map.listing = (0..grid.len()).collect();
+            map.listed_at = Some(Instant::now());
+        }
+        let (shares, grid) = (self.clone(), grid.clone());
+        // A task of its own: the answers are worth keeping even if the read that asked is
+        // dropped, and the timeout bounds it.
+        tokio::spawn(async move {
+            let mut answers: FuturesUnordered<_> =
+                grid.servers()
+                    .iter()
+                    .enumerate()
+                    .map(|(index, server)| async move {
+                        (index, list_one(server, si, n, timeout).await)
+                    })
+                    .collect();
+            while let Some((server, listing)) = answers.next().await {
+                shares.lock().merge(server, listing);
+                shares.changed.notify_waiters();
+            }
+        });
+    }
+
+    /// Waits until `done` holds or no listing is in flight.
+    async fn wait_until(&self, done: impl Fn(&ShareMap) -> bool) {
+        loop {
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let map = self.lock();
+                if map.listing.is_empty() || done(&map) {
+                    return;
+                }
+            }
+            changed.await;
+        }
+    }
+}
+
+/// Verified hash-tree nodes.
+struct Trees {
     share_tree: PartialTree,
     block_trees: Vec<Option<PartialTree>>,
     ciphertext_tree: PartialTree,
@@ -127,6 +315,15 @@ struct VerifiedBlock {
     ciphertext_chain: Vec<Hash>,
 }
 
+/// A block request of a segment fetch in flight.
+struct Attempt {
+    share: ShareNum,
+    server: usize,
+    /// When it counts as late (its server's hedge delay after it started).
+    late_at: Instant,
+    late: bool,
+}
+
 /// Everything known about one file. See the module documentation.
 pub struct FileNode {
     cap: VerifyCap,
@@ -135,7 +332,8 @@ pub struct FileNode {
     grid: Grid,
     config: Arc<ReaderConfig>,
     ueb: Ueb,
-    state: Mutex<State>,
+    shares: Arc<Shares>,
+    trees: Mutex<Trees>,
     inflight: Mutex<HashMap<u64, WeakShared<BoxFuture<'static, SegmentResult>>>>,
 }
 
@@ -147,26 +345,7 @@ impl fmt::Debug for FileNode {
     }
 }
 
-/// Lists shares of `si` on every server at once. Share numbers of `n` or more cannot belong
-/// to the file (a stray file in a share directory, a confused server) and are dropped.
-pub(crate) async fn discover(
-    grid: &Grid,
-    si: StorageIndex,
-    n: u16,
-    timeout: Duration,
-) -> Vec<Result<Vec<ShareNum>, String>> {
-    let lists = grid.servers().iter().map(|server| async move {
-        match tokio::time::timeout(timeout, server.store().list(si)).await {
-            Ok(Ok(mut shares)) => {
-                shares.retain(|s| u16::from(s.0) < n);
-                Ok(shares)
-            }
-            Ok(Err(e)) => Err(format!("listing failed: {e}")),
-            Err(_) => Err(format!("listing failed: no answer within {timeout:?}")),
-        }
-    });
-    futures::future::join_all(lists).await
-}
+type HeaderRead = tokio::task::JoinHandle<(usize, Result<Vec<u8>, Problem>)>;
 
 impl FileNode {
     /// Finds the file's shares and verifies its UEB against the cap.
@@ -177,109 +356,153 @@ impl FileNode {
     ) -> Result<Arc<FileNode>, ReadError> {
         let si = cap.storage_index();
         let geometry = *cap.geometry();
+        let k = usize::from(geometry.k());
         let layout = ShareLayout::new(&geometry);
         let codec = Codec::new(geometry.k(), geometry.n())
             .map_err(|e| ReadError::Internal(e.to_string()))?;
-        let (mut slots, listing_errors) = Self::slots_from_listing(
-            discover(&grid, si, geometry.n(), config.request_timeout).await,
-        );
+        let shares = Arc::new(Shares::default());
+        shares.start_listing(&grid, si, geometry.n(), config.request_timeout);
 
-        let distinct = slots.iter().map(|s| s.share).collect::<HashSet<_>>().len();
-        let report = |slots: &[Slot], listing_errors: &HashMap<usize, String>| {
-            build_report(&grid, slots, listing_errors, &HashMap::new())
+        // The UEB is the same in every share; take it from the first that proves it. Headers
+        // are read k at a time, in parallel: one proves the UEB, and the others open the
+        // very share files the first segment will be read from. A header read that runs late
+        // is hedged like a block request.
+        let mut tried: HashSet<usize> = HashSet::new();
+        let mut running: FuturesUnordered<HeaderRead> = FuturesUnordered::new();
+        let mut late_at: Option<Instant> = None;
+        let mut want = k.max(1);
+        // Reading starts once k shares are known, but primaries save decoding: the ones not
+        // yet heard of get a short grace (on a local grid every server has answered by then).
+        shares.wait_until(|map| map.distinct_shares() >= k).await;
+        let primaries_known = |map: &ShareMap| {
+            (0..geometry.k()).all(|p| map.slots.iter().any(|s| u16::from(s.share.0) == p))
         };
-        if slots.is_empty() {
-            return Err(ReadError::NoShares {
-                storage_index: si,
-                report: report(&slots, &listing_errors),
-            });
-        }
-        if distinct < usize::from(geometry.k()) {
-            return Err(ReadError::NotEnoughShares {
-                storage_index: si,
-                segment: None,
-                needed: geometry.k(),
-                usable: distinct,
-                report: report(&slots, &listing_errors),
-            });
-        }
-
-        // The UEB is the same in every share; take it from the first that proves it.
-        slots.sort_by_key(|s| {
-            (
-                s.share.0 >= geometry.k() as u8 && geometry.k() < 256,
-                s.share,
-                s.server,
-            )
-        });
-        // Headers are read k at a time, in parallel: one proves the UEB, and the others open
-        // the very share files the first segment will be read from.
-        let header_region = layout.header_region();
-        let timeout = config.request_timeout;
-        let (cap_ref, layout_ref) = (&cap, &layout);
-        let read_header = |slot: &Slot| {
-            let store = grid.servers()[slot.server].store().clone();
-            let (share, region) = (slot.share, header_region.clone());
-            async move {
-                let (cap, layout) = (cap_ref, layout_ref);
-                match tokio::time::timeout(timeout, store.read(si, share, vec![region])).await {
-                    Err(_) => Err(Problem::Unavailable(format!(
-                        "no answer within {timeout:?}"
-                    ))),
-                    Ok(Err(e)) => Err(Problem::from_store(e)),
-                    Ok(Ok(parts)) => check_header_region(
-                        cap,
-                        layout,
+        let _ =
+            tokio::time::timeout(config.primary_grace, shares.wait_until(primaries_known)).await;
+        let ueb_bytes = loop {
+            if running.is_empty() {
+                shares
+                    .wait_until(|map| map.distinct_shares() >= k && map.slots.len() > tried.len())
+                    .await;
+            }
+            let (picks, report) = {
+                let map = shares.lock();
+                let picks = pick_slots(
+                    &grid,
+                    &config,
+                    &map,
+                    geometry.k(),
+                    want.saturating_sub(running.len()),
+                    &tried,
+                    &HashSet::new(),
+                );
+                let exhausted = picks.is_empty() && running.is_empty() && map.listing.is_empty();
+                let too_few = map.listing.is_empty() && map.distinct_shares() < k;
+                let report = (exhausted || too_few).then(|| {
+                    (
+                        map.distinct_shares(),
+                        build_report(&grid, &map, &HashMap::new()),
+                    )
+                });
+                (picks, report)
+            };
+            if let Some((distinct, report)) = report {
+                return Err(if distinct == 0 {
+                    ReadError::NoShares {
+                        storage_index: si,
+                        report,
+                    }
+                } else {
+                    ReadError::NotEnoughShares {
+                        storage_index: si,
+                        segment: None,
+                        needed: geometry.k(),
+                        usable: if distinct < k { distinct } else { 0 },
+                        report,
+                    }
+                });
+            }
+            for slot in picks {
+                tried.insert(slot);
+                let (server_index, share) = {
+                    let map = shares.lock();
+                    (map.slots[slot].server, map.slots[slot].share)
+                };
+                let server = grid.servers()[server_index].clone();
+                let delay = choice::hedge_delay(&server.health().latency(), &config.share_choice);
+                late_at =
+                    Some(late_at.map_or(Instant::now() + delay, |t| t.min(Instant::now() + delay)));
+                let (region, config) = (layout.header_region(), config.clone());
+                let (cap, layout) = (cap, layout);
+                running.push(tokio::spawn(async move {
+                    let read = timed_read(
+                        &server,
+                        si,
                         share,
-                        parts.first().map_or(&[][..], |p| &p[..]),
-                    ),
+                        vec![region],
+                        config.request_timeout,
+                        config.failure_ttl,
+                    )
+                    .await;
+                    let checked = read.and_then(|parts| {
+                        check_header_region(
+                            &cap,
+                            &layout,
+                            share,
+                            parts.first().map_or(&[][..], |p| &p[..]),
+                        )
+                    });
+                    (slot, checked)
+                }));
+            }
+            if running.is_empty() {
+                // Every known share was tried; wait for more answers.
+                continue;
+            }
+            let more_shares = shares.changed.notified();
+            let late = async {
+                match late_at {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(joined) = running.next() => {
+                    let (slot, outcome) = joined
+                        .map_err(|e| ReadError::Internal(format!("header read failed: {e}")))?;
+                    match outcome {
+                        Ok(ueb_bytes) => break ueb_bytes,
+                        Err(Problem::AlteredCap) => {
+                            return Err(ReadError::AlteredCap { storage_index: si });
+                        }
+                        Err(problem) => shares.lock().reject_at_open(si, slot, &problem),
+                    }
+                }
+                () = late => {
+                    late_at = None;
+                    want += 1;
+                }
+                // New shares may serve a hedge that found no candidate before.
+                () = more_shares => {}
+            }
+        };
+        // The other reads started together and are usually done within microseconds: wait
+        // for them up to their hedge deadline, so their failures are recorded and no request
+        // outlives the open. Any still running go on in their tasks, warming share files.
+        let deadline = late_at.unwrap_or_else(Instant::now);
+        let drain = async {
+            while let Some(joined) = running.next().await {
+                if let Ok((slot, Err(problem))) = joined {
+                    shares.lock().reject_at_open(si, slot, &problem);
                 }
             }
         };
-        let mut verified = None;
-        for batch in (0..slots.len())
-            .collect::<Vec<_>>()
-            .chunks(usize::from(geometry.k()).max(1))
-        {
-            let outcomes =
-                futures::future::join_all(batch.iter().map(|&i| read_header(&slots[i]))).await;
-            for (&i, outcome) in batch.iter().zip(outcomes) {
-                match outcome {
-                    Ok(ueb_bytes) => {
-                        verified.get_or_insert(ueb_bytes);
-                    }
-                    Err(Problem::AlteredCap) => {
-                        return Err(ReadError::AlteredCap { storage_index: si });
-                    }
-                    Err(problem) => {
-                        debug!(%si, share = %slots[i].share, %problem, "share rejected while opening");
-                        slots[i].problem = Some(problem.to_string());
-                        slots[i].failures += 1;
-                    }
-                }
-            }
-            if verified.is_some() {
-                break;
-            }
-        }
-        let Some(ueb_bytes) = verified else {
-            return Err(ReadError::NotEnoughShares {
-                storage_index: si,
-                segment: None,
-                needed: geometry.k(),
-                usable: 0,
-                report: report(&slots, &listing_errors),
-            });
-        };
+        let _ = tokio::time::timeout_at(deadline.into(), drain).await;
         let ueb = Ueb::from_bytes(&ueb_bytes).map_err(|e| ReadError::Internal(e.to_string()))?;
-        let segment_tree = geometry.segment_tree();
-        let state = State {
-            slots,
-            listing_errors,
-            discovered_at: Instant::now(),
+        let trees = Trees {
             share_tree: PartialTree::new(geometry.share_tree(), ueb.share_root),
             block_trees: vec![None; usize::from(geometry.n())],
-            ciphertext_tree: PartialTree::new(segment_tree, ueb.ciphertext_root),
+            ciphertext_tree: PartialTree::new(geometry.segment_tree(), ueb.ciphertext_root),
         };
         Ok(Arc::new(FileNode {
             cap,
@@ -288,27 +511,10 @@ impl FileNode {
             grid,
             config,
             ueb,
-            state: Mutex::new(state),
+            shares,
+            trees: Mutex::new(trees),
             inflight: Mutex::new(HashMap::new()),
         }))
-    }
-
-    fn slots_from_listing(
-        listing: Vec<Result<Vec<ShareNum>, String>>,
-    ) -> (Vec<Slot>, HashMap<usize, String>) {
-        let mut slots = Vec::new();
-        let mut errors = HashMap::new();
-        for (server, result) in listing.into_iter().enumerate() {
-            match result {
-                Ok(shares) => {
-                    slots.extend(shares.into_iter().map(|share| Slot::new(server, share)))
-                }
-                Err(e) => {
-                    errors.insert(server, e);
-                }
-            }
-        }
-        (slots, errors)
     }
 
     /// The verify cap this node was opened with.
@@ -333,10 +539,9 @@ impl FileNode {
 
     /// Distinct share numbers currently known and not marked as failing.
     pub fn healthy_shares(&self) -> usize {
-        let state = self.lock();
+        let map = self.shares.lock();
         let now = Instant::now();
-        state
-            .slots
+        map.slots
             .iter()
             .filter(|s| !s.avoided(now))
             .map(|s| s.share)
@@ -346,27 +551,21 @@ impl FileNode {
 
     /// Verified hash-tree nodes held, and their approximate memory.
     pub fn tree_memory(&self) -> (usize, usize) {
-        let state = self.lock();
-        let trees = std::iter::once(&state.share_tree)
-            .chain(std::iter::once(&state.ciphertext_tree))
-            .chain(state.block_trees.iter().flatten());
-        trees.fold((0, 0), |(n, b), t| (n + t.known(), b + t.memory_bytes()))
+        let trees = self.lock_trees();
+        let all = std::iter::once(&trees.share_tree)
+            .chain(std::iter::once(&trees.ciphertext_tree))
+            .chain(trees.block_trees.iter().flatten());
+        all.fold((0, 0), |(n, b), t| (n + t.known(), b + t.memory_bytes()))
     }
 
     /// The current share report.
     pub fn report(&self) -> ShareReport {
-        let state = self.lock();
-        build_report(
-            &self.grid,
-            &state.slots,
-            &state.listing_errors,
-            &HashMap::new(),
-        )
+        build_report(&self.grid, &self.shares.lock(), &HashMap::new())
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // Every critical section leaves the state consistent even if it panics midway.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_trees(&self) -> MutexGuard<'_, Trees> {
+        // Every critical section leaves the trees consistent even if it panics midway.
+        self.trees.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The verified ciphertext of segment `s`, fetching it unless another reader already is.
@@ -389,47 +588,10 @@ impl FileNode {
         shared
     }
 
-    /// Picks up to `count` slots holding distinct shares not in `skip_shares`, never a slot
-    /// in `tried`: healthy before failing, primary before parity.
-    fn pick(
-        &self,
-        count: usize,
-        tried: &HashSet<usize>,
-        skip_shares: &HashSet<ShareNum>,
-    ) -> Vec<usize> {
-        let state = self.lock();
-        let now = Instant::now();
-        let k = self.cap.geometry().k();
-        let mut candidates: Vec<usize> = (0..state.slots.len())
-            .filter(|i| !tried.contains(i) && !skip_shares.contains(&state.slots[*i].share))
-            .collect();
-        candidates.sort_by_key(|&i| {
-            let slot = &state.slots[i];
-            (
-                slot.avoided(now),
-                slot.failures,
-                u16::from(slot.share.0) >= k,
-                slot.share,
-                slot.server,
-            )
-        });
-        let mut picked = Vec::with_capacity(count);
-        let mut shares = HashSet::new();
-        for i in candidates {
-            if picked.len() == count {
-                break;
-            }
-            if shares.insert(state.slots[i].share) {
-                picked.push(i);
-            }
-        }
-        picked
-    }
-
     /// A share's first failure is a warning; repeats (a share damaged throughout) are debug.
     fn log_rejection(&self, slot: usize, segment: SegmentIndex, problem: &Problem) {
-        let state = self.lock();
-        let s = &state.slots[slot];
+        let map = self.shares.lock();
+        let s = &map.slots[slot];
         let server = self.grid.servers()[s.server].name();
         let si = self.storage_index();
         if s.failures == 0 {
@@ -439,9 +601,9 @@ impl FileNode {
         }
     }
 
-    fn record(&self, slot: usize, outcome: Result<(), &Problem>) {
-        let mut state = self.lock();
-        let slot = &mut state.slots[slot];
+    fn record(&self, slot_index: usize, outcome: Result<(), &Problem>) {
+        let mut map = self.shares.lock();
+        let slot = &mut map.slots[slot_index];
         match outcome {
             Ok(()) => {
                 slot.failures /= 2;
@@ -457,44 +619,68 @@ impl FileNode {
                     Problem::CorruptBlock(_) | Problem::AlteredCap => None,
                 };
                 slot.avoid_until = ttl.map(|ttl| Instant::now() + ttl);
+                if problem.is_corruption() && !slot.reported {
+                    slot.reported = true;
+                    self.report_corruption(slot.server, slot.share, problem.to_string());
+                }
             }
         }
     }
 
-    /// Lists shares again (rate-limited) and adds any new (server, share) pairs.
+    /// Tells a server that one of its shares is corrupt, in the background (a courtesy: its
+    /// operator can repair it; nothing here waits for or depends on the answer).
+    fn report_corruption(&self, server: usize, share: ShareNum, reason: String) {
+        let store = self.grid.servers()[server].store().clone();
+        let (si, timeout) = (self.storage_index(), self.config.request_timeout);
+        tokio::spawn(async move {
+            let report = store.report_corrupt(si, share, reason);
+            if tokio::time::timeout(timeout, report).await.is_err() {
+                debug!(%si, %share, server = store.name(), "corruption report not answered");
+            }
+        });
+    }
+
+    /// Lists shares again (at most every [`REDISCOVERY_INTERVAL`]) and waits until a new
+    /// (server, share) pair turns up or the listing ends.
     async fn rediscover(&self) {
-        if self.lock().discovered_at.elapsed() < REDISCOVERY_INTERVAL {
-            return;
-        }
-        let n = self.cap.geometry().n();
-        let listing = discover(
+        let known = {
+            let map = self.shares.lock();
+            if map.listing.is_empty()
+                && map
+                    .listed_at
+                    .is_some_and(|t| t.elapsed() < REDISCOVERY_INTERVAL)
+            {
+                return;
+            }
+            map.slots.len()
+        };
+        self.shares.start_listing(
             &self.grid,
             self.storage_index(),
-            n,
+            self.cap.geometry().n(),
             self.config.request_timeout,
+        );
+        self.shares.wait_until(|map| map.slots.len() > known).await;
+    }
+
+    /// Picks up to `count` slots holding distinct shares not in `skip_shares`, never a slot
+    /// in `tried`; see [`choice::choose`].
+    fn pick(
+        &self,
+        count: usize,
+        tried: &HashSet<usize>,
+        skip_shares: &HashSet<ShareNum>,
+    ) -> Vec<usize> {
+        let map = self.shares.lock();
+        pick_slots(
+            &self.grid,
+            &self.config,
+            &map,
+            self.cap.geometry().k(),
+            count,
+            tried,
+            skip_shares,
         )
-        .await;
-        let mut state = self.lock();
-        state.discovered_at = Instant::now();
-        for (server, result) in listing.into_iter().enumerate() {
-            match result {
-                Ok(shares) => {
-                    state.listing_errors.remove(&server);
-                    for share in shares {
-                        if !state
-                            .slots
-                            .iter()
-                            .any(|s| s.server == server && s.share == share)
-                        {
-                            state.slots.push(Slot::new(server, share));
-                        }
-                    }
-                }
-                Err(e) => {
-                    state.listing_errors.insert(server, e);
-                }
-            }
-        }
     }
 
     async fn fetch_segment(self: Arc<Self>, segment: SegmentIndex) -> SegmentResult {
@@ -503,62 +689,124 @@ impl FileNode {
         let mut tried: HashSet<usize> = HashSet::new();
         let mut problems: HashMap<usize, String> = HashMap::new();
         let mut decoded: HashSet<Vec<ShareNum>> = HashSet::new();
+        let mut attempts: HashMap<usize, Attempt> = HashMap::new();
+        type BlockFetch<'a> =
+            Pin<Box<dyn Future<Output = (usize, Result<VerifiedBlock, Problem>)> + Send + 'a>>;
+        let mut active: FuturesUnordered<BlockFetch<'_>> = FuturesUnordered::new();
         let mut want = k;
         let mut rediscovered = false;
         loop {
-            if verified.len() < want {
-                let skip: HashSet<ShareNum> = verified.keys().copied().collect();
-                let picks = self.pick(want - verified.len(), &tried, &skip);
-                if picks.is_empty() {
-                    if !rediscovered {
-                        rediscovered = true;
-                        self.rediscover().await;
-                        continue;
-                    }
-                    return Err(self.give_up(segment, &verified, &problems, decoded.len()));
-                }
-                tried.extend(&picks);
-                let fetches = picks.iter().map(|&slot| self.fetch_block(slot, segment));
-                for (slot, result) in picks.iter().zip(futures::future::join_all(fetches).await) {
-                    match result {
-                        Ok(block) => {
-                            self.record(*slot, Ok(()));
-                            verified.entry(block.share).or_insert(block);
-                        }
-                        Err(problem) => {
-                            self.log_rejection(*slot, segment, &problem);
-                            self.record(*slot, Err(&problem));
-                            problems.insert(*slot, problem.to_string());
+            if verified.len() >= want {
+                let shares: Vec<ShareNum> = verified.keys().copied().collect();
+                match next_subset(&shares, k, &decoded) {
+                    Some(subset) if decoded.len() < max_decode_attempts(k) => {
+                        decoded.insert(subset.clone());
+                        let blocks: Vec<VerifiedBlock> =
+                            subset.iter().map(|s| verified[s].clone()).collect();
+                        // Any record's ciphertext-tree levels will do, not only the subset's.
+                        let chains: Vec<Vec<Hash>> = verified
+                            .values()
+                            .map(|b| b.ciphertext_chain.clone())
+                            .collect();
+                        match self.clone().decode_and_check(segment, blocks, chains).await {
+                            // Requests still in flight are dropped here, and so cancelled.
+                            Ok(data) => return Ok(data),
+                            Err(why) => {
+                                warn!(si = %self.storage_index(), %segment, ?subset, %why, "decoded segment rejected");
+                            }
                         }
                     }
+                    // Every combination of what we hold failed: fetch one more share to make
+                    // new ones.
+                    _ if decoded.len() < max_decode_attempts(k)
+                        && want < usize::from(self.cap.geometry().n()) =>
+                    {
+                        want += 1
+                    }
+                    _ => return Err(self.give_up(segment, &verified, &problems, decoded.len())),
                 }
                 continue;
             }
-            let shares: Vec<ShareNum> = verified.keys().copied().collect();
-            match next_subset(&shares, k, &decoded) {
-                Some(subset) if decoded.len() < max_decode_attempts(k) => {
-                    decoded.insert(subset.clone());
-                    let blocks: Vec<VerifiedBlock> =
-                        subset.iter().map(|s| verified[s].clone()).collect();
-                    // Any record's ciphertext-tree levels will do, not only the subset's.
-                    let chains: Vec<Vec<Hash>> = verified
-                        .values()
-                        .map(|b| b.ciphertext_chain.clone())
-                        .collect();
-                    match self.clone().decode_and_check(segment, blocks, chains).await {
-                        Ok(data) => return Ok(data),
-                        Err(why) => {
-                            warn!(si = %self.storage_index(), %segment, ?subset, %why, "decoded segment rejected");
+
+            // A late request no longer counts: ask as many more shares as are missing.
+            let on_time = attempts.values().filter(|a| !a.late).count();
+            let missing = want - verified.len();
+            if missing > on_time {
+                let skip: HashSet<ShareNum> = verified
+                    .keys()
+                    .copied()
+                    .chain(attempts.values().map(|a| a.share))
+                    .collect();
+                let picks = self.pick(missing - on_time, &tried, &skip);
+                for slot in picks {
+                    tried.insert(slot);
+                    let (server, share) = {
+                        let map = self.shares.lock();
+                        (map.slots[slot].server, map.slots[slot].share)
+                    };
+                    let delay = choice::hedge_delay(
+                        &self.grid.servers()[server].health().latency(),
+                        &self.config.share_choice,
+                    );
+                    attempts.insert(
+                        slot,
+                        Attempt {
+                            share,
+                            server,
+                            late_at: Instant::now() + delay,
+                            late: false,
+                        },
+                    );
+                    let this = &self;
+                    active.push(Box::pin(async move {
+                        (slot, this.fetch_block(slot, segment).await)
+                    }));
+                }
+            }
+            if active.is_empty() {
+                if !rediscovered {
+                    rediscovered = true;
+                    self.rediscover().await;
+                    continue;
+                }
+                return Err(self.give_up(segment, &verified, &problems, decoded.len()));
+            }
+
+            let next_late = attempts
+                .values()
+                .filter(|a| !a.late)
+                .map(|a| a.late_at)
+                .min();
+            let late = async {
+                match next_late {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some((slot, result)) = active.next() => {
+                    attempts.remove(&slot);
+                    match result {
+                        Ok(block) => {
+                            self.record(slot, Ok(()));
+                            verified.entry(block.share).or_insert(block);
+                        }
+                        Err(problem) => {
+                            self.log_rejection(slot, segment, &problem);
+                            self.record(slot, Err(&problem));
+                            problems.insert(slot, problem.to_string());
                         }
                     }
                 }
-                // Every combination of what we hold failed: fetch one more share to make new ones.
-                _ if decoded.len() < max_decode_attempts(k)
-                    && want < usize::from(self.cap.geometry().n()) =>
-                {
-                    want += 1
+                () = late => {
+                    let now = Instant::now();
+                    for attempt in attempts.values_mut().filter(|a| !a.late && a.late_at <= now) {
+                        attempt.late = true;
+                        let server = &self.grid.servers()[attempt.server];
+                        server.health().ran_late(self.config.slow_ttl);
+                        debug!(si = %self.storage_index(), %segment, share = %attempt.share, server = server.name(), "block request late; asking another share");
+                    }
                 }
-                _ => return Err(self.give_up(segment, &verified, &problems, decoded.len())),
             }
         }
     }
@@ -570,8 +818,7 @@ impl FileNode {
         problems: &HashMap<usize, String>,
         attempts: usize,
     ) -> ReadError {
-        let state = self.lock();
-        let report = build_report(&self.grid, &state.slots, &state.listing_errors, problems);
+        let report = build_report(&self.grid, &self.shares.lock(), problems);
         let si = self.storage_index();
         if attempts > 0 && verified.len() >= usize::from(self.cap.geometry().k()) {
             ReadError::Inconsistent {
@@ -599,29 +846,30 @@ impl FileNode {
         segment: SegmentIndex,
     ) -> Result<VerifiedBlock, Problem> {
         let si = self.storage_index();
-        let (server, share, request) = {
-            let state = self.lock();
-            let slot = &state.slots[slot_index];
-            let request = RecordRequest::plan(
+        let (server, share) = {
+            let map = self.shares.lock();
+            let slot = &map.slots[slot_index];
+            (slot.server, slot.share)
+        };
+        let request = {
+            let trees = self.lock_trees();
+            RecordRequest::plan(
                 &self.layout,
                 segment,
-                state.block_trees[slot.share.index()].as_ref(),
-                &state.ciphertext_tree,
-            );
-            (slot.server, slot.share, request)
+                trees.block_trees[share.index()].as_ref(),
+                &trees.ciphertext_tree,
+            )
         };
-        let store = self.grid.servers()[server].store();
-        let timeout = self.config.request_timeout;
-        let read = store.read(si, share, vec![request.range(&self.layout)]);
-        let bytes = match tokio::time::timeout(timeout, read).await {
-            Err(_) => {
-                return Err(Problem::Unavailable(format!(
-                    "no answer within {timeout:?}"
-                )));
-            }
-            Ok(Err(e)) => return Err(Problem::from_store(e)),
-            Ok(Ok(parts)) => parts.into_iter().next().unwrap_or_default(),
-        };
+        let parts = timed_read(
+            &self.grid.servers()[server],
+            si,
+            share,
+            vec![request.range(&self.layout)],
+            self.config.request_timeout,
+            self.config.failure_ttl,
+        )
+        .await?;
+        let bytes = parts.into_iter().next().unwrap_or_default();
         let record = Record::parse(&self.layout, segment, &bytes).ok_or_else(|| {
             Problem::CorruptShare("the server returned the wrong number of bytes".into())
         })?;
@@ -641,10 +889,10 @@ impl FileNode {
             hash::block_leaf(&data)
         };
 
-        let mut state = self.lock();
-        let state = &mut *state;
+        let mut trees = self.lock_trees();
+        let trees = &mut *trees;
         let j = segment.0;
-        if state.block_trees[share.index()].is_none() {
+        if trees.block_trees[share.index()].is_none() {
             // The first block from this share: hash it all the way up to the UEB's share root.
             let shape = self.cap.geometry().segment_tree();
             let chain = share_chain
@@ -652,7 +900,7 @@ impl FileNode {
                 .ok_or_else(|| Problem::CorruptBlock("record lacks its share chain".into()))?;
             let root = tree::root_from_chain(&shape, j, leaf, &block_chain)
                 .map_err(|e| Problem::CorruptBlock(format!("segment {segment}: {e}")))?;
-            state
+            trees
                 .share_tree
                 .verify_leaf(u64::from(share.0), root, chain)
                 .map_err(|e| {
@@ -660,9 +908,9 @@ impl FileNode {
                         "segment {segment} does not hash up to the UEB's share root ({e})"
                     ))
                 })?;
-            state.block_trees[share.index()] = Some(PartialTree::new(shape, root));
+            trees.block_trees[share.index()] = Some(PartialTree::new(shape, root));
         }
-        if let Some(tree) = state.block_trees[share.index()].as_mut() {
+        if let Some(tree) = trees.block_trees[share.index()].as_mut() {
             tree.verify_leaf(j, leaf, &block_chain).map_err(|e| {
                 Problem::CorruptBlock(format!("segment {segment} fails its hash check ({e})"))
             })?;
@@ -727,8 +975,8 @@ impl FileNode {
                 .unzip()
         };
         let leaf = hash::ciphertext_leaf(&leaves);
-        let mut state = self.lock();
-        let tree = &mut state.ciphertext_tree;
+        let mut trees = self.lock_trees();
+        let tree = &mut trees.ciphertext_tree;
         let mut last_error = None;
         for chain in chains {
             match tree.verify_leaf(segment.0, leaf, chain) {
@@ -789,37 +1037,74 @@ pub(crate) fn check_header_region(
     Ok(ueb_bytes.to_vec())
 }
 
-fn build_report(
+/// Picks up to `count` slots of `map` holding distinct shares not in `skip_shares`, never a
+/// slot in `tried`, ranked by [`choice::choose`] over each share's record and its server's
+/// health.
+fn pick_slots(
     grid: &Grid,
-    slots: &[Slot],
-    listing_errors: &HashMap<usize, String>,
-    problems: &HashMap<usize, String>,
-) -> ShareReport {
+    config: &ReaderConfig,
+    map: &ShareMap,
+    k: u16,
+    count: usize,
+    tried: &HashSet<usize>,
+    skip_shares: &HashSet<ShareNum>,
+) -> Vec<usize> {
+    if count == 0 {
+        return Vec::new();
+    }
+    let now = Instant::now();
+    let indexes: Vec<usize> = (0..map.slots.len())
+        .filter(|i| !tried.contains(i) && !skip_shares.contains(&map.slots[*i].share))
+        .collect();
+    let candidates: Vec<Candidate> = indexes
+        .iter()
+        .map(|&i| {
+            let slot = &map.slots[i];
+            Candidate {
+                share: slot.share,
+                primary: u16::from(slot.share.0) < k,
+                avoided: slot.avoided(now),
+                failures: slot.failures,
+                server: grid.servers()[slot.server].health().view(now),
+            }
+        })
+        .collect();
+    choice::choose(&candidates, count, &config.share_choice)
+        .into_iter()
+        .map(|c| indexes[c])
+        .collect()
+}
+
+fn build_report(grid: &Grid, map: &ShareMap, problems: &HashMap<usize, String>) -> ShareReport {
     let mut lines = Vec::new();
     for (index, server) in grid.servers().iter().enumerate() {
-        if let Some(error) = listing_errors.get(&index) {
-            lines.push(ReportLine {
-                server: server.name().to_owned(),
-                share: None,
-                problem: Some(error.clone()),
-            });
+        let line = |share, problem| ReportLine {
+            server: server.name().to_owned(),
+            share,
+            problem,
+        };
+        if let Some(error) = map.listing_errors.get(&index) {
+            lines.push(line(None, Some(error.clone())));
             continue;
         }
         let mut any = false;
-        for (slot_index, slot) in slots.iter().enumerate().filter(|(_, s)| s.server == index) {
+        for (slot_index, slot) in map
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.server == index)
+        {
             any = true;
-            lines.push(ReportLine {
-                server: server.name().to_owned(),
-                share: Some(slot.share),
-                problem: problems.get(&slot_index).or(slot.problem.as_ref()).cloned(),
-            });
+            let problem = problems.get(&slot_index).or(slot.problem.as_ref()).cloned();
+            lines.push(line(Some(slot.share), problem));
         }
         if !any {
-            lines.push(ReportLine {
-                server: server.name().to_owned(),
-                share: None,
-                problem: Some("holds no shares of this file".into()),
-            });
+            let problem = if map.listing.contains(&index) {
+                "has not answered yet"
+            } else {
+                "holds no shares of this file"
+            };
+            lines.push(line(None, Some(problem.into())));
         }
     }
     ShareReport { lines }

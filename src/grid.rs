@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::core::cap::StorageIndex;
 use crate::core::hash;
 use crate::engine::ServerHealth;
-use crate::store::{DirectoryStore, Durability, ShareStore};
+use crate::store::{DirectoryStore, Durability, HttpOptions, HttpStore, ShareStore, UrlError};
 
 /// Servers in a new embedded grid.
 pub const EMBEDDED_SERVERS: usize = 10;
@@ -61,11 +61,12 @@ impl fmt::Debug for Server {
 /// Why a grid could not be assembled.
 #[derive(Debug, thiserror::Error)]
 pub enum GridError {
-    /// A server address this build cannot use yet.
-    #[error(
-        "unsupported server {0:?}: give a directory path (HTTP storage nodes are not available in this build)"
-    )]
-    Unsupported(String),
+    /// A server URL that cannot be used.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// The same server given twice (it would hold two "independent" shares).
+    #[error("server {0} is given more than once")]
+    Duplicate(String),
     /// A directory could not be prepared.
     #[error("storage directory {path}: {source}")]
     Directory {
@@ -135,16 +136,28 @@ impl Grid {
         Ok(Grid::new(stores))
     }
 
-    /// A grid from `--server` arguments: each a directory path (created for uploads).
+    /// A grid from `--server` arguments: each a directory path (created for uploads when
+    /// `create`) or a storage node's `http://host:port` URL (reached with `http`).
+    ///
+    /// ```
+    /// # use segvault::grid::Grid;
+    /// # use segvault::store::{Durability, HttpOptions};
+    /// let specs = ["http://127.0.0.1:7001".to_string(), "http://127.0.0.1:7002".to_string()];
+    /// let grid = Grid::from_specs(&specs, false, Durability::Fsync, &HttpOptions::default()).unwrap();
+    /// assert_eq!(grid.len(), 2);
+    /// assert!(Grid::from_specs(&["ftp://x".into()], false, Durability::Fsync, &HttpOptions::default()).is_err());
+    /// ```
     pub fn from_specs(
         specs: &[String],
         create: bool,
         durability: Durability,
+        http: &HttpOptions,
     ) -> Result<Grid, GridError> {
         let mut stores: Vec<Arc<dyn ShareStore>> = Vec::with_capacity(specs.len());
         for spec in specs {
             if spec.contains("://") {
-                return Err(GridError::Unsupported(spec.clone()));
+                stores.push(Arc::new(HttpStore::new(spec, http.clone())?));
+                continue;
             }
             let path = PathBuf::from(spec);
             let store = if create || path.is_dir() {
@@ -154,6 +167,11 @@ impl Grid {
                 DirectoryStore::detached(path)
             };
             stores.push(Arc::new(store));
+        }
+        let mut names: Vec<&str> = stores.iter().map(|s| s.name()).collect();
+        names.sort_unstable();
+        if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(GridError::Duplicate(pair[0].to_owned()));
         }
         Ok(Grid::new(stores))
     }
@@ -178,7 +196,22 @@ impl Grid {
     /// With `n <= S` every share lands on a different server; beyond that, servers take
     /// shares in turn.
     pub fn placement(&self, storage_index: &StorageIndex, n: u16) -> Vec<usize> {
-        let mut ranked: Vec<usize> = (0..self.servers.len()).collect();
+        let all: Vec<usize> = (0..self.servers.len()).collect();
+        self.placement_among(storage_index, n, &all)
+    }
+
+    /// [`placement`](Self::placement) over the servers `among` (indexes) only.
+    pub fn placement_among(
+        &self,
+        storage_index: &StorageIndex,
+        n: u16,
+        among: &[usize],
+    ) -> Vec<usize> {
+        let mut ranked: Vec<usize> = among
+            .iter()
+            .copied()
+            .filter(|&i| i < self.servers.len())
+            .collect();
         ranked
             .sort_by_cached_key(|&i| hash::placement_rank(&storage_index.0, &self.servers[i].name));
         if ranked.is_empty() {

@@ -4,6 +4,7 @@ mod get;
 mod info;
 mod put;
 mod serve;
+mod storage_server;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -14,7 +15,8 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use segvault::core::cap::Cap;
 use segvault::grid::Grid;
-use segvault::store::Durability;
+use segvault::store::{Durability, HttpOptions};
+use segvault::token::Token;
 
 /// Store files encrypted and erasure-coded across storage servers; read any byte range back.
 #[derive(Parser, Debug)]
@@ -24,9 +26,13 @@ struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     data: Option<PathBuf>,
 
-    /// Storage server: a directory path. Repeat for several. Without it, the embedded grid in the data directory is used.
-    #[arg(long = "server", global = true, value_name = "URL")]
+    /// Storage server: a storage node's http://host:port or a directory path. Repeat for several. Without it, the embedded grid in the data directory is used.
+    #[arg(long = "server", global = true, value_name = "URL|DIR")]
     servers: Vec<String>,
+
+    /// File whose first line is the storage nodes' access token (storage-server: the token it requires)
+    #[arg(long, global = true, value_name = "FILE", env = "SEGVAULT_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
 
     /// More logging on stderr (-v: info, -vv: debug). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -48,6 +54,8 @@ enum Command {
     Info(CapArgs),
     /// Serve files over HTTP, with Range requests, uploads and a small page at `/`.
     Serve(serve::ServeArgs),
+    /// Run a storage node: keep shares in a directory and serve them to clients over HTTP.
+    StorageServer(storage_server::StorageServerArgs),
 }
 
 #[derive(Args, Debug)]
@@ -69,6 +77,17 @@ impl Cli {
             .ok_or_else(|| anyhow!("no data directory: pass --data DIR or set SEGVAULT_DATA"))
     }
 
+    /// The token from `--token-file`, if given.
+    fn token(&self) -> anyhow::Result<Option<Token>> {
+        self.token_file
+            .as_deref()
+            .map(|path| {
+                Token::from_file(path)
+                    .with_context(|| format!("reading the token file {}", path.display()))
+            })
+            .transpose()
+    }
+
     /// The grid for reading: `--server`s, else the embedded grid.
     fn grid(&self) -> anyhow::Result<Grid> {
         self.grid_with(0, false, Durability::Fsync)
@@ -82,7 +101,18 @@ impl Cli {
         durability: Durability,
     ) -> anyhow::Result<Grid> {
         if !self.servers.is_empty() {
-            return Ok(Grid::from_specs(&self.servers, for_upload, durability)?);
+            let http = HttpOptions {
+                token: self.token()?,
+                // Shares for storage nodes are built here (ciphertext only) before sending.
+                spool_dir: self.data_dir().ok().map(|d| d.join("spool")),
+                ..HttpOptions::default()
+            };
+            return Ok(Grid::from_specs(
+                &self.servers,
+                for_upload,
+                durability,
+                &http,
+            )?);
         }
         let dir = self.data_dir()?;
         let grid = Grid::embedded_with(&dir, min_servers, durability)
@@ -157,7 +187,10 @@ fn init_logging(verbose: u8, serving: bool) {
 /// Runs the command line; the exit status says whether it worked.
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, matches!(cli.command, Command::Serve(_)));
+    init_logging(
+        cli.verbose,
+        matches!(cli.command, Command::Serve(_) | Command::StorageServer(_)),
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
@@ -176,6 +209,7 @@ pub(crate) fn main() -> ExitCode {
             Command::Verify(args) => info::verify(&cli, args).await,
             Command::Info(args) => info::info(&cli, args).await,
             Command::Serve(args) => serve::run(&cli, args).await,
+            Command::StorageServer(args) => storage_server::run(&cli, args).await,
         }
     });
     match outcome {

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::core::cap::{ReadCap, StorageIndex};
 use crate::core::cipher::{FileKey, Keystream};
@@ -71,8 +71,10 @@ pub struct PutOptions {
     pub n: u16,
     /// Segment size; `None` picks it from the file size ([`Geometry::choose_segment_size`]).
     pub segment_size: Option<u64>,
-    /// Servers that must take their shares for the upload to succeed; `None`: every server
-    /// the placement uses (`min(n, servers)`).
+    /// Servers that must take their shares for the upload to succeed; `None`: `min(n,
+    /// servers)`, that is, every server must take one. Servers that do not answer the
+    /// upload's first check get no shares (the others take theirs in turn), so with `happy`
+    /// below that an upload survives servers that are down.
     pub happy: Option<u16>,
     /// Encoding threads.
     pub threads: usize,
@@ -146,6 +148,20 @@ pub enum PutError {
     /// The operating system gave no randomness for the key.
     #[error("cannot generate a key: {0}")]
     Random(String),
+    /// Too few servers answered to make the upload happy; nothing was sent.
+    #[error(
+        "only {reachable} of {servers} servers answered; at least {happy} must take shares (see --happy):\n{failures}"
+    )]
+    TooFewServers {
+        /// Servers that answered.
+        reachable: usize,
+        /// Servers in the grid.
+        servers: usize,
+        /// Required.
+        happy: usize,
+        /// One line per server that did not answer.
+        failures: String,
+    },
     /// Too few servers took their shares.
     #[error("only {stored} servers stored their shares; at least {happy} must:\n{failures}")]
     NotHappy {
@@ -187,12 +203,28 @@ pub async fn put(
             n: options.n,
         });
     }
+    // Ask every server first: shares go only to those that answer, and an upload that could
+    // not be happy fails before any encoding.
+    let (responsive, unreachable) = preflight(grid).await;
+    let happy = options
+        .happy
+        .map_or(grid.len().min(usize::from(options.n)), usize::from);
+    let reachable_happy = responsive.len().min(usize::from(options.n));
+    if reachable_happy < happy || responsive.is_empty() {
+        return Err(PutError::TooFewServers {
+            reachable: responsive.len(),
+            servers: grid.len(),
+            happy,
+            failures: unreachable,
+        });
+    }
     let encoding_grid = grid.clone();
     let encoding_options = options.clone();
-    let encoded =
-        tokio::task::spawn_blocking(move || encode(&encoding_grid, source, &encoding_options))
-            .await
-            .map_err(|e| PutError::Internal(format!("encoder task failed: {e}")))??;
+    let encoded = tokio::task::spawn_blocking(move || {
+        encode(&encoding_grid, &responsive, source, &encoding_options)
+    })
+    .await
+    .map_err(|e| PutError::Internal(format!("encoder task failed: {e}")))??;
     let si = encoded.cap.storage_index();
     let started = std::time::Instant::now();
     let writes = encoded.spools.into_iter().enumerate().map(|(i, spool)| {
@@ -216,11 +248,8 @@ pub async fn put(
     }
     let used: std::collections::HashSet<usize> = encoded.placement.iter().copied().collect();
     let stored = used.len() - failed_servers.len();
-    let happy = options
-        .happy
-        .map_or(used.len(), usize::from)
-        .min(used.len().max(1));
     if stored < happy {
+        failures.insert_str(0, &unreachable);
         return Err(PutError::NotHappy {
             stored,
             happy,
@@ -296,7 +325,43 @@ fn open_input(
     }
 }
 
-fn encode(grid: &Grid, source: PutSource, options: &PutOptions) -> Result<Encoded, PutError> {
+/// How long an uploader waits for a server to say it is there and accepts us.
+const PREFLIGHT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Checks every server at once: the indexes of those that answered, and a line for each
+/// that did not.
+async fn preflight(grid: &Grid) -> (Vec<usize>, String) {
+    let checks = grid.servers().iter().map(|server| async move {
+        match tokio::time::timeout(PREFLIGHT_TIMEOUT, server.store().check()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {PREFLIGHT_TIMEOUT:?}")),
+        }
+    });
+    let mut responsive = Vec::new();
+    let mut unreachable = String::new();
+    for (index, outcome) in futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        match outcome {
+            Ok(()) => responsive.push(index),
+            Err(why) => {
+                warn!(server = grid.servers()[index].name(), %why, "server unavailable for upload");
+                unreachable.push_str(&format!("  {}: {why}\n", grid.servers()[index].name()));
+            }
+        }
+    }
+    (responsive, unreachable)
+}
+
+fn encode(
+    grid: &Grid,
+    responsive: &[usize],
+    source: PutSource,
+    options: &PutOptions,
+) -> Result<Encoded, PutError> {
     let key = FileKey::generate().map_err(|e| PutError::Random(e.to_string()))?;
     let keystream = Keystream::new(&key);
     let si = StorageIndex(key.storage_index());
@@ -307,7 +372,7 @@ fn encode(grid: &Grid, source: PutSource, options: &PutOptions) -> Result<Encode
         .unwrap_or_else(|| Geometry::choose_segment_size(size));
     let geometry = Geometry::new(size, segment_size, options.k, options.n)?;
     let layout = ShareLayout::new(&geometry);
-    let placement = grid.placement(&si, options.n);
+    let placement = grid.placement_among(&si, options.n, responsive);
     debug!(%si, size, segment_size, k = options.k, n = options.n, "encoding");
 
     let spools = placement

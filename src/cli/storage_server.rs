@@ -1,0 +1,68 @@
+//! `segvault storage-server`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use segvault::serving::{ConnectionLimits, shutdown_signal};
+use segvault::storage_node::{NodeConfig, StorageNode, check_listen_address};
+use segvault::store::{DirectoryStore, Durability};
+
+use super::Cli;
+
+#[derive(Args, Debug)]
+pub(crate) struct StorageServerArgs {
+    /// Directory holding this node's shares (created if missing)
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// Address to listen on; without --token-file only a loopback address is accepted
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7000")]
+    listen: SocketAddr,
+    /// Largest share accepted, e.g. 64GiB
+    #[arg(long, value_name = "SIZE", value_parser = segvault::size::parse, default_value = "1TiB")]
+    max_share_size: u64,
+    /// Connections served at once
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_connections: usize,
+}
+
+pub(crate) async fn run(cli: &Cli, args: &StorageServerArgs) -> anyhow::Result<ExitCode> {
+    let token = cli.token()?;
+    check_listen_address(args.listen, token.as_ref())?;
+    let store = DirectoryStore::open_with(&args.dir, Durability::Fsync)
+        .with_context(|| format!("opening the share directory {}", args.dir.display()))?;
+    let config = NodeConfig {
+        connections: ConnectionLimits {
+            max_connections: args.max_connections,
+            ..ConnectionLimits::default()
+        },
+        token,
+        max_share_bytes: args.max_share_size,
+        ..NodeConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    // The URL on stdout is what `--server` takes (with --listen 127.0.0.1:0 it names the port).
+    let url = format!("http://{address}");
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "{url}")?;
+    stdout.flush()?;
+    eprintln!(
+        "segvault: storage node {url} serving {}{}; Ctrl-C stops",
+        args.dir.display(),
+        if config.token.is_some() {
+            " (token required)"
+        } else {
+            ""
+        }
+    );
+    StorageNode::new(store, config)
+        .serve(listener, shutdown_signal())
+        .await?;
+    Ok(ExitCode::SUCCESS)
+}

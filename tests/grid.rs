@@ -1,0 +1,581 @@
+//! A real grid: ten `segvault storage-server` processes on 127.0.0.1, files stored with
+//! `segvault put --server URL…`, read back through `segvault serve` and `segvault get` while
+//! servers die, stall (SIGSTOP), rot (flipped bytes), lie (garbage and wrong lengths), or
+//! refuse requests without the token. Every read is compared with the plaintext.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use common::http::{self, Server};
+use common::random_bytes;
+use segvault::core::cap::ReadCap;
+
+const K: usize = 3;
+const N: usize = 10;
+
+/// One `segvault storage-server` process, killed on drop.
+struct Node {
+    child: Child,
+    url: String,
+    dir: PathBuf,
+}
+
+impl Node {
+    fn start(dir: &Path, token_file: Option<&Path>) -> Node {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_segvault"));
+        if let Some(token) = token_file {
+            command.arg("--token-file").arg(token);
+        }
+        let mut child = command
+            .arg("storage-server")
+            .arg("--dir")
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .env_remove("RUST_LOG")
+            .env_remove("SEGVAULT_TOKEN_FILE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start segvault storage-server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("the URL line");
+        let url = line.trim().to_owned();
+        assert!(url.starts_with("http://127.0.0.1:"), "printed {line:?}");
+        Node {
+            child,
+            url,
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// The share numbers this node holds of `cap`, from its listing endpoint.
+    fn shares(&self, cap: &ReadCap) -> Vec<u8> {
+        let path = format!("/v1/shares/{}", cap.storage_index());
+        let response = http::get(self.addr(), &path, &[]);
+        assert_eq!(response.status, 200, "{}", response.text());
+        let list: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        list["shares"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_u64().unwrap() as u8)
+            .collect()
+    }
+
+    /// Every share file under the node's directory.
+    fn share_files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(&self.dir.join("shares"), &mut files);
+        files
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // A stopped process must be continued before it can die cleanly.
+        let _ = Command::new("kill")
+            .arg("-CONT")
+            .arg(self.child.id().to_string())
+            .stderr(Stdio::null())
+            .status();
+        self.kill();
+    }
+}
+
+/// Ten nodes and a scratch directory.
+struct TestGrid {
+    root: tempfile::TempDir,
+    nodes: Vec<Node>,
+    token_file: Option<PathBuf>,
+}
+
+impl TestGrid {
+    fn new() -> TestGrid {
+        TestGrid::build(None)
+    }
+
+    fn with_token(token: &str) -> TestGrid {
+        TestGrid::build(Some(token))
+    }
+
+    fn build(token: Option<&str>) -> TestGrid {
+        let root = tempfile::tempdir().unwrap();
+        let token_file = token.map(|token| {
+            let path = root.path().join("token");
+            std::fs::write(&path, format!("{token}\n")).unwrap();
+            path
+        });
+        let nodes = (0..N)
+            .map(|i| Node::start(&root.path().join(format!("node{i}")), token_file.as_deref()))
+            .collect();
+        TestGrid {
+            root,
+            nodes,
+            token_file,
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.root.path().join("client")
+    }
+
+    fn server_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        for node in &self.nodes {
+            args.push("--server".to_owned());
+            args.push(node.url.clone());
+        }
+        args
+    }
+
+    /// `segvault` with the grid's `--server`s (and token, if any).
+    fn segvault(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_segvault"));
+        command
+            .arg("--data")
+            .arg(self.data())
+            .args(self.server_args())
+            .env_remove("RUST_LOG")
+            .env_remove("SEGVAULT_TOKEN_FILE");
+        if let Some(token) = &self.token_file {
+            command.arg("--token-file").arg(token);
+        }
+        command
+    }
+
+    fn put(&self, bytes: &[u8]) -> String {
+        let input = self.root.path().join("input");
+        std::fs::write(&input, bytes).unwrap();
+        let output = self.segvault().arg("put").arg(&input).output().unwrap();
+        assert!(
+            output.status.success(),
+            "put failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn gateway(&self, extra: &[String]) -> Server {
+        let mut args: Vec<String> = self.server_args();
+        if let Some(token) = &self.token_file {
+            args.push("--token-file".into());
+            args.push(token.display().to_string());
+        }
+        args.extend_from_slice(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Server::start(&self.data(), &args)
+    }
+
+    /// Indexes of the nodes holding `shares` of `cap`.
+    fn nodes_holding(&self, cap: &str, shares: &[u8]) -> Vec<usize> {
+        let cap: ReadCap = cap.parse().unwrap();
+        let held: Vec<Vec<u8>> = self.nodes.iter().map(|n| n.shares(&cap)).collect();
+        (0..self.nodes.len())
+            .filter(|&i| held[i].iter().any(|s| shares.contains(s)))
+            .collect()
+    }
+}
+
+fn body_of(response: &http::Response, expected: &[u8]) {
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(
+        response.body.len() == expected.len() && response.body == expected,
+        "body differs"
+    );
+}
+
+#[test]
+fn a_full_get_survives_n_minus_k_servers_dying_midway() {
+    let mut grid = TestGrid::new();
+    let plaintext = random_bytes(24 << 20, 41);
+    let cap = grid.put(&plaintext);
+    let gateway = grid.gateway(&[]);
+
+    let mut stream = http::send(&gateway.addr, "GET", &format!("/uri/{cap}"), &[], b"");
+    let mut raw = vec![0u8; 2 << 20];
+    stream.read_exact(&mut raw).unwrap();
+    // Seven of ten servers die while the body is in flight, primaries among them.
+    let mut doomed = grid.nodes_holding(&cap, &[0, 1, 2]);
+    for i in 0..N {
+        if doomed.len() < N - K && !doomed.contains(&i) {
+            doomed.push(i);
+        }
+    }
+    for &i in &doomed {
+        grid.nodes[i].kill();
+    }
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    raw.extend_from_slice(&rest);
+    let response = http::parse(&raw);
+    assert!(response.complete(), "the transfer was cut short");
+    body_of(&response, &plaintext);
+
+    // The command line reads it too, from the three survivors.
+    let out = grid.root.path().join("out");
+    let output = grid
+        .segvault()
+        .args(["get", &cap, "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(std::fs::read(&out).unwrap() == plaintext);
+}
+
+#[test]
+fn a_range_arrives_while_the_primary_servers_are_stopped() {
+    let grid = TestGrid::new();
+    let plaintext = random_bytes(8 << 20, 42);
+    let cap = grid.put(&plaintext);
+    let gateway = grid.gateway(&[]);
+    let range = |offset: usize| {
+        let header = format!("bytes={}-{}", offset, offset + (1 << 20) - 1);
+        let started = Instant::now();
+        let response = http::get(&gateway.addr, &format!("/uri/{cap}"), &[("Range", &header)]);
+        let elapsed = started.elapsed();
+        assert_eq!(response.status, 206, "{}", response.text());
+        assert!(
+            response.body == plaintext[offset..offset + (1 << 20)],
+            "range differs"
+        );
+        elapsed
+    };
+    // The gateway learns the grid on a healthy read first.
+    let healthy = range(1 << 20);
+
+    let primaries = grid.nodes_holding(&cap, &[0, 1, 2]);
+    assert_eq!(primaries.len(), K);
+    for &i in &primaries {
+        grid.nodes[i].signal("STOP");
+    }
+    let stalled = range(5 << 20);
+    let again = range(3 << 20);
+    // A gateway started now never hears from the stopped servers at all.
+    let fresh_gateway = grid.gateway(&[]);
+    let started = Instant::now();
+    let response = http::get(
+        &fresh_gateway.addr,
+        &format!("/uri/{cap}"),
+        &[("Range", "bytes=2097152-3145727")],
+    );
+    let fresh = started.elapsed();
+    assert_eq!(response.status, 206, "{}", response.text());
+    assert!(response.body == plaintext[2 << 20..3 << 20]);
+    for &i in &primaries {
+        grid.nodes[i].signal("CONT");
+    }
+    // Reported, not asserted: timings on a shared machine are noise.
+    eprintln!(
+        "1 MiB range: healthy {healthy:?}; primaries stopped: first {stalled:?}, next {again:?}, fresh gateway {fresh:?}"
+    );
+}
+
+#[test]
+fn flipped_bytes_and_lying_servers_never_reach_the_reader() {
+    let grid = TestGrid::new();
+    let plaintext = random_bytes(3 << 20, 43);
+    let cap = grid.put(&plaintext);
+    // Rot on four servers: random bytes flipped all over their share files.
+    let mut seed = 7u64;
+    for node in &grid.nodes[..4] {
+        for file in node.share_files() {
+            let mut bytes = std::fs::read(&file).unwrap();
+            for _ in 0..64 {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let at = (seed >> 17) as usize % bytes.len();
+                bytes[at] ^= 1 << (seed % 8);
+            }
+            std::fs::write(&file, bytes).unwrap();
+        }
+    }
+    // Two liars that claim every share: one answers garbage, one wrong lengths.
+    let liars = [Liar::start(false), Liar::start(true)];
+    let mut extra = Vec::new();
+    for liar in &liars {
+        extra.push("--server".to_owned());
+        extra.push(liar.url.clone());
+    }
+    let gateway = grid.gateway(&extra);
+    body_of(
+        &http::get(&gateway.addr, &format!("/uri/{cap}"), &[]),
+        &plaintext,
+    );
+    for (offset, len) in [
+        (0usize, 1usize),
+        (131_071, 2),
+        (1 << 20, 300_000),
+        (plaintext.len() - 1, 1),
+    ] {
+        let header = format!("bytes={}-{}", offset, offset + len - 1);
+        let response = http::get(&gateway.addr, &format!("/uri/{cap}"), &[("Range", &header)]);
+        assert_eq!(response.status, 206);
+        assert!(
+            response.body == plaintext[offset..offset + len],
+            "range at {offset}"
+        );
+    }
+    let out = grid.root.path().join("out");
+    let output = grid
+        .segvault()
+        .args(&extra)
+        .args(["get", &cap, "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(std::fs::read(&out).unwrap() == plaintext);
+    assert!(
+        liars.iter().all(|l| l.requests() > 0),
+        "the liars were asked (and ignored)"
+    );
+}
+
+#[test]
+fn too_many_dead_servers_give_503_and_a_failing_get_naming_them() {
+    let mut grid = TestGrid::new();
+    let plaintext = random_bytes(500_000, 44);
+    let cap = grid.put(&plaintext);
+    for node in &mut grid.nodes[..N - K + 1] {
+        node.kill();
+    }
+    let gateway = grid.gateway(&[]);
+    let response = http::get(&gateway.addr, &format!("/uri/{cap}"), &[]);
+    assert_eq!(response.status, 503, "{}", response.text());
+    let text = response.text();
+    for node in &grid.nodes[..N - K + 1] {
+        assert!(text.contains(&node.url), "names {}: {text}", node.url);
+    }
+    assert!(text.contains("refused"), "says why: {text}");
+
+    let output = grid
+        .segvault()
+        .args(["get", &cap, "-o"])
+        .arg(grid.root.path().join("out"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for node in &grid.nodes[..N - K + 1] {
+        assert!(stderr.contains(&node.url), "names {}: {stderr}", node.url);
+    }
+    assert!(!grid.root.path().join("out").exists(), "no partial output");
+}
+
+#[test]
+fn nodes_with_a_token_refuse_requests_without_it_and_store_nothing() {
+    let grid = TestGrid::with_token("correct-horse-battery-staple-0123456789");
+    let plaintext = random_bytes(200_000, 45);
+
+    // Without the token: refused before anything is written.
+    let input = grid.root.path().join("input");
+    std::fs::write(&input, &plaintext).unwrap();
+    let mut without = Command::new(env!("CARGO_BIN_EXE_segvault"));
+    without
+        .arg("--data")
+        .arg(grid.data())
+        .args(grid.server_args())
+        .env_remove("SEGVAULT_TOKEN_FILE")
+        .arg("put")
+        .arg(&input);
+    let output = without.output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("token"),
+        "says the token is the problem: {stderr}"
+    );
+    assert!(grid.nodes.iter().all(|n| n.share_files().is_empty()));
+
+    // A wrong token, and raw requests without one, fare no better.
+    let wrong = grid.root.path().join("wrong-token");
+    std::fs::write(&wrong, "not-the-token-but-long-enough-000000\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_segvault"))
+        .arg("--data")
+        .arg(grid.data())
+        .args(grid.server_args())
+        .arg("--token-file")
+        .arg(&wrong)
+        .arg("put")
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let node = &grid.nodes[0];
+    let si = "a".repeat(26);
+    for (method, path) in [
+        ("GET", "/v1/status".to_owned()),
+        ("GET", format!("/v1/shares/{si}")),
+        ("PUT", format!("/v1/shares/{si}/0")),
+    ] {
+        let response = http::request(node.addr(), method, &path, &[], b"share bytes");
+        assert_eq!(response.status, 401, "{method} {path}");
+    }
+    assert!(grid.nodes.iter().all(|n| n.share_files().is_empty()));
+
+    // With it, everything works.
+    let cap = grid.put(&plaintext);
+    let gateway = grid.gateway(&[]);
+    body_of(
+        &http::get(&gateway.addr, &format!("/uri/{cap}"), &[]),
+        &plaintext,
+    );
+}
+
+#[test]
+fn a_node_without_a_token_listens_only_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_segvault"))
+        .arg("storage-server")
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["--listen", "0.0.0.0:0"])
+        .env_remove("SEGVAULT_TOKEN_FILE")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("loopback") && stderr.contains("--token-file"),
+        "{stderr}"
+    );
+}
+
+/// A fake storage node that claims every share and then lies: random bytes of the right
+/// length, or a body whose length differs from what was asked.
+struct Liar {
+    url: String,
+    requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Liar {
+    fn start(wrong_lengths: bool) -> Liar {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = requests.clone();
+        std::thread::spawn(move || {
+            let mut seed = 99u64;
+            for stream in listener.incoming().flatten() {
+                let counter = counter.clone();
+                seed += 1;
+                std::thread::spawn(move || Liar::serve(stream, wrong_lengths, seed, &counter));
+            }
+        });
+        Liar { url, requests }
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn serve(
+        stream: std::net::TcpStream,
+        wrong_lengths: bool,
+        seed: u64,
+        counter: &std::sync::atomic::AtomicU64,
+    ) {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        loop {
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                return;
+            }
+            let mut content_length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    content_length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut discard = vec![0u8; content_length];
+            let _ = reader.read_exact(&mut discard);
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let target = request_line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("/")
+                .to_owned();
+            let body: Vec<u8> = if target.starts_with("/v1/status") {
+                br#"{"protocol":1}"#.to_vec()
+            } else if let Some(ranges) = target.split("ranges=").nth(1) {
+                let asked: usize = ranges
+                    .split(',')
+                    .filter_map(|r| {
+                        let (a, b) = r.split_once('-')?;
+                        Some(b.parse::<usize>().ok()? - a.parse::<usize>().ok()?)
+                    })
+                    .sum();
+                let len = if wrong_lengths { asked / 2 + 1 } else { asked };
+                random_bytes(len, seed ^ asked as u64)
+            } else {
+                let all: Vec<String> = (0..N).map(|s| s.to_string()).collect();
+                format!(r#"{{"shares":[{}]}}"#, all.join(",")).into_bytes()
+            };
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
+                body.len()
+            );
+            if writer.write_all(head.as_bytes()).is_err() || writer.write_all(&body).is_err() {
+                return;
+            }
+        }
+    }
+}

@@ -505,10 +505,8 @@ impl Liar {
         let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = requests.clone();
         std::thread::spawn(move || {
-            let mut seed = 99u64;
-            for stream in listener.incoming().flatten() {
+            for (seed, stream) in (99u64..).zip(listener.incoming().flatten()) {
                 let counter = counter.clone();
-                seed += 1;
                 std::thread::spawn(move || Liar::serve(stream, wrong_lengths, seed, &counter));
             }
         });

@@ -328,3 +328,45 @@ pub fn range_decision(
         Decision::Full => {}
     }
 }
+
+/// A storage-node request line (method, path, query): routing and the range list never
+/// panic; a parsed range list is within the protocol's limits and formats back to a query
+/// that parses to the same ranges; a routed share path names a share below 256 and a storage
+/// index that prints back into the path.
+pub fn storage_request(data: &[u8]) {
+    use crate::protocol::{self, Route};
+    let text = String::from_utf8_lossy(data);
+    let (method_byte, rest) = match text.char_indices().nth(1) {
+        Some((i, _)) => (data.first().copied().unwrap_or(0), &text[i..]),
+        None => return,
+    };
+    let method = match method_byte % 5 {
+        0 => hyper::Method::GET,
+        1 => hyper::Method::HEAD,
+        2 => hyper::Method::PUT,
+        3 => hyper::Method::POST,
+        _ => hyper::Method::DELETE,
+    };
+    let (path, query) = match rest.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (rest, None),
+    };
+    if let Ok(route) = protocol::route(&method, path) {
+        match route {
+            Route::List(si) => assert!(path.contains(&si.to_string())),
+            Route::Read(si, _) | Route::Write(si, _) | Route::ReportCorrupt(si, _) => {
+                assert!(path.contains(&si.to_string()))
+            }
+            _ => {}
+        }
+    }
+    if let Ok(ranges) = protocol::parse_ranges_query(query) {
+        assert!(ranges.len() <= protocol::MAX_RANGES);
+        assert!(ranges.iter().all(|r| r.start <= r.end));
+        let again = protocol::format_ranges(&ranges);
+        assert_eq!(
+            protocol::parse_ranges_query(Some(&format!("ranges={again}"))).ok(),
+            Some(ranges)
+        );
+    }
+}

@@ -6,13 +6,14 @@ use segvault::fuzzing;
 
 type Harness = fn(&[u8]);
 
-const HARNESSES: [(&str, Harness); 6] = [
+const HARNESSES: [(&str, Harness); 7] = [
     ("geometry_planner", fuzzing::geometry_and_planner),
     ("merkle", fuzzing::merkle),
     ("parse_ueb", fuzzing::parse_ueb),
     ("parse_share_header", fuzzing::parse_share_header),
     ("parse_cap", fuzzing::parse_cap),
     ("range_header", fuzzing::range_header),
+    ("storage_request", fuzzing::storage_request),
 ];
 
 proptest! {
@@ -25,6 +26,18 @@ proptest! {
     fn parse_ueb(data in proptest::collection::vec(any::<u8>(), 0..200)) { fuzzing::parse_ueb(&data) }
     #[test]
     fn parse_share_header(data in proptest::collection::vec(any::<u8>(), 0..128)) { fuzzing::parse_share_header(&data) }
+    #[test]
+    fn storage_request(data in proptest::collection::vec(any::<u8>(), 0..200)) { fuzzing::storage_request(&data) }
+    #[test]
+    fn storage_request_texts(
+        method in 0u8..5,
+        path in "/v1/(status|shares(/[a-z2-7]{26}(/[0-9]{1,4}(/corrupt)?)?)?)/?",
+        query in "(ranges=[0-9,-]{0,40})?(&x=1)?",
+    ) {
+        let mut data = vec![method];
+        data.extend_from_slice(format!("{path}?{query}").as_bytes());
+        fuzzing::storage_request(&data)
+    }
     #[test]
     fn range_header(data in proptest::collection::vec(any::<u8>(), 0..512)) { fuzzing::range_header(&data) }
     #[test]

@@ -468,7 +468,8 @@ impl StorageNode {
                 .append(true)
                 .open(&path)?;
             if file.metadata()?.len() < MAX_REPORTS_FILE {
-                writeln!(file, "{line}")?;
+                // One write per line: concurrent reports never interleave inside a line.
+                file.write_all(format!("{line}\n").as_bytes())?;
             }
             Ok(())
         })

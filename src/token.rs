@@ -100,8 +100,12 @@ impl Token {
     /// Whether an `Authorization` header value carries this token. Takes the same time
     /// whatever the presented value (the comparison is of hashes, in constant time).
     pub fn admits(&self, authorization: Option<&[u8]>) -> bool {
+        // The scheme is case-insensitive (RFC 9110 §11.1).
         let presented = authorization
-            .and_then(|v| v.strip_prefix(b"Bearer "))
+            .and_then(|v| {
+                let (scheme, rest) = v.split_at_checked(7)?;
+                scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
+            })
             .unwrap_or(b"");
         // blake3::Hash's equality is constant-time.
         blake3::hash(presented) == self.digest
@@ -131,11 +135,15 @@ mod tests {
         assert!(!format!("{token:?}").contains("abcdef"));
         assert!(token.admits(Some(b"Bearer abcdefghijklmnopqrstuvwxyz234567")));
         assert!(token.admits(Some(token.header_value().as_bytes())));
+        assert!(
+            token.admits(Some(b"bearer abcdefghijklmnopqrstuvwxyz234567")),
+            "the scheme is case-insensitive"
+        );
         for wrong in [
             None,
             Some(&b""[..]),
             Some(b"Bearer "),
-            Some(b"bearer abcdefghijklmnopqrstuvwxyz234567"),
+            Some(b"Basic abcdefghijklmnopqrstuvwxyz234567"),
             Some(b"Bearer abcdefghijklmnopqrstuvwxyz23456"),
             Some(b"Bearer abcdefghijklmnopqrstuvwxyz2345678"),
         ] {

@@ -23,7 +23,7 @@ pub(crate) struct PutArgs {
     /// Segment size, e.g. 128KiB or 1MiB [default: 128KiB, larger for files over 8 GiB]
     #[arg(long, value_name = "SIZE", value_parser = segvault::size::parse)]
     segment_size: Option<u64>,
-    /// Servers that must take their shares for the upload to succeed [default: all it uses]
+    /// Servers that must take their shares for the upload to succeed [default: min(n, servers)]; servers that do not answer get none
     #[arg(long, value_name = "H")]
     happy: Option<u16>,
     /// Count a directory share as stored once renamed into place, without waiting for the

@@ -86,6 +86,10 @@ pub async fn run(store: &dyn ShareStore) {
     }
 
     assert!(
+        store.read(si, share, Vec::new()).await.expect("read nothing").is_empty(),
+        "no ranges, no buffers"
+    );
+    assert!(
         matches!(
             store.read(si, share, vec![len - 1..len + 1]).await,
             Err(StoreError::OutOfBounds { .. })

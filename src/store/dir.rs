@@ -338,10 +338,11 @@ impl Inner {
         spool: SpooledShare,
     ) -> Result<(), StoreError> {
         let dir = self.file_dir(&si);
-        let new_dir = !dir.is_dir();
         fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating share directory", e))?;
-        if new_dir && self.durability == Durability::Fsync {
-            // New directories are only durable once their parents' entries are.
+        if self.durability == Durability::Fsync {
+            // New directories are only durable once their parents' entries are. Synced on
+            // every write, not only by the writer that created them: a concurrent writer
+            // that found the directory made may otherwise acknowledge its share first.
             for parent in dir.ancestors().skip(1).take(2) {
                 File::open(parent)
                     .and_then(|d| d.sync_all())

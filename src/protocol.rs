@@ -42,9 +42,9 @@ pub enum RequestError {
     /// No such resource.
     #[error("no such resource")]
     NotFound,
-    /// The resource exists but not with this method.
-    #[error("method not allowed here")]
-    MethodNotAllowed,
+    /// The resource exists but not with this method; it allows these (an `Allow` value).
+    #[error("method not allowed here (allowed: {0})")]
+    MethodNotAllowed(&'static str),
     /// A storage index that is not 26 lowercase base32 characters.
     #[error("bad storage index {0:?}")]
     BadStorageIndex(String),
@@ -59,29 +59,41 @@ pub enum RequestError {
 /// Decodes a request's method and path (without the query).
 pub fn route(method: &hyper::Method, path: &str) -> Result<Route, RequestError> {
     let parts: Vec<&str> = path.split('/').collect();
-    let allow = |ok: bool, route: Route| {
+    let get = method == hyper::Method::GET || method == hyper::Method::HEAD;
+    let only = |ok: bool, allowed: &'static str| {
         if ok {
-            Ok(route)
+            Ok(())
         } else {
-            Err(RequestError::MethodNotAllowed)
+            Err(RequestError::MethodNotAllowed(allowed))
         }
     };
-    let get = method == hyper::Method::GET || method == hyper::Method::HEAD;
+    // The method is checked before the names, so a wrong method gets 405 whatever the path.
     match parts.as_slice() {
-        ["", "v1", "status"] => allow(get, Route::Status),
-        ["", "v1", "shares", si] => allow(get, Route::List(storage_index(si)?)),
-        ["", "v1", "shares", si, share] => {
-            let (si, share) = (storage_index(si)?, share_number(share)?);
-            if method == hyper::Method::PUT {
-                Ok(Route::Write(si, share))
-            } else {
-                allow(get, Route::Read(si, share))
-            }
+        ["", "v1", "status"] => {
+            only(get, "GET, HEAD")?;
+            Ok(Route::Status)
         }
-        ["", "v1", "shares", si, share, "corrupt"] => allow(
-            method == hyper::Method::POST,
-            Route::ReportCorrupt(storage_index(si)?, share_number(share)?),
-        ),
+        ["", "v1", "shares", si] => {
+            only(get, "GET, HEAD")?;
+            Ok(Route::List(storage_index(si)?))
+        }
+        ["", "v1", "shares", si, share] => {
+            let write = method == hyper::Method::PUT;
+            only(get || write, "GET, HEAD, PUT")?;
+            let (si, share) = (storage_index(si)?, share_number(share)?);
+            Ok(if write {
+                Route::Write(si, share)
+            } else {
+                Route::Read(si, share)
+            })
+        }
+        ["", "v1", "shares", si, share, "corrupt"] => {
+            only(method == hyper::Method::POST, "POST")?;
+            Ok(Route::ReportCorrupt(
+                storage_index(si)?,
+                share_number(share)?,
+            ))
+        }
         _ => Err(RequestError::NotFound),
     }
 }
@@ -249,11 +261,11 @@ mod tests {
         );
         assert_eq!(
             route(&Method::DELETE, &path("/0")),
-            Err(RequestError::MethodNotAllowed)
+            Err(RequestError::MethodNotAllowed("GET, HEAD, PUT"))
         );
         assert_eq!(
             route(&Method::PUT, &path("")),
-            Err(RequestError::MethodNotAllowed)
+            Err(RequestError::MethodNotAllowed("GET, HEAD"))
         );
         assert_eq!(route(&Method::GET, "/"), Err(RequestError::NotFound));
         assert_eq!(

@@ -192,10 +192,16 @@ impl StorageNode {
                 access.route = "invalid";
                 let status = match e {
                     RequestError::NotFound => StatusCode::NOT_FOUND,
-                    RequestError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+                    RequestError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
                     _ => StatusCode::BAD_REQUEST,
                 };
-                return error(status, &e.to_string());
+                let mut response = error(status, &e.to_string());
+                if let RequestError::MethodNotAllowed(allowed) = e {
+                    response
+                        .headers_mut()
+                        .insert(header::ALLOW, HeaderValue::from_static(allowed));
+                }
+                return response;
             }
         };
         match route {

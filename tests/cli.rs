@@ -462,6 +462,7 @@ fn bad_input_gets_a_clear_error_and_no_panic() {
     let input = vault.root.path().join("in");
     std::fs::write(&input, b"x").unwrap();
     let input = input.to_str().unwrap().to_owned();
+    let (dir_a, dir_b) = (format!("{input}.a"), format!("{input}.b"));
     let truncated = cap[..cap.len() - 3].to_owned();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["get", "sv1-read:abc"], "malformed read cap"),
@@ -492,7 +493,25 @@ fn bad_input_gets_a_clear_error_and_no_panic() {
         (vec!["put", "/"], "is a directory"),
         (
             vec!["put", "--server", "http://127.0.0.1:1", &input],
-            "unsupported server",
+            "only 0 of 1 servers answered",
+        ),
+        (
+            vec!["put", "--server", "ftp://127.0.0.1:1", &input],
+            "only http://",
+        ),
+        (
+            vec!["put", "--server", "http://user:s3cret@127.0.0.1:1", &input],
+            "without credentials",
+        ),
+        (
+            vec!["put", "--server", &dir_a, "--server", &dir_a, &input],
+            "more than once",
+        ),
+        (
+            vec![
+                "put", "--happy", "3", "--server", &dir_a, "--server", &dir_b, &input,
+            ],
+            "cannot exceed the 2 servers",
         ),
         (vec!["info", "sv1-verify:"], "malformed verify cap"),
     ];
@@ -505,8 +524,8 @@ fn bad_input_gets_a_clear_error_and_no_panic() {
             "{args:?}: expected {expected:?} in {stderr}"
         );
         assert!(
-            !stderr.contains(&cap[9..61]),
-            "{args:?}: an error quoted the key: {stderr}"
+            !stderr.contains(&cap[9..61]) && !stderr.contains("s3cret"),
+            "{args:?}: an error quoted a secret: {stderr}"
         );
     }
 }

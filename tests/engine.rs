@@ -558,3 +558,42 @@ async fn a_bad_share_among_many_is_found_within_the_retry_budget() {
         .collect();
     assert_eq!(bad, vec![ShareNum(0)], "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_listed_after_opening_rescues_a_stalled_fetch() {
+    let fixture = Fixture::new(4_000, 1000, 2, 4).await;
+    let [a, b, c, d] = [0u8, 1, 2, 3].map(ShareNum);
+    let (a, _b) = (
+        fixture.store_holding(a).await,
+        fixture.store_holding(b).await,
+    );
+    let slow = [
+        fixture.store_holding(c).await,
+        fixture.store_holding(d).await,
+    ];
+    // The parity servers answer everything, their listings included, after 1.5 s: the file
+    // opens from the primaries before they are heard of.
+    for store in slow {
+        store.set_faults(Faults {
+            latency: Some(Duration::from_millis(1500)),
+            ..Faults::default()
+        });
+    }
+    let config = ReaderConfig {
+        request_timeout: Duration::from_secs(600),
+        ..ReaderConfig::default()
+    };
+    let client = Client::new(fixture.grid.clone(), config);
+    let file = client.open(&fixture.cap).await.unwrap();
+    a.set_faults(Faults {
+        stall: true,
+        ..Faults::default()
+    });
+    // Share 0 stalls and its hedge finds no other share until the parity listings arrive;
+    // then the fetch must move on, not wait out the ten-minute request timeout.
+    let read = tokio::time::timeout(Duration::from_secs(60), file.read(0, 4_000)).await;
+    assert_eq!(
+        &read.expect("rescued by the late listing").unwrap()[..],
+        &fixture.plaintext[..]
+    );
+}

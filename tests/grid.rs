@@ -577,3 +577,100 @@ impl Liar {
         }
     }
 }
+
+#[test]
+fn a_grid_file_names_the_servers_and_the_token() {
+    let grid = TestGrid::with_token("a-grid-file-token-abcdefghijklmnop");
+    let urls: Vec<String> = grid.nodes.iter().map(|n| format!("{:?}", n.url)).collect();
+    let config = grid.root.path().join("grid.toml");
+    // The token file is named relative to the grid file.
+    std::fs::write(
+        &config,
+        format!("servers = [{}]\ntoken_file = \"token\"\n", urls.join(", ")),
+    )
+    .unwrap();
+    let plaintext = random_bytes(300_000, 46);
+    let input = grid.root.path().join("input");
+    std::fs::write(&input, &plaintext).unwrap();
+    let segvault = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_segvault"));
+        command
+            .arg("--data")
+            .arg(grid.data())
+            .arg("--grid")
+            .arg(&config)
+            .env_remove("SEGVAULT_TOKEN_FILE")
+            .env_remove("SEGVAULT_GRID");
+        command
+    };
+    let output = segvault().arg("put").arg(&input).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let cap = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        grid.nodes
+            .iter()
+            .filter(|n| n.share_files().len() == 1)
+            .count(),
+        N
+    );
+    let output = segvault().args(["get", &cap]).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.stdout == plaintext);
+
+    std::fs::write(&config, "servers = \"not a list\"\n").unwrap();
+    let output = segvault().args(["get", &cap]).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("grid.toml"), "names the file: {stderr}");
+}
+
+#[test]
+fn a_node_answers_bad_requests_with_the_right_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("node"), None);
+    let si = "a".repeat(26);
+    let cases = [
+        (
+            "DELETE",
+            format!("/v1/shares/{si}/0"),
+            405,
+            Some("GET, HEAD, PUT"),
+        ),
+        ("POST", "/v1/status".to_owned(), 405, Some("GET, HEAD")),
+        (
+            "GET",
+            format!("/v1/shares/{si}/0/corrupt"),
+            405,
+            Some("POST"),
+        ),
+        ("GET", "/v1/shares/NOT-AN-INDEX".to_owned(), 400, None),
+        ("GET", format!("/v1/shares/{si}/007?ranges=0-1"), 400, None),
+        ("GET", format!("/v1/shares/{si}/0?ranges=5-1"), 400, None),
+        ("GET", format!("/v1/shares/{si}/0?ranges=0-1"), 404, None),
+        ("GET", format!("/v1/shares/{si}"), 200, None),
+        ("GET", "/nowhere".to_owned(), 404, None),
+    ];
+    for (method, path, status, allow) in cases {
+        let response = http::request(node.addr(), method, &path, &[], b"");
+        assert_eq!(
+            response.status,
+            status,
+            "{method} {path}: {}",
+            response.text()
+        );
+        assert_eq!(response.header("allow"), allow, "{method} {path}");
+    }
+}

@@ -14,7 +14,7 @@ use anyhow::{Context, anyhow};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use segvault::core::cap::Cap;
-use segvault::grid::Grid;
+use segvault::grid::{Grid, GridFile};
 use segvault::store::{Durability, HttpOptions};
 use segvault::token::Token;
 
@@ -29,6 +29,10 @@ struct Cli {
     /// Storage server: a storage node's http://host:port or a directory path. Repeat for several. Without it, the embedded grid in the data directory is used.
     #[arg(long = "server", global = true, value_name = "URL|DIR")]
     servers: Vec<String>,
+
+    /// Grid file (TOML: `servers = ["http://…", …]`, optional `token_file = "…"`); its servers come before any --server
+    #[arg(long, global = true, value_name = "FILE", env = "SEGVAULT_GRID")]
+    grid: Option<PathBuf>,
 
     /// File whose first line is the storage nodes' access token (storage-server: the token it requires)
     #[arg(long, global = true, value_name = "FILE", env = "SEGVAULT_TOKEN_FILE")]
@@ -79,8 +83,13 @@ impl Cli {
 
     /// The token from `--token-file`, if given.
     fn token(&self) -> anyhow::Result<Option<Token>> {
+        let from_grid = match &self.grid {
+            Some(path) => GridFile::load(path)?.token_file,
+            None => None,
+        };
         self.token_file
             .as_deref()
+            .or(from_grid.as_deref())
             .map(|path| {
                 Token::from_file(path)
                     .with_context(|| format!("reading the token file {}", path.display()))
@@ -100,19 +109,19 @@ impl Cli {
         for_upload: bool,
         durability: Durability,
     ) -> anyhow::Result<Grid> {
-        if !self.servers.is_empty() {
+        let mut specs = match &self.grid {
+            Some(path) => GridFile::load(path)?.servers,
+            None => Vec::new(),
+        };
+        specs.extend(self.servers.iter().cloned());
+        if !specs.is_empty() {
             let http = HttpOptions {
                 token: self.token()?,
                 // Shares for storage nodes are built here (ciphertext only) before sending.
                 spool_dir: self.data_dir().ok().map(|d| d.join("spool")),
                 ..HttpOptions::default()
             };
-            return Ok(Grid::from_specs(
-                &self.servers,
-                for_upload,
-                durability,
-                &http,
-            )?);
+            return Ok(Grid::from_specs(&specs, for_upload, durability, &http)?);
         }
         let dir = self.data_dir()?;
         let grid = Grid::embedded_with(&dir, min_servers, durability)

@@ -8,7 +8,6 @@
 //! therefore preferred when servers are close, and a fast parity share beats a slow primary.
 //! Servers marked failing or slow come after every healthy one, whatever their numbers.
 
-use std::cmp::Ordering;
 use std::time::Duration;
 
 use super::geometry::ShareNum;
@@ -145,7 +144,7 @@ pub fn rank(candidates: &[Candidate], policy: &Policy) -> Vec<usize> {
         let (ca, cb) = (&candidates[a], &candidates[b]);
         tier(ca)
             .cmp(&tier(cb))
-            .then_with(|| costs[a].partial_cmp(&costs[b]).unwrap_or(Ordering::Equal))
+            .then_with(|| costs[a].total_cmp(&costs[b]))
             .then_with(|| ca.failures.cmp(&cb.failures))
             .then_with(|| ca.share.cmp(&cb.share))
             .then_with(|| a.cmp(&b))

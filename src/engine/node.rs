@@ -112,20 +112,29 @@ async fn timed_read(
 ) -> Result<Vec<Bytes>, Problem> {
     let health = server.health();
     let request = health.begin();
-    let outcome = match tokio::time::timeout(timeout, server.store().read(si, share, ranges)).await
-    {
-        Err(_) => Err(Problem::Unavailable(format!(
-            "no answer within {timeout:?}"
-        ))),
-        Ok(result) => result.map_err(Problem::from_store),
-    };
-    match &outcome {
-        Ok(_) => health.succeeded(request.started().elapsed()),
-        Err(problem @ Problem::Unavailable(_)) => health.failed(&problem.to_string(), failure_ttl),
-        // The server answered; only the share is at fault.
-        Err(_) => health.succeeded(request.started().elapsed()),
+    let answer = tokio::time::timeout(timeout, server.store().read(si, share, ranges)).await;
+    match answer {
+        Ok(Ok(parts)) => {
+            health.succeeded(request.started().elapsed());
+            Ok(parts)
+        }
+        // Silence and transport failures are the server's: every file avoids it a while.
+        Err(_) => {
+            let problem = Problem::Unavailable(format!("no answer within {timeout:?}"));
+            health.failed(&problem.to_string(), failure_ttl);
+            Err(problem)
+        }
+        Ok(Err(error @ (StoreError::Io { .. } | StoreError::Timeout(_)))) => {
+            let problem = Problem::from_store(error);
+            health.failed(&problem.to_string(), failure_ttl);
+            Err(problem)
+        }
+        // The server answered; only this share (or this answer) is at fault.
+        Ok(Err(error)) => {
+            health.succeeded(request.started().elapsed());
+            Err(Problem::from_store(error))
+        }
     }
-    outcome
 }
 
 /// Lists shares of `si` on every server at once and waits for all. Share numbers of `n` or
@@ -267,6 +276,8 @@ impl Shares {
         // A task of its own: the answers are worth keeping even if the read that asked is
         // dropped, and the timeout bounds it.
         tokio::spawn(async move {
+            // However the task ends (done, or dropped with its runtime), the listing is over.
+            let _over = ListingOver(shares.clone());
             let mut answers: FuturesUnordered<_> =
                 grid.servers()
                     .iter()
@@ -296,6 +307,16 @@ impl Shares {
             }
             changed.await;
         }
+    }
+}
+
+/// Marks a listing over when dropped: servers that never answered are no longer waited for.
+struct ListingOver(Arc<Shares>);
+
+impl Drop for ListingOver {
+    fn drop(&mut self) {
+        self.0.lock().listing.clear();
+        self.0.changed.notify_waiters();
     }
 }
 
@@ -385,6 +406,9 @@ impl FileNode {
                     .wait_until(|map| map.distinct_shares() >= k && map.slots.len() > tried.len())
                     .await;
             }
+            // Armed before looking, so shares merged while we pick are not missed.
+            let mut more_shares = std::pin::pin!(shares.changed.notified());
+            more_shares.as_mut().enable();
             let (picks, report) = {
                 let map = shares.lock();
                 let picks = pick_slots(
@@ -459,7 +483,6 @@ impl FileNode {
                 // Every known share was tried; wait for more answers.
                 continue;
             }
-            let more_shares = shares.changed.notified();
             let late = async {
                 match late_at {
                     Some(t) => tokio::time::sleep_until(t.into()).await,
@@ -483,7 +506,7 @@ impl FileNode {
                     want += 1;
                 }
                 // New shares may serve a hedge that found no candidate before.
-                () = more_shares => {}
+                () = &mut more_shares => {}
             }
         };
         // The other reads started together and are usually done within microseconds: wait
@@ -731,6 +754,11 @@ impl FileNode {
             // A late request no longer counts: ask as many more shares as are missing.
             let on_time = attempts.values().filter(|a| !a.late).count();
             let missing = want - verified.len();
+            // Armed before looking: a listing answer that arrives after the pick found too few
+            // candidates wakes the fetch instead of leaving it on a stalled request.
+            let mut more_shares = std::pin::pin!(self.shares.changed.notified());
+            more_shares.as_mut().enable();
+            let mut short_of_candidates = false;
             if missing > on_time {
                 let skip: HashSet<ShareNum> = verified
                     .keys()
@@ -738,6 +766,7 @@ impl FileNode {
                     .chain(attempts.values().map(|a| a.share))
                     .collect();
                 let picks = self.pick(missing - on_time, &tried, &skip);
+                short_of_candidates = picks.len() < missing - on_time;
                 for slot in picks {
                     tried.insert(slot);
                     let (server, share) = {
@@ -772,6 +801,7 @@ impl FileNode {
                 return Err(self.give_up(segment, &verified, &problems, decoded.len()));
             }
 
+            let listing = !self.shares.lock().listing.is_empty();
             let next_late = attempts
                 .values()
                 .filter(|a| !a.late)
@@ -807,6 +837,7 @@ impl FileNode {
                         debug!(si = %self.storage_index(), %segment, share = %attempt.share, server = server.name(), "block request late; asking another share");
                     }
                 }
+                () = &mut more_shares, if short_of_candidates && listing => {}
             }
         }
     }
@@ -1063,7 +1094,9 @@ fn pick_slots(
             Candidate {
                 share: slot.share,
                 primary: u16::from(slot.share.0) < k,
-                avoided: slot.avoided(now),
+                // A share that failed twice in a row (a bad block tree, a liar) goes to the
+                // back even where failures set no expiring mark.
+                avoided: slot.avoided(now) || slot.failures >= 2,
                 failures: slot.failures,
                 server: grid.servers()[slot.server].health().view(now),
             }

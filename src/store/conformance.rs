@@ -86,7 +86,11 @@ pub async fn run(store: &dyn ShareStore) {
     }
 
     assert!(
-        store.read(si, share, Vec::new()).await.expect("read nothing").is_empty(),
+        store
+            .read(si, share, Vec::new())
+            .await
+            .expect("read nothing")
+            .is_empty(),
         "no ranges, no buffers"
     );
     assert!(

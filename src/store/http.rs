@@ -498,8 +498,14 @@ impl ShareStore for HttpStore {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-            if let Err(e) = self.exchange(request, protocol::MAX_JSON_BYTES).await {
-                tracing::debug!(node = %self.inner.name, error = %e, "corruption report not delivered");
+            match self.exchange(request, protocol::MAX_JSON_BYTES).await {
+                Ok((status, _)) if status.is_success() => {}
+                Ok((status, _)) => {
+                    tracing::warn!(node = %self.inner.name, %status, "corruption report refused");
+                }
+                Err(e) => {
+                    tracing::debug!(node = %self.inner.name, error = %e, "corruption report not delivered");
+                }
             }
         })
     }

@@ -148,6 +148,14 @@ pub enum PutError {
     /// The operating system gave no randomness for the key.
     #[error("cannot generate a key: {0}")]
     Random(String),
+    /// `happy` above the number of servers given.
+    #[error("happy ({happy}) cannot exceed the {servers} servers given")]
+    HappyServers {
+        /// Asked for.
+        happy: u16,
+        /// Servers in the grid.
+        servers: usize,
+    },
     /// Too few servers answered to make the upload happy; nothing was sent.
     #[error(
         "only {reachable} of {servers} servers answered; at least {happy} must take shares (see --happy):\n{failures}"
@@ -203,6 +211,14 @@ pub async fn put(
             n: options.n,
         });
     }
+    if let Some(happy) = options.happy
+        && usize::from(happy) > grid.len()
+    {
+        return Err(PutError::HappyServers {
+            happy,
+            servers: grid.len(),
+        });
+    }
     // Ask every server first: shares go only to those that answer, and an upload that could
     // not be happy fails before any encoding.
     let (responsive, unreachable) = preflight(grid).await;
@@ -248,7 +264,16 @@ pub async fn put(
     }
     let used: std::collections::HashSet<usize> = encoded.placement.iter().copied().collect();
     let stored = used.len() - failed_servers.len();
-    if stored < happy {
+    // However few servers must be happy, fewer than k stored shares is no file at all.
+    let shares_stored = results.iter().filter(|(_, _, r)| r.is_ok()).count();
+    let k = usize::from(options.k);
+    if stored < happy || shares_stored < k {
+        if shares_stored < k {
+            failures.insert_str(
+                0,
+                &format!("  only {shares_stored} shares were stored and reading needs {k}\n"),
+            );
+        }
         failures.insert_str(0, &unreachable);
         return Err(PutError::NotHappy {
             stored,

@@ -19,6 +19,8 @@ struct State {
     in_flight: u32,
     failing_until: Option<Instant>,
     slow_until: Option<Instant>,
+    /// Requests that ran late since the server last answered one.
+    late_streak: u32,
     last_problem: Option<String>,
     requests: u64,
     failures: u64,
@@ -88,6 +90,7 @@ impl ServerHealth {
         let mut state = self.lock();
         state.latency.observe(elapsed);
         state.failing_until = None;
+        state.late_streak = 0;
     }
 
     /// A request failed in a way that says the server is unwell; avoid it for `ttl`.
@@ -98,11 +101,15 @@ impl ServerHealth {
         state.last_problem = Some(problem.to_owned());
     }
 
-    /// A request ran past its hedge delay; prefer other servers for `ttl`.
+    /// A request ran past its hedge delay; prefer other servers for `ttl`, doubled for each
+    /// late request since the server last answered (up to 64×): a server that stays silent
+    /// (stopped, partitioned) is probed, and costs a hedge delay, ever more rarely.
     pub(crate) fn ran_late(&self, ttl: Duration) {
         let mut state = self.lock();
         state.hedges += 1;
-        state.slow_until = Some(Instant::now() + ttl);
+        let backoff = 1u32 << state.late_streak.min(6);
+        state.late_streak = state.late_streak.saturating_add(1);
+        state.slow_until = Some(Instant::now() + ttl.saturating_mul(backoff));
     }
 
     /// The latency estimate.
@@ -135,5 +142,33 @@ impl ServerHealth {
             failures: state.failures,
             hedges: state.hedges,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_that_stays_late_is_probed_ever_more_rarely() {
+        let health = ServerHealth::default();
+        let ttl = Duration::from_secs(10);
+        let slow_for = |health: &ServerHealth| {
+            let until = health.lock().slow_until.unwrap();
+            until.saturating_duration_since(Instant::now())
+        };
+        health.ran_late(ttl);
+        assert!(slow_for(&health) <= ttl);
+        health.ran_late(ttl);
+        assert!(slow_for(&health) > ttl * 3 / 2);
+        for _ in 0..20 {
+            health.ran_late(ttl);
+        }
+        assert!(slow_for(&health) <= ttl * 64);
+        assert!(slow_for(&health) > ttl * 60);
+        health.succeeded(Duration::from_millis(1));
+        health.ran_late(ttl);
+        assert!(slow_for(&health) <= ttl, "an answer resets the backoff");
+        assert!(health.view(Instant::now()).slow);
     }
 }

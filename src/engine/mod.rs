@@ -52,7 +52,8 @@ pub struct ReaderConfig {
     pub max_read_bytes: u64,
     /// How shares are chosen and when a late request is hedged.
     pub share_choice: Policy,
-    /// How long a server whose request ran late is used only after the others.
+    /// How long a server whose request ran late is used only after the others (doubled for
+    /// each further late request before it answers one, up to 64×).
     pub slow_ttl: Duration,
     /// Opening starts reading once any k shares are known; a primary share not yet known by
     /// then is waited for this much longer (primaries save decoding; a stalled server then

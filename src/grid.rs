@@ -242,6 +242,11 @@ impl Grid {
         &self.servers
     }
 
+    /// Whether any server is across a network.
+    pub fn is_remote(&self) -> bool {
+        self.servers.iter().any(|s| s.store.is_remote())
+    }
+
     /// Number of servers.
     pub fn len(&self) -> usize {
         self.servers.len()

@@ -597,3 +597,42 @@ async fn a_share_listed_after_opening_rescues_a_stalled_fetch() {
         &fixture.plaintext[..]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_a_network_sequential_reads_fetch_segments_in_batches() {
+    let fixture = Fixture::new(64_000, 1000, 3, 10).await;
+    fixture.set_faults(&Faults {
+        remote: true,
+        ..Faults::default()
+    });
+    let file = fixed_client(&fixture).open(&fixture.cap).await.unwrap();
+    for store in &fixture.stores {
+        store.start_log();
+    }
+    assert_eq!(
+        &file.read(0, 64_000).await.unwrap()[..],
+        &fixture.plaintext[..]
+    );
+    let requests: Vec<_> = fixture.stores.iter().flat_map(|s| s.take_log()).collect();
+    let ranges: usize = requests.iter().map(|(_, r)| r.len()).sum();
+    assert_eq!(ranges, 64 * 3, "one record per segment per share");
+    assert!(
+        requests.len() * 2 <= 64 * 3,
+        "{} requests for 64 segments of 3 blocks",
+        requests.len()
+    );
+
+    // A share that lies within a batch: the batch falls back to single-segment fetches.
+    fixture.store_holding(ShareNum(1)).await.set_faults(Faults {
+        remote: true,
+        flip_seed: Some(9),
+        ..Faults::default()
+    });
+    let fresh = fixed_client(&fixture).open(&fixture.cap).await.unwrap();
+    let mut stream = fresh.stream(0..64_000);
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        body.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(body, fixture.plaintext);
+}

@@ -81,7 +81,12 @@ impl FileHandle {
     pub fn read_ahead(&self) -> usize {
         let segment = self.node.verify_cap().geometry().segment_size().max(1);
         let by_bytes = (self.config.read_ahead_bytes / segment).max(1) as usize;
-        self.config.read_ahead_segments.clamp(1, by_bytes.max(1))
+        let segments = if self.node.is_remote() {
+            self.config.remote_read_ahead_segments
+        } else {
+            self.config.read_ahead_segments
+        };
+        segments.clamp(1, by_bytes.max(1))
     }
 
     /// Reads `len` bytes at `offset`. A read reaching past the end returns the bytes up to
@@ -166,6 +171,7 @@ impl FileHandle {
             window: initial.clamp(1, max_window),
             max_window,
             waited: false,
+            ready_batches: 0,
             started: false,
             failed: false,
         }
@@ -212,11 +218,14 @@ impl Chunk {
 pub struct ByteStream {
     handle: FileHandle,
     slices: Box<dyn Iterator<Item = SegmentSlice> + Send + Sync>,
-    pending: VecDeque<Chunk>,
+    /// Chunks in order, each marked if it opens a batch (its later chunks arrive with it).
+    pending: VecDeque<(Chunk, bool)>,
     window: usize,
     max_window: usize,
     /// Whether the consumer has waited for the chunk now at the front.
     waited: bool,
+    /// Batches in a row whose first chunk was ready before the consumer asked.
+    ready_batches: u32,
     /// Whether the first chunk has been started (only it runs in the consumer's task).
     started: bool,
     failed: bool,
@@ -246,21 +255,46 @@ impl Stream for ByteStream {
         if this.failed {
             return Poll::Ready(None);
         }
-        while this.pending.len() < this.window {
-            let Some(slice) = this.slices.next() else {
-                break;
-            };
-            let chunk = this.handle.slice_chunk(slice);
-            this.pending.push_back(if this.started {
-                Chunk::Spawned(AbortOnDropHandle::new(tokio::spawn(chunk)))
-            } else {
-                this.started = true;
-                Chunk::Inline(chunk)
-            });
+        // The window refills in batches once half of it has drained: the segments of a batch
+        // are fetched together, one request per share (see `FileNode::segment_run`).
+        if this.pending.len() <= this.window / 2 {
+            let mut batch = Vec::new();
+            while this.pending.len() + batch.len() < this.window {
+                let Some(slice) = this.slices.next() else {
+                    break;
+                };
+                batch.push(slice);
+            }
+            // Batches of half a window, so that one is in flight while the one before is
+            // consumed (and its shares' servers look busy: the next batch may go elsewhere).
+            let group = (this.window / 2).max(1);
+            // Held until every chunk holds its own segment future.
+            // Only across a network: locally a request costs a page-cache read, and fetching
+            // segments one by one spreads them over the cores with no batch to wait for.
+            let batching = this.handle.node.is_remote();
+            let _batch_fetches: Vec<_> = batch
+                .chunks(group)
+                .filter(|run| batching && run.len() >= 2)
+                .map(|run| {
+                    let segments: Vec<SegmentIndex> = run.iter().map(|s| s.segment).collect();
+                    this.handle.node.segment_run(&segments)
+                })
+                .collect();
+            for (i, slice) in batch.into_iter().enumerate() {
+                let chunk = this.handle.slice_chunk(slice);
+                let chunk = if this.started {
+                    Chunk::Spawned(AbortOnDropHandle::new(tokio::spawn(chunk)))
+                } else {
+                    this.started = true;
+                    Chunk::Inline(chunk)
+                };
+                this.pending.push_back((chunk, i % group == 0));
+            }
         }
-        let Some(chunk) = this.pending.front_mut() else {
+        let Some((chunk, opens_batch)) = this.pending.front_mut() else {
             return Poll::Ready(None);
         };
+        let opens_batch = *opens_batch;
         let result = match chunk.poll(cx) {
             Poll::Pending => {
                 this.waited = true;
@@ -273,12 +307,19 @@ impl Stream for ByteStream {
             Ok(chunk) => {
                 // The window follows the consumer: if it had to wait, fetch further ahead (up
                 // to the limit); if the chunk was already waiting for it, the consumer is the
-                // slow side and holding more ahead would only cost memory.
-                this.window = if this.waited {
-                    (this.window * 2).min(this.max_window)
-                } else {
-                    (this.window - 1).max(1)
-                };
+                // slow side and holding more ahead would only cost memory. (A batch's later
+                // chunks arrive with its first, so only the first says who waited.)
+                // Two batches fetched side by side finish together, so one ready batch says
+                // little: the window shrinks on the second in a row.
+                if this.waited {
+                    this.window = (this.window * 2).min(this.max_window);
+                    this.ready_batches = 0;
+                } else if opens_batch {
+                    this.ready_batches += 1;
+                    if this.ready_batches >= 2 {
+                        this.window = (this.window - 1).max(1);
+                    }
+                }
                 this.waited = false;
                 Poll::Ready(Some(Ok(chunk)))
             }

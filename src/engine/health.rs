@@ -101,6 +101,13 @@ impl ServerHealth {
         state.last_problem = Some(problem.to_owned());
     }
 
+    /// A request succeeded but its time says nothing about a block's (a batch of blocks).
+    pub(crate) fn answered(&self) {
+        let mut state = self.lock();
+        state.failing_until = None;
+        state.late_streak = 0;
+    }
+
     /// A request ran past its hedge delay; prefer other servers for `ttl`, doubled for each
     /// late request since the server last answered (up to 64×): a server that stays silent
     /// (stopped, partitioned) is probed, and costs a hedge delay, ever more rarely.

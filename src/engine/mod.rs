@@ -39,6 +39,11 @@ pub struct ReaderConfig {
     /// On a local grid 4 keeps both cores busy: 8 measured no faster and held 30 % more
     /// memory with 16 slow clients.
     pub read_ahead_segments: usize,
+    /// The same limit when any server is across a network: deeper, so that batches of
+    /// segments fetched together (one request per share) overlap the next batch's round
+    /// trip. Measured on loopback storage nodes: 0.52× the embedded grid's throughput with 4
+    /// and single-segment requests, 0.74× with 8 and batches.
+    pub remote_read_ahead_segments: usize,
     /// Bytes of segments a stream may fetch ahead (caps the window for large segments).
     pub read_ahead_bytes: u64,
     /// File nodes kept open (least recently used are dropped).
@@ -65,6 +70,7 @@ impl Default for ReaderConfig {
     fn default() -> ReaderConfig {
         ReaderConfig {
             read_ahead_segments: 4,
+            remote_read_ahead_segments: 8,
             read_ahead_bytes: 8 << 20,
             open_files: 256,
             request_timeout: Duration::from_secs(30),

@@ -109,13 +109,18 @@ async fn timed_read(
     ranges: Vec<Range<u64>>,
     timeout: Duration,
     failure_ttl: Duration,
+    sample_latency: bool,
 ) -> Result<Vec<Bytes>, Problem> {
     let health = server.health();
     let request = health.begin();
     let answer = tokio::time::timeout(timeout, server.store().read(si, share, ranges)).await;
     match answer {
         Ok(Ok(parts)) => {
-            health.succeeded(request.started().elapsed());
+            if sample_latency {
+                health.succeeded(request.started().elapsed());
+            } else {
+                health.answered();
+            }
             Ok(parts)
         }
         // Silence and transport failures are the server's: every file avoids it a while.
@@ -131,7 +136,11 @@ async fn timed_read(
         }
         // The server answered; only this share (or this answer) is at fault.
         Ok(Err(error)) => {
-            health.succeeded(request.started().elapsed());
+            if sample_latency {
+                health.succeeded(request.started().elapsed());
+            } else {
+                health.answered();
+            }
             Err(Problem::from_store(error))
         }
     }
@@ -336,6 +345,11 @@ struct VerifiedBlock {
     ciphertext_chain: Vec<Hash>,
 }
 
+/// The unverified records of a batch of segments: per share (by slot), one per segment.
+struct RunRecords {
+    records: Vec<(usize, Vec<Bytes>)>,
+}
+
 /// A block request of a segment fetch in flight.
 struct Attempt {
     share: ShareNum,
@@ -466,6 +480,7 @@ impl FileNode {
                         vec![region],
                         config.request_timeout,
                         config.failure_ttl,
+                        true,
                     )
                     .await;
                     let checked = read.and_then(|parts| {
@@ -555,6 +570,11 @@ impl FileNode {
         &self.ueb
     }
 
+    /// Whether the file's servers include any across a network.
+    pub fn is_remote(&self) -> bool {
+        self.grid.is_remote()
+    }
+
     /// The share layout.
     pub fn layout(&self) -> &ShareLayout {
         &self.layout
@@ -609,6 +629,127 @@ impl FileNode {
             inflight.insert(s.0, weak);
         }
         shared
+    }
+
+    /// The verified ciphertext of each of `segments` (consecutive), like
+    /// [`segment`](Self::segment) for each, but those not already being fetched are fetched
+    /// together: one request per share brings all their records (a sequential reader's
+    /// read-ahead then costs one exchange per share per batch, not per segment). Each
+    /// segment is then verified and decoded by its own reader, so a batch still uses every
+    /// core. Anything unusual — a failed or late share, a record or decode that does not
+    /// check — sends that segment through the single-segment fetch, with all its hedging
+    /// and retries.
+    pub(crate) fn segment_run(self: &Arc<Self>, segments: &[SegmentIndex]) -> Vec<SharedSegment> {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh: Vec<SegmentIndex> = segments
+            .iter()
+            .copied()
+            .filter(|s| inflight.get(&s.0).and_then(WeakShared::upgrade).is_none())
+            .collect();
+        let mut batched = HashMap::new();
+        if fresh.len() >= 2 {
+            let run = self.clone().fetch_run(fresh.clone()).boxed().shared();
+            for (i, &segment) in fresh.iter().enumerate() {
+                let (node, run) = (self.clone(), run.clone());
+                let one = async move {
+                    let outcome = match run.await {
+                        Ok(records) => node.clone().decode_run_segment(&records, i, segment).await,
+                        Err(why) => Err(ReadError::Internal(why)),
+                    };
+                    match outcome {
+                        Ok(data) => Ok(data),
+                        Err(why) => {
+                            debug!(si = %node.storage_index(), %segment, %why, "batched fetch fell back to one segment");
+                            node.fetch_segment(segment).await
+                        }
+                    }
+                }
+                .boxed()
+                .shared();
+                if let Some(weak) = one.downgrade() {
+                    inflight.insert(segment.0, weak);
+                }
+                batched.insert(segment.0, one);
+            }
+        }
+        drop(inflight);
+        segments
+            .iter()
+            .map(|&s| batched.remove(&s.0).unwrap_or_else(|| self.segment(s)))
+            .collect()
+    }
+
+    /// Fetches the records of `segments` from k shares, one request each, unverified; see
+    /// [`segment_run`](Self::segment_run).
+    async fn fetch_run(
+        self: Arc<Self>,
+        segments: Vec<SegmentIndex>,
+    ) -> Result<Arc<RunRecords>, String> {
+        let k = usize::from(self.cap.geometry().k());
+        let slots = self.pick(k, &HashSet::new(), &HashSet::new());
+        if slots.len() < k {
+            return Err("too few shares known".into());
+        }
+        let this = &self;
+        let fetches = slots.iter().map(|&slot| {
+            let server = this.shares.lock().slots[slot].server;
+            let health = this.grid.servers()[server].health();
+            // Late, as for one block, but with time to carry every block of the batch.
+            let late = choice::hedge_delay(&health.latency(), &this.config.share_choice)
+                .saturating_mul(segments.len() as u32);
+            let segments = &segments;
+            async move {
+                let fetch = this.fetch_records(slot, segments);
+                match tokio::time::timeout(late, fetch).await {
+                    Ok(result) => (slot, result.map_err(Some)),
+                    Err(_) => {
+                        health.ran_late(this.config.slow_ttl);
+                        (slot, Err(None))
+                    }
+                }
+            }
+        });
+        let mut records = Vec::with_capacity(k);
+        for (slot, result) in futures::future::join_all(fetches).await {
+            match result {
+                Ok(parts) => records.push((slot, parts)),
+                Err(None) => return Err("a share was late".into()),
+                Err(Some(problem)) => {
+                    self.log_rejection(slot, segments[0], &problem);
+                    self.record(slot, Err(&problem));
+                    return Err(problem.to_string());
+                }
+            }
+        }
+        Ok(Arc::new(RunRecords { records }))
+    }
+
+    /// Verifies and decodes segment `segment`, the `index`-th of a batch, from its records.
+    async fn decode_run_segment(
+        self: Arc<Self>,
+        run: &RunRecords,
+        index: usize,
+        segment: SegmentIndex,
+    ) -> SegmentResult {
+        let mut blocks = Vec::with_capacity(run.records.len());
+        for (slot, parts) in &run.records {
+            let share = self.shares.lock().slots[*slot].share;
+            match self
+                .verify_record(share, segment, parts[index].clone())
+                .await
+            {
+                Ok(block) => blocks.push(block),
+                Err(problem) => {
+                    self.log_rejection(*slot, segment, &problem);
+                    self.record(*slot, Err(&problem));
+                    return Err(ReadError::Internal(problem.to_string()));
+                }
+            }
+        }
+        let chains = blocks.iter().map(|b| b.ciphertext_chain.clone()).collect();
+        self.decode_and_check(segment, blocks, chains)
+            .await
+            .map_err(ReadError::Internal)
     }
 
     /// A share's first failure is a warning; repeats (a share damaged throughout) are debug.
@@ -876,31 +1017,66 @@ impl FileNode {
         slot_index: usize,
         segment: SegmentIndex,
     ) -> Result<VerifiedBlock, Problem> {
+        let share = self.shares.lock().slots[slot_index].share;
+        let mut records = self.fetch_records(slot_index, &[segment]).await?;
+        let record = records.pop().unwrap_or_default();
+        self.verify_record(share, segment, record).await
+    }
+
+    /// Fetches one share's records of `segments` (each block with the hash nodes still
+    /// missing), in one request of one range per segment, unverified.
+    async fn fetch_records(
+        &self,
+        slot_index: usize,
+        segments: &[SegmentIndex],
+    ) -> Result<Vec<Bytes>, Problem> {
         let si = self.storage_index();
         let (server, share) = {
             let map = self.shares.lock();
             let slot = &map.slots[slot_index];
             (slot.server, slot.share)
         };
-        let request = {
+        let ranges = {
             let trees = self.lock_trees();
-            RecordRequest::plan(
-                &self.layout,
-                segment,
-                trees.block_trees[share.index()].as_ref(),
-                &trees.ciphertext_tree,
-            )
+            segments
+                .iter()
+                .map(|&segment| {
+                    RecordRequest::plan(
+                        &self.layout,
+                        segment,
+                        trees.block_trees[share.index()].as_ref(),
+                        &trees.ciphertext_tree,
+                    )
+                    .range(&self.layout)
+                })
+                .collect()
         };
         let parts = timed_read(
             &self.grid.servers()[server],
             si,
             share,
-            vec![request.range(&self.layout)],
+            ranges,
             self.config.request_timeout,
             self.config.failure_ttl,
+            // A latency sample is one block's worth: longer answers would skew hedge delays.
+            segments.len() == 1,
         )
         .await?;
-        let bytes = parts.into_iter().next().unwrap_or_default();
+        if parts.len() != segments.len() {
+            return Err(Problem::Unavailable(
+                "the answer has the wrong number of parts".into(),
+            ));
+        }
+        Ok(parts)
+    }
+
+    /// Verifies one record (a block and the hash nodes that came with it) up to the UEB.
+    async fn verify_record(
+        &self,
+        share: ShareNum,
+        segment: SegmentIndex,
+        bytes: Bytes,
+    ) -> Result<VerifiedBlock, Problem> {
         let record = Record::parse(&self.layout, segment, &bytes).ok_or_else(|| {
             Problem::CorruptShare("the server returned the wrong number of bytes".into())
         })?;

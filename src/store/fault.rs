@@ -32,6 +32,8 @@ pub struct Faults {
     pub flip_seed: Option<u64>,
     /// Return every buffer one byte short.
     pub short_reads: bool,
+    /// Report the store as across a network (readers then batch and read further ahead).
+    pub remote: bool,
 }
 
 /// Counters of what was asked of the store.
@@ -199,6 +201,10 @@ impl ShareStore for FaultyStore {
 
     fn spool_dir(&self) -> Option<PathBuf> {
         self.inner.spool_dir()
+    }
+
+    fn is_remote(&self) -> bool {
+        self.faults().remote || self.inner.is_remote()
     }
 
     fn check(&self) -> BoxFuture<'_, Result<(), StoreError>> {

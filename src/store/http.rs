@@ -457,6 +457,10 @@ impl ShareStore for HttpStore {
         self.inner.options.spool_dir.clone()
     }
 
+    fn is_remote(&self) -> bool {
+        true
+    }
+
     fn check(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let request = self.request(Method::GET, "/v1/status", crate::serving::empty())?;

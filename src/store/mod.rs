@@ -185,6 +185,12 @@ pub trait ShareStore: Send + Sync + fmt::Debug {
         spool: SpooledShare,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
 
+    /// Whether requests cross a network (each costs a round trip and an HTTP exchange), so
+    /// readers should keep more in flight. The default: no.
+    fn is_remote(&self) -> bool {
+        false
+    }
+
     /// Where an uploader should build spools so that [`write`](Self::write) can move them
     /// into place instead of copying them. `None`: anywhere.
     fn spool_dir(&self) -> Option<PathBuf> {

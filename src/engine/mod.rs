@@ -41,8 +41,9 @@ pub struct ReaderConfig {
     pub read_ahead_segments: usize,
     /// The same limit when any server is across a network: deeper, so that batches of
     /// segments fetched together (one request per share) overlap the next batch's round
-    /// trip. Measured on loopback storage nodes: 0.52× the embedded grid's throughput with 4
-    /// and single-segment requests, 0.74× with 8 and batches.
+    /// trip. Measured with ten storage nodes on loopback (`benches/grid.sh`), as a fraction
+    /// of the embedded grid's full-file throughput: 0.46–0.54 with 4 and single-segment
+    /// requests, 0.61–0.68 with 8 (batches of 4), 0.73–0.74 with 16 (batches of 8).
     pub remote_read_ahead_segments: usize,
     /// Bytes of segments a stream may fetch ahead (caps the window for large segments).
     pub read_ahead_bytes: u64,
@@ -70,7 +71,7 @@ impl Default for ReaderConfig {
     fn default() -> ReaderConfig {
         ReaderConfig {
             read_ahead_segments: 4,
-            remote_read_ahead_segments: 8,
+            remote_read_ahead_segments: 16,
             read_ahead_bytes: 8 << 20,
             open_files: 256,
             request_timeout: Duration::from_secs(30),

@@ -12,6 +12,7 @@ use segvault::core::choice::Policy;
 use segvault::core::geometry::{SegmentIndex, ShareNum};
 use segvault::core::layout::ShareLayout;
 use segvault::engine::verify;
+use segvault::store::ShareStore;
 use segvault::store::fault::Faults;
 use segvault::{Client, PutOptions, ReadError, ReaderConfig};
 
@@ -635,4 +636,43 @@ async fn across_a_network_sequential_reads_fetch_segments_in_batches() {
         body.extend_from_slice(&chunk.unwrap());
     }
     assert_eq!(body, fixture.plaintext);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_read_that_stalls_is_hedged_and_its_server_marked_slow() {
+    let fixture = Fixture::new(4_000, 1000, 2, 4).await;
+    let stalled = fixture.store_holding(ShareNum(0)).await;
+    stalled.set_faults(Faults {
+        stall_reads: true,
+        ..Faults::default()
+    });
+    let config = ReaderConfig {
+        request_timeout: Duration::from_secs(600),
+        ..ReaderConfig::default()
+    };
+    let client = Client::new(fixture.grid.clone(), config);
+    let file = tokio::time::timeout(Duration::from_secs(60), client.open(&fixture.cap))
+        .await
+        .expect("the header read was hedged")
+        .unwrap();
+    // Its header read runs late (250 ms for a server never heard from) and marks it slow.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let slow: Vec<_> = client
+        .grid()
+        .servers()
+        .iter()
+        .filter(|s| s.health().snapshot().slow)
+        .map(|s| s.name().to_owned())
+        .collect();
+    assert_eq!(
+        slow,
+        vec![stalled.name().to_owned()],
+        "its late header read marked the stalled server slow, and only it"
+    );
+    // So the first segment goes elsewhere at once.
+    let read = tokio::time::timeout(Duration::from_millis(200), file.read(0, 4_000)).await;
+    assert_eq!(
+        &read.expect("no wait for the slow server").unwrap()[..],
+        &fixture.plaintext[..]
+    );
 }

@@ -404,7 +404,8 @@ impl FileNode {
         // is hedged like a block request.
         let mut tried: HashSet<usize> = HashSet::new();
         let mut running: FuturesUnordered<HeaderRead> = FuturesUnordered::new();
-        let mut late_at: Option<Instant> = None;
+        // Header reads in flight and not yet late: slot → when it is late.
+        let mut deadlines: HashMap<usize, Instant> = HashMap::new();
         let mut want = k.max(1);
         // Reading starts once k shares are known, but primaries save decoding: the ones not
         // yet heard of get a short grace (on a local grid every server has answered by then).
@@ -468,8 +469,7 @@ impl FileNode {
                 };
                 let server = grid.servers()[server_index].clone();
                 let delay = choice::hedge_delay(&server.health().latency(), &config.share_choice);
-                late_at =
-                    Some(late_at.map_or(Instant::now() + delay, |t| t.min(Instant::now() + delay)));
+                deadlines.insert(slot, Instant::now() + delay);
                 let (region, config) = (layout.header_region(), config.clone());
                 let (cap, layout) = (cap, layout);
                 running.push(tokio::spawn(async move {
@@ -481,8 +481,17 @@ impl FileNode {
                         config.request_timeout,
                         config.failure_ttl,
                         true,
-                    )
-                    .await;
+                    );
+                    let mut read = std::pin::pin!(read);
+                    // Late or not, the read goes on (it may still open the file); a late one
+                    // marks its server slow, even when another read already opened the file.
+                    let read = tokio::select! {
+                        read = &mut read => read,
+                        () = tokio::time::sleep(delay) => {
+                            server.health().ran_late(config.slow_ttl);
+                            read.await
+                        }
+                    };
                     let checked = read.and_then(|parts| {
                         check_header_region(
                             &cap,
@@ -498,8 +507,9 @@ impl FileNode {
                 // Every known share was tried; wait for more answers.
                 continue;
             }
+            let next_late = deadlines.values().min().copied();
             let late = async {
-                match late_at {
+                match next_late {
                     Some(t) => tokio::time::sleep_until(t.into()).await,
                     None => std::future::pending().await,
                 }
@@ -508,6 +518,7 @@ impl FileNode {
                 Some(joined) = running.next() => {
                     let (slot, outcome) = joined
                         .map_err(|e| ReadError::Internal(format!("header read failed: {e}")))?;
+                    deadlines.remove(&slot);
                     match outcome {
                         Ok(ueb_bytes) => break ueb_bytes,
                         Err(Problem::AlteredCap) => {
@@ -517,8 +528,13 @@ impl FileNode {
                     }
                 }
                 () = late => {
-                    late_at = None;
-                    want += 1;
+                    // Each late read is replaced by one more (its task marks its server).
+                    let now = Instant::now();
+                    deadlines.retain(|_, &mut at| {
+                        let late = at <= now;
+                        want += usize::from(late);
+                        !late
+                    });
                 }
                 // New shares may serve a hedge that found no candidate before.
                 () = &mut more_shares => {}
@@ -527,7 +543,11 @@ impl FileNode {
         // The other reads started together and are usually done within microseconds: wait
         // for them up to their hedge deadline, so their failures are recorded and no request
         // outlives the open. Any still running go on in their tasks, warming share files.
-        let deadline = late_at.unwrap_or_else(Instant::now);
+        let deadline = deadlines
+            .values()
+            .min()
+            .copied()
+            .unwrap_or_else(Instant::now);
         let drain = async {
             while let Some(joined) = running.next().await {
                 if let Ok((slot, Err(problem))) = joined {

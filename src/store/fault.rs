@@ -32,6 +32,8 @@ pub struct Faults {
     pub flip_seed: Option<u64>,
     /// Return every buffer one byte short.
     pub short_reads: bool,
+    /// Reads (only) wait forever: the server lists its shares, then stops answering.
+    pub stall_reads: bool,
     /// Report the store as across a network (readers then batch and read further ahead).
     pub remote: bool,
 }
@@ -169,6 +171,9 @@ impl ShareStore for FaultyStore {
             }
             let faults = self.faults();
             self.before_call(&faults).await?;
+            if faults.stall_reads {
+                futures::future::pending::<()>().await;
+            }
             if faults.hidden.contains(&share) {
                 return Err(StoreError::NotFound);
             }

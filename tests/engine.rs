@@ -455,6 +455,69 @@ async fn the_node_keeps_tree_memory_proportional_to_what_was_read() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_file_metadata_is_bounded_by_bytes_and_evicted_least_recent_first() {
+    let fixture = Fixture::new(50_000, 100, 3, 10).await;
+    let options = PutOptions {
+        k: 3,
+        n: 10,
+        segment_size: Some(100),
+        ..PutOptions::default()
+    };
+    let mut caps = vec![fixture.cap.clone()];
+    for seed in 1..6 {
+        let bytes = common::random_bytes(50_000, seed);
+        let source = segvault::PutSource::Bytes(bytes);
+        caps.push(
+            segvault::put(&fixture.grid, source, &options)
+                .await
+                .unwrap(),
+        );
+    }
+    // What one fully read file holds.
+    let probe = client(&fixture).open(&caps[0]).await.unwrap();
+    probe.read(0, 50_000).await.unwrap();
+    let one = probe.node().memory_bytes();
+    drop(probe);
+
+    let budget = one * 5 / 2;
+    let client = Client::new(
+        fixture.grid.clone(),
+        ReaderConfig {
+            metadata_bytes: budget,
+            ..ReaderConfig::default()
+        },
+    );
+    for cap in &caps {
+        let file = client.open(cap).await.unwrap();
+        let (_, bytes) = client.metadata();
+        // Trimmed when opening; the file just opened is read after.
+        assert!(bytes <= budget, "{bytes} bytes held, budget {budget}");
+        assert_eq!(file.read(0, 50_000).await.unwrap().len(), 50_000);
+    }
+    let (nodes, bytes) = client.metadata();
+    assert!(nodes < caps.len(), "{nodes} nodes kept");
+    assert!(bytes <= budget + one, "{bytes} bytes held, budget {budget}");
+
+    // The most recent file is still open (no listing); the first was evicted (listed again).
+    let lists = || -> u64 {
+        fixture
+            .stores
+            .iter()
+            .map(|s| {
+                s.counters()
+                    .lists
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum()
+    };
+    let before = lists();
+    client.open(&caps[5]).await.unwrap();
+    assert_eq!(lists(), before, "the most recent node was kept");
+    client.open(&caps[0]).await.unwrap();
+    assert!(lists() > before, "the least recent node was evicted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_reports_missing_and_corrupt_shares() {
     let fixture = Fixture::new(10_000, 1000, 3, 10).await;
     let report = verify::verify(

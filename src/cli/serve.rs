@@ -6,10 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use segvault::PutOptions;
 use segvault::gateway::{ConnectionLimits, Gateway, GatewayConfig, shutdown_signal, url_for};
 use segvault::grid::EMBEDDED_SERVERS;
 use segvault::store::Durability;
+use segvault::{PutOptions, ReaderConfig};
 
 use super::Cli;
 
@@ -30,6 +30,9 @@ pub(crate) struct ServeArgs {
     /// Connections served at once
     #[arg(long, value_name = "N", default_value_t = 1024)]
     max_connections: usize,
+    /// Memory for per-file metadata kept between requests (verified hash-tree nodes, share maps); the least recently opened files are dropped beyond it
+    #[arg(long, value_name = "SIZE", value_parser = segvault::size::parse, default_value = "64MiB")]
+    metadata_size: u64,
     /// Seconds a client has to send a request's headers (also the keep-alive idle time)
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     header_timeout: u64,
@@ -51,6 +54,10 @@ pub(crate) async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode>
             ..ConnectionLimits::default()
         },
         max_upload_bytes: args.max_upload,
+        reader: ReaderConfig {
+            metadata_bytes: args.metadata_size,
+            ..ReaderConfig::default()
+        },
         put: PutOptions {
             k: args.k,
             n: args.n,

@@ -49,6 +49,11 @@ pub struct ReaderConfig {
     pub read_ahead_bytes: u64,
     /// File nodes kept open (least recently used are dropped).
     pub open_files: usize,
+    /// Bytes of per-file metadata (verified tree nodes, share maps) kept for files no reader
+    /// holds: when opening a file finds the open nodes above this, the least recently opened
+    /// are dropped (a reader still holding one keeps it; the next open fetches what it
+    /// needs again). Trees are sparse, so a node costs what was read of its file.
+    pub metadata_bytes: u64,
     /// Time limit for any one request to a store.
     pub request_timeout: Duration,
     /// How long a share that failed transiently is avoided (corrupt shares: ten times this).
@@ -74,6 +79,7 @@ impl Default for ReaderConfig {
             remote_read_ahead_segments: 16,
             read_ahead_bytes: 8 << 20,
             open_files: 256,
+            metadata_bytes: 64 << 20,
             request_timeout: Duration::from_secs(30),
             failure_ttl: Duration::from_secs(60),
             max_read_bytes: 256 << 20,
@@ -168,6 +174,36 @@ impl Client {
                 FileNode::open(self.inner.grid.clone(), self.inner.config.clone(), *cap)
             })
             .await?;
+        self.trim_metadata();
         Ok(node.clone())
+    }
+
+    /// Open file nodes and the bytes of metadata they hold.
+    pub fn metadata(&self) -> (usize, u64) {
+        let nodes = self.inner.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        nodes
+            .iter()
+            .filter_map(|(_, cell)| cell.get())
+            .fold((0, 0), |(n, bytes), node| {
+                (n + 1, bytes + node.memory_bytes())
+            })
+    }
+
+    /// Drops the least recently opened nodes while the open ones hold more than the budget
+    /// (always keeping the most recent).
+    fn trim_metadata(&self) {
+        let budget = self.inner.config.metadata_bytes;
+        let mut nodes = self.inner.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut total: u64 = nodes
+            .iter()
+            .filter_map(|(_, cell)| cell.get())
+            .map(|node| node.memory_bytes())
+            .sum();
+        while total > budget && nodes.len() > 1 {
+            let Some((_, cell)) = nodes.pop_lru() else {
+                break;
+            };
+            total = total.saturating_sub(cell.get().map_or(0, |node| node.memory_bytes()));
+        }
     }
 }

@@ -621,6 +621,14 @@ impl FileNode {
         all.fold((0, 0), |(n, b), t| (n + t.known(), b + t.memory_bytes()))
     }
 
+    /// Approximate bytes this node holds: verified tree nodes, the share map, and a fixed
+    /// part for the UEB and bookkeeping.
+    pub fn memory_bytes(&self) -> u64 {
+        const FIXED: u64 = 2048;
+        let slots = self.shares.lock().slots.len() as u64;
+        FIXED + self.tree_memory().1 as u64 + slots * std::mem::size_of::<Slot>() as u64
+    }
+
     /// The current share report.
     pub fn report(&self) -> ShareReport {
         build_report(&self.grid, &self.shares.lock(), &HashMap::new())

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::core::cap::StorageIndex;
 use crate::core::hash;
-use crate::engine::ServerHealth;
+use crate::health::ServerHealth;
 use crate::store::{DirectoryStore, Durability, HttpOptions, HttpStore, ShareStore, UrlError};
 
 /// Servers in a new embedded grid.

@@ -26,6 +26,7 @@ pub mod engine;
 pub mod fuzzing;
 pub mod gateway;
 pub mod grid;
+pub mod health;
 pub mod protocol;
 pub mod serving;
 pub mod size;

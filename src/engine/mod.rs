@@ -5,7 +5,6 @@
 
 mod error;
 mod handle;
-mod health;
 mod node;
 mod reader;
 mod segment;
@@ -19,9 +18,9 @@ use std::time::Duration;
 use lru::LruCache;
 use tokio::sync::OnceCell;
 
+pub use crate::health::{HealthSnapshot, ServerHealth};
 pub use error::{ReadError, ReportLine, ShareReport};
 pub use handle::{ByteStream, FileHandle};
-pub use health::{HealthSnapshot, ServerHealth};
 pub use node::FileNode;
 pub use reader::FileReader;
 pub use segment::SegmentData;

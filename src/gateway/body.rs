@@ -1,4 +1,4 @@
-//! Response bodies streamed from a file's [`ByteStream`](crate::engine::ByteStream): one
+//! Response bodies streamed from a file's [`ByteStream`]: one
 //! range, or `multipart/byteranges`. Hyper polls a body only when the socket can take more,
 //! so a slow client makes the engine wait (memory stays at the read-ahead window), and a
 //! client that goes away drops the body, which cancels the fetches. An error after the

@@ -1,4 +1,5 @@
-//! What a client has learned about each server, shared by every file it reads: latency,
+//! What readers have learned about each server of a grid, shared by every file they read
+//! (it lives with the [`Server`](crate::grid::Server), below the engine that updates it): latency,
 //! requests in flight, and expiring marks for servers that failed or ran late. Marks expire,
 //! so a server that recovers is used again (Tahoe-LAFS #1679 kept them for the node's life).
 

@@ -76,6 +76,17 @@ pub enum UrlError {
     Extra,
 }
 
+/// `url` for an error message, with anything that may be credentials (before an `@`) cut.
+fn without_credentials(url: &str) -> String {
+    match url.rfind('@') {
+        Some(at) => {
+            let start = url.find("://").map_or(0, |i| i + 3);
+            format!("{}…{}", &url[..start.min(at)], &url[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// A storage node, reached over HTTP. Cloning shares its connections.
 #[derive(Clone)]
 pub struct HttpStore {
@@ -107,17 +118,23 @@ impl HttpStore {
     /// ```
     pub fn new(url: &str, options: HttpOptions) -> Result<HttpStore, UrlError> {
         let uri: Uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| {
-            UrlError::Malformed(url.into(), e.to_string())
+            UrlError::Malformed(without_credentials(url), e.to_string())
         })?;
         match uri.scheme_str() {
             Some("http") => {}
-            Some(_) => return Err(UrlError::Scheme(url.into())),
+            Some(_) => return Err(UrlError::Scheme(without_credentials(url))),
             None => {
-                return Err(UrlError::Malformed(url.into(), "it needs http://".into()));
+                return Err(UrlError::Malformed(
+                    without_credentials(url),
+                    "it needs http://".into(),
+                ));
             }
         }
         let Some(authority) = uri.authority() else {
-            return Err(UrlError::Malformed(url.into(), "no host".into()));
+            return Err(UrlError::Malformed(
+                without_credentials(url),
+                "no host".into(),
+            ));
         };
         if authority.as_str().contains('@') || uri.query().is_some() || url.contains('#') {
             return Err(UrlError::Extra);
@@ -550,6 +567,9 @@ mod tests {
             "https://node:7001",
             "ftp://node",
             "http://user:secret@node:7001",
+            "http://user:secret@node:bad-port",
+            "https://user:secret@node",
+            "user:secret@node",
             "http://node:7001/?x=1",
             "http://node:7001/#x",
             "http://",

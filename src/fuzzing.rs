@@ -169,11 +169,11 @@ pub fn merkle(data: &[u8]) {
                 let j = u64::from(leaf) % shape.width();
                 let mut chain = tree::chain_of(&truth, &shape, j);
                 let mut honest = true;
-                if let Some(level) = corrupt_level {
-                    if let Some(h) = chain.get_mut(usize::from(level)) {
-                        *h = garbage([level, 1, 2, 3]);
-                        honest = false;
-                    }
+                if let Some(level) = corrupt_level
+                    && let Some(h) = chain.get_mut(usize::from(level))
+                {
+                    *h = garbage([level, 1, 2, 3]);
+                    honest = false;
                 }
                 if let Some(t) = truncate {
                     chain.truncate(usize::from(t));
@@ -220,6 +220,31 @@ pub fn parse_ueb(data: &[u8]) {
 /// Share header parsing: never panics; whatever it accepts re-encodes to the same bytes.
 pub fn parse_share_header(data: &[u8]) {
     canonical::<ShareHeader>(data);
+}
+
+/// Disk-cache entries: parsing never panics; whatever parses re-encodes to the same bytes.
+pub fn cache_entry(data: &[u8]) {
+    use crate::core::cache_entry::{encode_header, parse};
+    if let Ok((key, record)) = parse(data) {
+        let mut again = encode_header(&key, record.len() as u32).to_vec();
+        again.extend_from_slice(record);
+        assert_eq!(again, data, "an entry that does not re-encode to itself");
+    }
+}
+
+/// Cache file names: never panics; one key has exactly one name.
+pub fn cache_file_name(data: &[u8]) {
+    use crate::core::cache_entry::{file_name, parse_file_name};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Some((share, segment)) = parse_file_name(text) {
+        assert_eq!(
+            file_name(share, segment),
+            text,
+            "a non-canonical name was accepted"
+        );
+    }
 }
 
 /// Cap parsing: never panics; whatever it accepts prints back as the same text.

@@ -21,12 +21,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+pub mod cache;
 pub mod core;
 pub mod engine;
 pub mod fuzzing;
 pub mod gateway;
 pub mod grid;
 pub mod health;
+pub mod metrics;
 pub mod protocol;
 pub mod serving;
 pub mod size;

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use clap::Args;
 use futures::StreamExt;
 use http_range_header::{RangeUnsatisfiableError, parse_range_header};
+use segvault::ReaderConfig;
 use segvault::core::cap::Cap;
-use segvault::{Client, ReaderConfig};
 
 use super::{Cli, progress_bar, read_cap_argument};
 
@@ -25,6 +25,8 @@ pub(crate) struct GetArgs {
     /// Write to this file instead of stdout (replaced only once every byte is verified)
     #[arg(short = 'o', long, value_name = "PATH")]
     output: Option<PathBuf>,
+    #[command(flatten)]
+    cache: super::CacheArgs,
 }
 
 /// Parses `--range` with the same RFC 9110 parser the gateway uses.
@@ -154,7 +156,7 @@ pub(crate) async fn run(cli: &Cli, args: &GetArgs) -> anyhow::Result<ExitCode> {
         Some(text) => parse_range(text, len)?,
         None => 0..len,
     };
-    let client = Client::new(cli.grid()?, ReaderConfig::default());
+    let client = args.cache.client(cli.grid()?, ReaderConfig::default())?;
     let file = client.open(&cap).await?;
     let sink = Sink::create(args.output.as_deref())?;
     let mut writer = sink.writer()?;
@@ -189,6 +191,9 @@ pub(crate) async fn run(cli: &Cli, args: &GetArgs) -> anyhow::Result<ExitCode> {
     }
     drop(tx);
     drop(stream);
+    if let Some(cache) = client.cache() {
+        cache.flush().await;
+    }
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }

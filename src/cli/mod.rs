@@ -62,6 +62,52 @@ enum Command {
     StorageServer(storage_server::StorageServerArgs),
 }
 
+/// The disk cache, for commands that read.
+#[derive(Args, Debug)]
+pub(crate) struct CacheArgs {
+    /// Keep verified ciphertext blocks (never plaintext) in this directory, so repeated and seeking reads skip the network; one process per directory
+    #[arg(long, value_name = "DIR", env = "SEGVAULT_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Most bytes the cache directory holds; the least recently used blocks go first
+    #[arg(long, value_name = "SIZE", value_parser = segvault::size::parse, default_value = "1GiB", requires = "cache_dir")]
+    cache_size: u64,
+    /// Remove cached blocks unused this long, e.g. 90s, 30m, 1h
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1h", requires = "cache_dir")]
+    cache_ttl: std::time::Duration,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let duration =
+        humantime::parse_duration(text).map_err(|e| format!("{e} (use e.g. 90s, 30m, 1h)"))?;
+    if duration.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    // Far beyond any useful time to live, and safe to add to any clock reading.
+    Ok(duration.min(std::time::Duration::from_secs(10 * 365 * 24 * 3600)))
+}
+
+impl CacheArgs {
+    /// A client for `grid`, with the disk cache when `--cache-dir` was given.
+    pub(crate) fn client(
+        &self,
+        grid: Grid,
+        config: segvault::ReaderConfig,
+    ) -> anyhow::Result<segvault::Client> {
+        let Some(dir) = &self.cache_dir else {
+            return Ok(segvault::Client::new(grid, config));
+        };
+        let cache = segvault::cache::DiskCache::open(
+            segvault::cache::CacheConfig {
+                dir: dir.clone(),
+                max_bytes: self.cache_size,
+                ttl: self.cache_ttl,
+            },
+            std::sync::Arc::new(segvault::metrics::Metrics::default()),
+        )?;
+        Ok(segvault::Client::with_cache(grid, config, cache))
+    }
+}
+
 #[derive(Args, Debug)]
 struct CapArgs {
     /// A read cap or a verify cap (`-` reads it from stdin).

@@ -36,6 +36,8 @@ pub(crate) struct ServeArgs {
     /// Seconds a client has to send a request's headers (also the keep-alive idle time)
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     header_timeout: u64,
+    #[command(flatten)]
+    cache: super::CacheArgs,
 }
 
 pub(crate) async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
@@ -65,6 +67,10 @@ pub(crate) async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode>
         },
         ..GatewayConfig::default()
     };
+    // The cache (and its lock) before the port: a second gateway on the same cache directory
+    // fails before it takes an address.
+    let servers = grid.len();
+    let client = args.cache.client(grid, config.reader.clone())?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -76,9 +82,9 @@ pub(crate) async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode>
     eprintln!(
         "segvault: serving {} from {} storage servers; Ctrl-C stops",
         url_for(address),
-        grid.len()
+        servers
     );
-    Gateway::new(grid, config)
+    Gateway::with_client(client, config)
         .serve(listener, shutdown_signal())
         .await?;
     Ok(ExitCode::SUCCESS)

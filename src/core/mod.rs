@@ -2,6 +2,7 @@
 //! formats, all on byte slices. Nothing here does I/O or knows about tokio; the fuzz targets
 //! and property tests drive it directly.
 
+pub mod cache_entry;
 pub mod cap;
 pub mod choice;
 pub mod cipher;

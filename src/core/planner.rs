@@ -153,6 +153,49 @@ impl<'a> Record<'a> {
     }
 }
 
+/// The hashes that follow a block in its whole record, exactly as a share stores them: every
+/// (block-tree, ciphertext-tree) sibling level, then the share chain. The block followed by
+/// these is the whole record, which [`Record::parse`] reads back. `None` when a chain has the
+/// wrong number of levels for the layout.
+///
+/// ```
+/// use segvault::core::{geometry::{Geometry, SegmentIndex}, hash::Hash, layout::ShareLayout};
+/// use segvault::core::planner::{Record, record_hashes};
+/// let g = Geometry::new(1 << 20, 1 << 17, 3, 10).unwrap();
+/// let layout = ShareLayout::new(&g);
+/// let s = SegmentIndex(5);
+/// let chain = vec![Hash([1; 32]); 3];
+/// let share_chain = vec![Hash([2; 32]); 4];
+/// let mut record = vec![7u8; g.block_size(s) as usize];
+/// record.extend(record_hashes(&layout, &chain, &chain, &share_chain).unwrap());
+/// let parsed = Record::parse(&layout, s, &record).unwrap();
+/// assert_eq!(parsed.share_chain, Some(share_chain));
+/// ```
+pub fn record_hashes(
+    layout: &ShareLayout,
+    block_chain: &[Hash],
+    ciphertext_chain: &[Hash],
+    share_chain: &[Hash],
+) -> Option<Vec<u8>> {
+    let depth = layout.depth() as usize;
+    if block_chain.len() != depth
+        || ciphertext_chain.len() != depth
+        || share_chain.len() != layout.share_chain_levels() as usize
+    {
+        return None;
+    }
+    let mut bytes =
+        Vec::with_capacity(depth * CHAIN_LEVEL_LEN as usize + share_chain.len() * HASH_LEN);
+    for (b, c) in block_chain.iter().zip(ciphertext_chain) {
+        bytes.extend_from_slice(b.as_bytes());
+        bytes.extend_from_slice(c.as_bytes());
+    }
+    for h in share_chain {
+        bytes.extend_from_slice(h.as_bytes());
+    }
+    Some(bytes)
+}
+
 /// The next k-subset of `shares` (sorted, primaries first) to decode that is not in `tried`.
 ///
 /// Subsets are taken by *leaving out* shares, in order: after the first k fail together, a
@@ -208,7 +251,7 @@ pub fn next_subset(
 
 /// Parses a share chain section (levels × 32 bytes) into hashes.
 pub fn parse_share_chain(bytes: &[u8]) -> Option<Vec<Hash>> {
-    if bytes.len() % HASH_LEN != 0 {
+    if !bytes.len().is_multiple_of(HASH_LEN) {
         return None;
     }
     bytes.chunks_exact(HASH_LEN).map(Hash::from_slice).collect()

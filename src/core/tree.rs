@@ -283,6 +283,29 @@ impl PartialTree {
         levels
     }
 
+    /// Every sibling on leaf `j`'s path to the root (bottom-up), if all are known: the whole
+    /// chain that proves the leaf against the root with no other node. A leaf verified here
+    /// always has one, since a node is only learned together with its sibling.
+    ///
+    /// ```
+    /// use segvault::core::{hash, tree::{self, PartialTree, TreeShape}};
+    /// let leaves: Vec<_> = (0..5u8).map(|i| hash::block_leaf(&[i])).collect();
+    /// let nodes = tree::build(&leaves);
+    /// let shape = TreeShape::new(5);
+    /// let mut partial = PartialTree::new(shape, nodes[0]);
+    /// assert_eq!(partial.chain(3), None);
+    /// partial.verify_leaf(3, leaves[3], &tree::chain_of(&nodes, &shape, 3)).unwrap();
+    /// assert_eq!(partial.chain(3), Some(tree::chain_of(&nodes, &shape, 3)));
+    /// ```
+    pub fn chain(&self, j: u64) -> Option<Vec<Hash>> {
+        if j >= self.shape.width() {
+            return None;
+        }
+        (0..self.shape.depth())
+            .map(|level| self.get(self.shape.chain_node(j, level)))
+            .collect()
+    }
+
     /// Verifies leaf `j` with `chain` (siblings bottom-up; extra levels are ignored) and
     /// learns the leaf and the siblings used. Atomic.
     pub fn verify_leaf(
@@ -333,10 +356,10 @@ impl PartialTree {
                 }
                 continue;
             }
-            if let Some(offered) = overlay.insert(node.0, value) {
-                if offered != value {
-                    return Err(TreeError::Conflict { node });
-                }
+            if let Some(offered) = overlay.insert(node.0, value)
+                && offered != value
+            {
+                return Err(TreeError::Conflict { node });
             }
         }
 
@@ -395,6 +418,25 @@ mod tests {
 
     fn leaves(n: u64) -> Vec<Hash> {
         (0..n).map(|i| hash::block_leaf(&i.to_be_bytes())).collect()
+    }
+
+    #[test]
+    fn every_verified_leaf_has_its_whole_chain() {
+        for n in [1u64, 2, 3, 5, 8, 13, 33] {
+            let l = leaves(n);
+            let nodes = build(&l);
+            let shape = TreeShape::new(n);
+            let mut t = PartialTree::new(shape, nodes[0]);
+            // Verify in a scattered order, each with only the levels still needed.
+            let order: Vec<u64> = (0..n).map(|i| (i * 7 + 3) % n).collect();
+            for &j in &order {
+                let need = t.levels_needed(j) as usize;
+                let chain = chain_of(&nodes, &shape, j);
+                t.verify_leaf(j, l[j as usize], &chain[..need]).unwrap();
+                assert_eq!(t.chain(j), Some(chain), "n={n} j={j}");
+            }
+            assert_eq!(t.chain(shape.width()), None);
+        }
     }
 
     #[test]

@@ -25,11 +25,13 @@ pub use node::FileNode;
 pub use reader::FileReader;
 pub use segment::SegmentData;
 
+use crate::cache::DiskCache;
 use crate::core::cap::{ReadCap, VerifyCap};
 use crate::core::choice::Policy;
 use crate::core::cipher::Keystream;
 use crate::core::geometry::ShareNum;
 use crate::grid::Grid;
+use crate::metrics::Metrics;
 
 /// How a client reads. Built once, passed down.
 #[derive(Debug, Clone)]
@@ -116,6 +118,8 @@ struct Inner {
     grid: Grid,
     config: Arc<ReaderConfig>,
     nodes: Mutex<LruCache<VerifyCap, NodeCell>>,
+    metrics: Arc<Metrics>,
+    cache: Option<Arc<DiskCache>>,
 }
 
 impl fmt::Debug for Client {
@@ -129,14 +133,60 @@ impl fmt::Debug for Client {
 impl Client {
     /// A client for `grid`.
     pub fn new(grid: Grid, config: ReaderConfig) -> Client {
+        Client::build(grid, config, Arc::new(Metrics::default()), None)
+    }
+
+    /// A client for `grid` that keeps verified ciphertext blocks in `cache` and reads them
+    /// back from it (re-verified) before asking the grid. It counts into the cache's metrics.
+    ///
+    /// ```no_run
+    /// # fn demo(grid: segvault::Grid) -> Result<(), segvault::cache::CacheError> {
+    /// use std::{sync::Arc, time::Duration};
+    /// use segvault::cache::{CacheConfig, DiskCache};
+    /// use segvault::{Client, metrics::Metrics};
+    /// let config = CacheConfig { dir: "/var/cache/segvault".into(), max_bytes: 1 << 30, ttl: Duration::from_secs(3600) };
+    /// let cache = DiskCache::open(config, Arc::new(Metrics::default()))?;
+    /// let client = Client::with_cache(grid, Default::default(), cache);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_cache(grid: Grid, config: ReaderConfig, cache: Arc<DiskCache>) -> Client {
+        Client::build(grid, config, cache.metrics().clone(), Some(cache))
+    }
+
+    fn build(
+        grid: Grid,
+        config: ReaderConfig,
+        metrics: Arc<Metrics>,
+        cache: Option<Arc<DiskCache>>,
+    ) -> Client {
         let capacity = NonZeroUsize::new(config.open_files).unwrap_or(NonZeroUsize::MIN);
         Client {
             inner: Arc::new(Inner {
                 grid,
                 config: Arc::new(config),
                 nodes: Mutex::new(LruCache::new(capacity)),
+                metrics,
+                cache,
             }),
         }
+    }
+
+    /// The counters this client (and a gateway over it) keeps.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The disk cache, if any.
+    pub fn cache(&self) -> Option<&Arc<DiskCache>> {
+        self.inner.cache.as_ref()
+    }
+
+    /// Every counter in the OpenMetrics text format, with the open-file gauges brought up to
+    /// date.
+    pub fn render_metrics(&self) -> String {
+        let (files, bytes) = self.metadata();
+        self.inner.metrics.open_files(files, bytes);
+        self.inner.metrics.render()
     }
 
     /// The grid.
@@ -170,7 +220,13 @@ impl Client {
         };
         let node = cell
             .get_or_try_init(|| {
-                FileNode::open(self.inner.grid.clone(), self.inner.config.clone(), *cap)
+                FileNode::open(
+                    self.inner.grid.clone(),
+                    self.inner.config.clone(),
+                    *cap,
+                    self.inner.metrics.clone(),
+                    self.inner.cache.clone(),
+                )
             })
             .await?;
         self.trim_metadata();

@@ -28,6 +28,8 @@ use tracing::{debug, warn};
 use super::ReaderConfig;
 use super::error::{ReadError, ReportLine, ShareReport};
 use super::segment::SegmentData;
+use crate::cache::{CiphertextRecord, DiskCache};
+use crate::core::cache_entry::BlockKey;
 use crate::core::cap::{StorageIndex, VerifyCap};
 use crate::core::choice::{self, Candidate};
 use crate::core::codec::Codec as _;
@@ -35,11 +37,12 @@ use crate::core::erasure::Codec;
 use crate::core::geometry::{SegmentIndex, ShareNum};
 use crate::core::hash::{self, Hash};
 use crate::core::layout::{HEADER_LEN, ShareLayout};
-use crate::core::planner::{Record, RecordRequest, next_subset};
+use crate::core::planner::{Record, RecordRequest, next_subset, record_hashes};
 use crate::core::share_header::ShareHeader;
 use crate::core::tree::{self, PartialTree};
 use crate::core::ueb::Ueb;
 use crate::grid::{Grid, Server};
+use crate::metrics::{Eviction, Metrics, Rejection};
 use crate::store::StoreError;
 
 /// Blocks at least this large are hashed and decoded on the blocking pool rather than on an
@@ -94,6 +97,16 @@ impl Problem {
         }
     }
 
+    fn rejection(&self) -> Rejection {
+        match self {
+            Problem::Unavailable(_) => Rejection::Unavailable,
+            Problem::Missing => Rejection::Missing,
+            Problem::CorruptShare(_) => Rejection::CorruptShare,
+            Problem::CorruptBlock(_) => Rejection::CorruptBlock,
+            Problem::AlteredCap => Rejection::AlteredCap,
+        }
+    }
+
     /// Whether the share's bytes are bad (worth telling its server).
     fn is_corruption(&self) -> bool {
         matches!(self, Problem::CorruptShare(_) | Problem::CorruptBlock(_))
@@ -107,13 +120,15 @@ async fn timed_read(
     si: StorageIndex,
     share: ShareNum,
     ranges: Vec<Range<u64>>,
-    timeout: Duration,
-    failure_ttl: Duration,
+    config: &ReaderConfig,
     sample_latency: bool,
+    metrics: &Metrics,
 ) -> Result<Vec<Bytes>, Problem> {
+    let (timeout, failure_ttl) = (config.request_timeout, config.failure_ttl);
     let health = server.health();
     let request = health.begin();
     let answer = tokio::time::timeout(timeout, server.store().read(si, share, ranges)).await;
+    metrics.share_request(server.name(), request.started().elapsed());
     match answer {
         Ok(Ok(parts)) => {
             if sample_latency {
@@ -370,6 +385,8 @@ pub struct FileNode {
     shares: Arc<Shares>,
     trees: Mutex<Trees>,
     inflight: Mutex<HashMap<u64, WeakShared<BoxFuture<'static, SegmentResult>>>>,
+    metrics: Arc<Metrics>,
+    cache: Option<Arc<DiskCache>>,
 }
 
 impl fmt::Debug for FileNode {
@@ -388,6 +405,8 @@ impl FileNode {
         grid: Grid,
         config: Arc<ReaderConfig>,
         cap: VerifyCap,
+        metrics: Arc<Metrics>,
+        cache: Option<Arc<DiskCache>>,
     ) -> Result<Arc<FileNode>, ReadError> {
         let si = cap.storage_index();
         let geometry = *cap.geometry();
@@ -471,17 +490,10 @@ impl FileNode {
                 let delay = choice::hedge_delay(&server.health().latency(), &config.share_choice);
                 deadlines.insert(slot, Instant::now() + delay);
                 let (region, config) = (layout.header_region(), config.clone());
-                let (cap, layout) = (cap, layout);
+                let (cap, layout, metrics) = (cap, layout, metrics.clone());
                 running.push(tokio::spawn(async move {
-                    let read = timed_read(
-                        &server,
-                        si,
-                        share,
-                        vec![region],
-                        config.request_timeout,
-                        config.failure_ttl,
-                        true,
-                    );
+                    let read =
+                        timed_read(&server, si, share, vec![region], &config, true, &metrics);
                     let mut read = std::pin::pin!(read);
                     // Late or not, the read goes on (it may still open the file); a late one
                     // marks its server slow, even when another read already opened the file.
@@ -524,7 +536,10 @@ impl FileNode {
                         Err(Problem::AlteredCap) => {
                             return Err(ReadError::AlteredCap { storage_index: si });
                         }
-                        Err(problem) => shares.lock().reject_at_open(si, slot, &problem),
+                        Err(problem) => {
+                            metrics.share_rejected(problem.rejection());
+                            shares.lock().reject_at_open(si, slot, &problem);
+                        }
                     }
                 }
                 () = late => {
@@ -532,7 +547,10 @@ impl FileNode {
                     let now = Instant::now();
                     deadlines.retain(|_, &mut at| {
                         let late = at <= now;
-                        want += usize::from(late);
+                        if late {
+                            want += 1;
+                            metrics.hedged();
+                        }
                         !late
                     });
                 }
@@ -551,6 +569,7 @@ impl FileNode {
         let drain = async {
             while let Some(joined) = running.next().await {
                 if let Ok((slot, Err(problem))) = joined {
+                    metrics.share_rejected(problem.rejection());
                     shares.lock().reject_at_open(si, slot, &problem);
                 }
             }
@@ -572,6 +591,8 @@ impl FileNode {
             shares,
             trees: Mutex::new(trees),
             inflight: Mutex::new(HashMap::new()),
+            metrics,
+            cache,
         }))
     }
 
@@ -669,10 +690,13 @@ impl FileNode {
     /// and retries.
     pub(crate) fn segment_run(self: &Arc<Self>, segments: &[SegmentIndex]) -> Vec<SharedSegment> {
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        // Segments the disk cache holds need no request: they take the single-segment path,
+        // which reads them from it.
         let fresh: Vec<SegmentIndex> = segments
             .iter()
             .copied()
             .filter(|s| inflight.get(&s.0).and_then(WeakShared::upgrade).is_none())
+            .filter(|&s| !self.fully_cached(s))
             .collect();
         let mut batched = HashMap::new();
         if fresh.len() >= 2 {
@@ -775,9 +799,16 @@ impl FileNode {
             }
         }
         let chains = blocks.iter().map(|b| b.ciphertext_chain.clone()).collect();
-        self.decode_and_check(segment, blocks, chains)
+        let data = self
+            .clone()
+            .decode_and_check(segment, blocks.clone(), chains)
             .await
-            .map_err(ReadError::Internal)
+            .map_err(ReadError::Internal)?;
+        if self.cache.is_some() {
+            self.metrics.cache_lookups(0, blocks.len() as u64);
+            self.cache_blocks(segment, &blocks);
+        }
+        Ok(data)
     }
 
     /// A share's first failure is a warning; repeats (a share damaged throughout) are debug.
@@ -803,6 +834,7 @@ impl FileNode {
                 slot.problem = None;
             }
             Err(problem) => {
+                self.metrics.share_rejected(problem.rejection());
                 slot.failures = slot.failures.saturating_add(1);
                 slot.problem = Some(problem.to_string());
                 let ttl = match problem {
@@ -875,9 +907,173 @@ impl FileNode {
         )
     }
 
+    fn cache_key(&self, share: ShareNum, segment: SegmentIndex) -> BlockKey {
+        BlockKey {
+            storage_index: self.storage_index(),
+            share,
+            segment,
+        }
+    }
+
+    /// Whether the cache holds k blocks of `segment` (no I/O: its index only).
+    fn fully_cached(&self, segment: SegmentIndex) -> bool {
+        let g = self.cap.geometry();
+        self.cache.as_ref().is_some_and(|cache| {
+            cache
+                .shares_cached(self.storage_index(), segment, g.n())
+                .len()
+                >= usize::from(g.k())
+        })
+    }
+
+    /// Up to k blocks of `segment` from the disk cache, each verified like a block from a
+    /// server (an entry is the share's whole record, so it proves itself up to the UEB even
+    /// when this node has none of its tree yet). A bad entry is dropped and counted.
+    async fn cached_blocks(&self, segment: SegmentIndex) -> BTreeMap<ShareNum, VerifiedBlock> {
+        let mut verified = BTreeMap::new();
+        let Some(cache) = &self.cache else {
+            return verified;
+        };
+        let (k, n) = (self.cap.geometry().k(), self.cap.geometry().n());
+        let mut shares = cache.shares_cached(self.storage_index(), segment, n);
+        shares.truncate(usize::from(k));
+        if !shares.is_empty() {
+            let keys: Vec<BlockKey> = shares.iter().map(|&s| self.cache_key(s, segment)).collect();
+            let reader = cache.clone();
+            let records = tokio::task::spawn_blocking(move || {
+                keys.into_iter()
+                    .filter_map(|key| Some((key, reader.read(&key)?)))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            for (key, record) in records {
+                let checked = match self.verify_record(key.share, segment, record.clone()).await {
+                    Ok(block) => self
+                        .check_whole_proof(&block, segment, &record)
+                        .map(|()| block),
+                    Err(problem) => Err(problem),
+                };
+                match checked {
+                    Ok(block) => {
+                        verified.insert(key.share, block);
+                    }
+                    Err(problem) => {
+                        warn!(si = %self.storage_index(), %segment, share = %key.share, %problem, "cache entry failed its check; dropped");
+                        self.metrics.share_rejected(Rejection::CacheEntry);
+                        cache.discard(&key, Eviction::Corrupt);
+                    }
+                }
+            }
+        }
+        let hits = verified.len().min(usize::from(k));
+        self.metrics
+            .cache_lookups(hits as u64, (usize::from(k) - hits) as u64);
+        verified
+    }
+
+    /// A cached record must prove its block at every level, up to the UEB's share root: the
+    /// usual check uses only the levels this node still lacks, and rot in the others would
+    /// stay in the cache unnoticed. (Its ciphertext chain is compared once the segment is
+    /// decoded; see [`check_cached_ciphertext_chains`](Self::check_cached_ciphertext_chains).)
+    fn check_whole_proof(
+        &self,
+        block: &VerifiedBlock,
+        segment: SegmentIndex,
+        record: &[u8],
+    ) -> Result<(), Problem> {
+        let bad = |why: &str| Problem::CorruptBlock(format!("cache entry: {why}"));
+        let parsed =
+            Record::parse(&self.layout, segment, record).ok_or_else(|| bad("wrong length"))?;
+        let share_chain = parsed
+            .share_chain
+            .ok_or_else(|| bad("not a whole record"))?;
+        let g = self.cap.geometry();
+        let root = tree::root_from_chain(
+            &g.segment_tree(),
+            segment.0,
+            block.leaf,
+            &parsed.block_chain,
+        )
+        .map_err(|e| bad(&e.to_string()))?;
+        let share_root = tree::root_from_chain(
+            &g.share_tree(),
+            u64::from(block.share.0),
+            root,
+            &share_chain,
+        )
+        .map_err(|e| bad(&e.to_string()))?;
+        if share_root != self.ueb.share_root {
+            return Err(bad("its hashes do not lead to the UEB's share root"));
+        }
+        Ok(())
+    }
+
+    /// After `segment` decoded, the ciphertext chain of each block read from the cache must be
+    /// the verified one; an entry whose chain differs is dropped (its block was good, so the
+    /// segment stands).
+    fn check_cached_ciphertext_chains(
+        &self,
+        segment: SegmentIndex,
+        verified: &BTreeMap<ShareNum, VerifiedBlock>,
+        from_cache: &HashSet<ShareNum>,
+    ) {
+        let Some(cache) = &self.cache else {
+            return;
+        };
+        let known = self.lock_trees().ciphertext_tree.chain(segment.0);
+        for share in from_cache {
+            let Some(block) = verified.get(share) else {
+                continue;
+            };
+            if known.as_ref() != Some(&block.ciphertext_chain) {
+                warn!(si = %self.storage_index(), %segment, %share, "cache entry's ciphertext chain is wrong; dropped");
+                self.metrics.share_rejected(Rejection::CacheEntry);
+                cache.discard(&self.cache_key(*share, segment), Eviction::Corrupt);
+            }
+        }
+    }
+
+    /// Stores verified `blocks` of `segment` in the disk cache (in the background), each as
+    /// its share's whole record rebuilt from the verified trees.
+    fn cache_blocks<'a>(
+        &self,
+        segment: SegmentIndex,
+        blocks: impl IntoIterator<Item = &'a VerifiedBlock>,
+    ) {
+        let Some(cache) = &self.cache else {
+            return;
+        };
+        let j = segment.0;
+        for block in blocks {
+            let hashes = {
+                let trees = self.lock_trees();
+                let block_chain = trees.block_trees[block.share.index()]
+                    .as_ref()
+                    .and_then(|t| t.chain(j));
+                let ciphertext_chain = trees.ciphertext_tree.chain(j);
+                let share_chain = trees.share_tree.chain(u64::from(block.share.0));
+                match (block_chain, ciphertext_chain, share_chain) {
+                    (Some(b), Some(c), Some(s)) => record_hashes(&self.layout, &b, &c, &s),
+                    _ => None,
+                }
+            };
+            match hashes {
+                Some(hashes) => cache.insert(
+                    self.cache_key(block.share, segment),
+                    CiphertextRecord::verified(block.data.clone(), hashes),
+                ),
+                None => {
+                    debug!(si = %self.storage_index(), %segment, share = %block.share, "block not cached: its proof is not all known")
+                }
+            }
+        }
+    }
+
     async fn fetch_segment(self: Arc<Self>, segment: SegmentIndex) -> SegmentResult {
         let k = usize::from(self.cap.geometry().k());
-        let mut verified: BTreeMap<ShareNum, VerifiedBlock> = BTreeMap::new();
+        let mut verified: BTreeMap<ShareNum, VerifiedBlock> = self.cached_blocks(segment).await;
+        let from_cache: HashSet<ShareNum> = verified.keys().copied().collect();
         let mut tried: HashSet<usize> = HashSet::new();
         let mut problems: HashMap<usize, String> = HashMap::new();
         let mut decoded: HashSet<Vec<ShareNum>> = HashSet::new();
@@ -900,9 +1096,22 @@ impl FileNode {
                             .values()
                             .map(|b| b.ciphertext_chain.clone())
                             .collect();
+                        let fetched: Vec<VerifiedBlock> = blocks
+                            .iter()
+                            .filter(|b| !from_cache.contains(&b.share))
+                            .cloned()
+                            .collect();
                         match self.clone().decode_and_check(segment, blocks, chains).await {
                             // Requests still in flight are dropped here, and so cancelled.
-                            Ok(data) => return Ok(data),
+                            Ok(data) => {
+                                self.cache_blocks(segment, &fetched);
+                                self.check_cached_ciphertext_chains(
+                                    segment,
+                                    &verified,
+                                    &from_cache,
+                                );
+                                return Ok(data);
+                            }
                             Err(why) => {
                                 warn!(si = %self.storage_index(), %segment, ?subset, %why, "decoded segment rejected");
                             }
@@ -1001,6 +1210,7 @@ impl FileNode {
                     let now = Instant::now();
                     for attempt in attempts.values_mut().filter(|a| !a.late && a.late_at <= now) {
                         attempt.late = true;
+                        self.metrics.hedged();
                         let server = &self.grid.servers()[attempt.server];
                         server.health().ran_late(self.config.slow_ttl);
                         debug!(si = %self.storage_index(), %segment, share = %attempt.share, server = server.name(), "block request late; asking another share");
@@ -1084,10 +1294,10 @@ impl FileNode {
             si,
             share,
             ranges,
-            self.config.request_timeout,
-            self.config.failure_ttl,
+            &self.config,
             // A latency sample is one block's worth: longer answers would skew hedge delays.
             segments.len() == 1,
+            &self.metrics,
         )
         .await?;
         if parts.len() != segments.len() {

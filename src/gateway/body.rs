@@ -125,10 +125,12 @@ pub(super) struct AccessLog {
     pub(super) route: &'static str,
     pub(super) storage_index: Option<crate::core::cap::StorageIndex>,
     pub(super) status: u16,
+    pub(super) metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl AccessLog {
     fn write(&self, sent: u64, outcome: &str) {
+        self.metrics.http_response(self.status, sent);
         tracing::info!(
             target: "segvault::access",
             peer = %self.peer,

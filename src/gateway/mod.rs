@@ -88,11 +88,14 @@ struct Inner {
 impl Gateway {
     /// A gateway reading and writing `grid`.
     pub fn new(grid: Grid, config: GatewayConfig) -> Gateway {
+        Gateway::with_client(Client::new(grid, config.reader.clone()), config)
+    }
+
+    /// A gateway reading through `client` (its grid, disk cache and metrics; `config.reader`
+    /// is not used) and writing to the client's grid.
+    pub fn with_client(client: Client, config: GatewayConfig) -> Gateway {
         Gateway {
-            inner: Arc::new(Inner {
-                client: Client::new(grid, config.reader.clone()),
-                config,
-            }),
+            inner: Arc::new(Inner { client, config }),
         }
     }
 

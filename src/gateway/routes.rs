@@ -125,6 +125,7 @@ impl Gateway {
             route: access.route,
             storage_index: access.storage_index,
             status: response.status().as_u16(),
+            metrics: self.client().metrics().clone(),
         };
         response.map(|body| Logged::wrap(body, log))
     }
@@ -144,6 +145,23 @@ impl Gateway {
             ["", "app.css"] => {
                 access.route = "page";
                 page::serve(request.method(), page::Asset::Style)
+            }
+            ["", "metrics"] => {
+                access.route = "metrics";
+                match *request.method() {
+                    Method::GET | Method::HEAD => {
+                        let mut response = text(StatusCode::OK, self.client().render_metrics());
+                        response.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+                        );
+                        if *request.method() == Method::HEAD {
+                            *response.body_mut() = body::full(String::new());
+                        }
+                        response
+                    }
+                    _ => method_not_allowed("GET, HEAD"),
+                }
             }
             ["", "uri"] | ["", "uri", ""] => {
                 access.route = "upload";

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod grid;
 pub mod http;
 
 use std::sync::Arc;

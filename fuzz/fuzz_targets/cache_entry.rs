@@ -1,0 +1,5 @@
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    segvault::fuzzing::cache_entry(data);
+    segvault::fuzzing::cache_file_name(data);
+});

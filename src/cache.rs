@@ -1,0 +1,677 @@
+//! The disk cache: verified ciphertext records of share blocks, keyed by (storage index,
+//! share, segment), so repeated and seeking reads skip the network.
+//!
+//! Only a [`CiphertextRecord`] can enter it, and only the engine can make one, from a block it
+//! has verified; plaintext and keys never reach it (Tahoe-LAFS #527's plaintext cache is what
+//! this replaces). Each entry is the share's whole record for its segment — the block with
+//! every hash it needs up to the file's UEB — so the engine re-verifies every entry it reads
+//! back (a bad one is a miss and is dropped) and an entry stays useful after a restart.
+//!
+//! On disk (`DIR` is `--cache-dir`):
+//!
+//! ```text
+//! DIR/lock                      held (flock) by the one process using the cache
+//! DIR/tmp/                      entries being written; emptied at start
+//! DIR/v1/<storage index>/<share>-<segment>   one entry (see core::cache_entry)
+//! ```
+//!
+//! - **Bounded by bytes**, least recently used first out; entries unused for the TTL expire
+//!   (a sweep runs every quarter TTL, at most every minute). Last use is kept in the entry's
+//!   mtime, so order and expiry survive restarts.
+//! - **Atomic writes**: an entry is written under `tmp/` and renamed into place, never
+//!   fsynced: a crash can leave a torn or empty entry only after a power loss, and a torn entry
+//!   fails verification like any corrupt one. `kill -9` at any moment leaves whole entries and
+//!   stray temporary files, which the next start removes.
+//! - **One process per directory**: the first takes an exclusive lock on `DIR/lock`; a second
+//!   gateway pointed at the same directory fails at start with a clear error rather than
+//!   sharing it (two processes each keeping the byte bound would overshoot it, and neither
+//!   would see the other's LRU order). Give each process its own directory.
+//! - Directories are 0700 and files 0600.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use lru::LruCache;
+use tracing::{debug, warn};
+
+use crate::core::cache_entry::{self, BlockKey, HEADER_LEN};
+use crate::core::cap::StorageIndex;
+use crate::core::geometry::{SegmentIndex, ShareNum};
+use crate::metrics::{Eviction, Metrics};
+
+/// Bytes of entries waiting to be written; blocks beyond this are not cached (a reader never
+/// waits for the cache, and memory stays bounded when the disk is slower than the grid).
+const MAX_PENDING_WRITE_BYTES: u64 = 32 << 20;
+
+/// Where and how much to cache.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// The cache directory (created 0700 if missing).
+    pub dir: PathBuf,
+    /// Most bytes of entries kept.
+    pub max_bytes: u64,
+    /// Entries unused this long are removed.
+    pub ttl: Duration,
+}
+
+/// Why the cache could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// Another process holds the directory.
+    #[error(
+        "cache directory {0} is in use by another segvault process (give each process its own --cache-dir)"
+    )]
+    InUse(PathBuf),
+    /// The directory could not be created or read.
+    #[error("cache directory {path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// What failed.
+        source: io::Error,
+    },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
+    move |source| CacheError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A share's whole record for one segment, already verified by the engine: the only thing
+/// the cache accepts. It can only be built inside this crate, from a verified ciphertext block
+/// and the hashes that prove it.
+#[derive(Debug, Clone)]
+pub struct CiphertextRecord {
+    block: Bytes,
+    hashes: Vec<u8>,
+}
+
+impl CiphertextRecord {
+    /// A verified block and its [`record_hashes`](crate::core::planner::record_hashes).
+    pub(crate) fn verified(block: Bytes, hashes: Vec<u8>) -> CiphertextRecord {
+        CiphertextRecord { block, hashes }
+    }
+
+    fn len(&self) -> usize {
+        self.block.len() + self.hashes.len()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    bytes: u64,
+    used: Instant,
+}
+
+#[derive(Debug)]
+struct State {
+    lru: LruCache<BlockKey, Entry>,
+    bytes: u64,
+    writing: HashSet<BlockKey>,
+    writing_bytes: u64,
+}
+
+/// The cache. Shared by every file a client reads; see the module documentation.
+#[derive(Debug)]
+pub struct DiskCache {
+    entries_dir: PathBuf,
+    tmp_dir: PathBuf,
+    max_bytes: u64,
+    ttl: Duration,
+    state: Mutex<State>,
+    metrics: Arc<Metrics>,
+    /// Held for the cache's life: the exclusive lock on `DIR/lock`.
+    _lock: File,
+}
+
+#[cfg(unix)]
+fn create_private_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {
+            // An existing directory is tightened, not trusted as it is.
+            fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(path: &Path) -> io::Result<()> {
+    match fs::create_dir(path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        other => other,
+    }
+}
+
+fn private_file_options() -> fs::OpenOptions {
+    let mut options = fs::OpenOptions::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+}
+
+impl DiskCache {
+    /// Opens (creating if needed) the cache in `config.dir`: takes the directory's lock,
+    /// removes partial files, and indexes the entries found (dropping expired ones and, if
+    /// the bound shrank, the least recently used). Blocking; call it at start.
+    pub fn open(config: CacheConfig, metrics: Arc<Metrics>) -> Result<Arc<DiskCache>, CacheError> {
+        let dir = config.dir.clone();
+        fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        create_private_dir(&dir).map_err(io_error(&dir))?;
+        let lock_path = dir.join("lock");
+        let lock = private_file_options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(io_error(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(CacheError::InUse(dir)),
+            Err(fs::TryLockError::Error(e)) => return Err(io_error(&lock_path)(e)),
+        }
+        let tmp_dir = dir.join("tmp");
+        if tmp_dir.exists() {
+            // Entries a killed process was writing: never renamed into place, never read.
+            fs::remove_dir_all(&tmp_dir).map_err(io_error(&tmp_dir))?;
+        }
+        create_private_dir(&tmp_dir).map_err(io_error(&tmp_dir))?;
+        let entries_dir = dir.join("v1");
+        create_private_dir(&entries_dir).map_err(io_error(&entries_dir))?;
+
+        let found = scan(&entries_dir, config.ttl)?;
+        let mut state = State {
+            lru: LruCache::unbounded(),
+            bytes: 0,
+            writing: HashSet::new(),
+            writing_bytes: 0,
+        };
+        let now = Instant::now();
+        for (key, bytes, age) in found {
+            state.bytes += bytes;
+            let used = now.checked_sub(age).unwrap_or(now);
+            state.lru.push(key, Entry { bytes, used });
+        }
+        let cache = Arc::new(DiskCache {
+            entries_dir,
+            tmp_dir,
+            max_bytes: config.max_bytes,
+            ttl: config.ttl,
+            state: Mutex::new(state),
+            metrics,
+            _lock: lock,
+        });
+        let victims = cache.make_room(&mut cache.lock(), 0);
+        cache.remove_files(&victims);
+        cache.publish_size();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let every = (cache.ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
+            runtime.spawn(sweep_periodically(Arc::downgrade(&cache), every));
+        }
+        Ok(cache)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the state consistent even if it panics midway.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn path_of(&self, key: &BlockKey) -> PathBuf {
+        self.entries_dir
+            .join(key.storage_index.to_base32())
+            .join(cache_entry::file_name(key.share, key.segment))
+    }
+
+    /// Waits (up to ten seconds) until every write started so far is on disk: for a
+    /// short-lived process about to exit.
+    pub async fn flush(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.lock().writing.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// The counters the cache keeps.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Entries and bytes held.
+    pub fn usage(&self) -> (usize, u64) {
+        let state = self.lock();
+        (state.lru.len(), state.bytes)
+    }
+
+    /// The bound on bytes held.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    fn publish_size(&self) {
+        let (entries, bytes) = self.usage();
+        self.metrics.cache_size(entries, bytes);
+    }
+
+    /// The shares below `n` with an entry for `segment` of `si` that has not expired.
+    pub fn shares_cached(&self, si: StorageIndex, segment: SegmentIndex, n: u16) -> Vec<ShareNum> {
+        let state = self.lock();
+        let now = Instant::now();
+        (0..n.min(256))
+            .filter_map(|share| {
+                let key = BlockKey {
+                    storage_index: si,
+                    share: ShareNum(share as u8),
+                    segment,
+                };
+                let entry = state.lru.peek(&key)?;
+                (now.duration_since(entry.used) < self.ttl).then_some(key.share)
+            })
+            .collect()
+    }
+
+    /// The record of `key`, if cached and readable (not yet verified: the caller checks it
+    /// and [`discard`](Self::discard)s it if bad). Counts as a use. Blocking.
+    pub fn read(&self, key: &BlockKey) -> Option<Bytes> {
+        self.lock().lru.get_mut(key)?;
+        let path = self.path_of(key);
+        let mut bytes = Vec::new();
+        let opened = File::open(&path).and_then(|mut file| {
+            file.read_to_end(&mut bytes)?;
+            Ok(file)
+        });
+        let file = match opened {
+            Ok(file) => file,
+            Err(e) => {
+                // Evicted meanwhile, or removed by hand: forget it.
+                if e.kind() != io::ErrorKind::NotFound {
+                    warn!(entry = %key, error = %e, "cache entry unreadable; dropped");
+                }
+                self.discard(key, Eviction::Corrupt);
+                return None;
+            }
+        };
+        match cache_entry::parse(&bytes) {
+            Ok((named, _)) if named == *key => {}
+            Ok(_) => {
+                warn!(entry = %key, "cache entry names another block; dropped");
+                self.discard(key, Eviction::Corrupt);
+                return None;
+            }
+            Err(e) => {
+                warn!(entry = %key, error = %e, "cache entry malformed; dropped");
+                self.discard(key, Eviction::Corrupt);
+                return None;
+            }
+        }
+        let now = Instant::now();
+        if let Some(entry) = self.lock().lru.get_mut(key) {
+            entry.used = now;
+        }
+        // Last use survives a restart as the mtime (a failure only costs LRU accuracy).
+        let _ = file.set_modified(SystemTime::now());
+        Some(Bytes::from(bytes).slice(HEADER_LEN..))
+    }
+
+    /// Removes `key` (a bad or unreadable entry).
+    pub fn discard(&self, key: &BlockKey, reason: Eviction) {
+        let removed = self.lock().lru.pop(key);
+        if let Some(entry) = removed {
+            self.lock().bytes -= entry.bytes;
+            self.metrics.cache_evicted(reason, 1);
+            self.remove_files(&[*key]);
+            self.publish_size();
+        }
+    }
+
+    /// Stores `record` as `key` in the background, unless it is already cached, being
+    /// written, larger than the cache, or too many writes are pending.
+    pub fn insert(self: &Arc<Self>, key: BlockKey, record: CiphertextRecord) {
+        let size = (HEADER_LEN + record.len()) as u64;
+        {
+            let mut state = self.lock();
+            if size > self.max_bytes
+                || state.lru.contains(&key)
+                || state.writing.contains(&key)
+                || state.writing_bytes + size > MAX_PENDING_WRITE_BYTES
+            {
+                return;
+            }
+            state.writing.insert(key);
+            state.writing_bytes += size;
+        }
+        let cache = self.clone();
+        let write = move || {
+            let written = cache.write_entry(&key, &record);
+            let inserted = written.is_ok();
+            let victims = {
+                let mut state = cache.lock();
+                state.writing.remove(&key);
+                state.writing_bytes -= size;
+                match written {
+                    Ok(()) => {
+                        let victims = cache.make_room(&mut state, size);
+                        state.bytes += size;
+                        state.lru.push(
+                            key,
+                            Entry {
+                                bytes: size,
+                                used: Instant::now(),
+                            },
+                        );
+                        victims
+                    }
+                    Err(e) => {
+                        debug!(entry = %key, error = %e, "cache write failed");
+                        Vec::new()
+                    }
+                }
+            };
+            if inserted {
+                cache.metrics.cache_inserted();
+            }
+            cache.remove_files(&victims);
+            cache.publish_size();
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(write);
+            }
+            Err(_) => write(),
+        }
+    }
+
+    fn write_entry(&self, key: &BlockKey, record: &CiphertextRecord) -> io::Result<()> {
+        let header =
+            cache_entry::encode_header(key, u32::try_from(record.len()).map_err(io::Error::other)?);
+        // tempfile creates 0600 files.
+        let mut temp = tempfile::Builder::new()
+            .prefix("entry-")
+            .tempfile_in(&self.tmp_dir)?;
+        temp.write_all(&header)?;
+        temp.write_all(&record.block)?;
+        temp.write_all(&record.hashes)?;
+        let path = self.path_of(key);
+        if let Some(parent) = path.parent()
+            && !parent.is_dir()
+        {
+            create_private_dir(parent)?;
+        }
+        temp.persist(&path).map_err(|e| e.error)?;
+        Ok(())
+    }
+
+    /// Pops least recently used entries until `incoming` more bytes fit. Returns their keys
+    /// (the caller removes the files outside the lock).
+    fn make_room(&self, state: &mut State, incoming: u64) -> Vec<BlockKey> {
+        let mut victims = Vec::new();
+        while state.bytes + incoming > self.max_bytes {
+            let Some((key, entry)) = state.lru.pop_lru() else {
+                break;
+            };
+            state.bytes -= entry.bytes;
+            victims.push(key);
+        }
+        if !victims.is_empty() {
+            self.metrics
+                .cache_evicted(Eviction::Lru, victims.len() as u64);
+        }
+        victims
+    }
+
+    fn remove_files(&self, keys: &[BlockKey]) {
+        for key in keys {
+            let path = self.path_of(key);
+            if let Err(e) = fs::remove_file(&path)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                warn!(entry = %key, error = %e, "cannot remove cache entry");
+            }
+        }
+    }
+
+    /// Removes entries unused for longer than the TTL. Blocking.
+    pub fn sweep_expired(&self) -> usize {
+        let now = Instant::now();
+        let expired: Vec<BlockKey> = {
+            let mut state = self.lock();
+            let mut expired = Vec::new();
+            while let Some((_, entry)) = state.lru.peek_lru() {
+                if now.duration_since(entry.used) < self.ttl {
+                    break;
+                }
+                if let Some((key, entry)) = state.lru.pop_lru() {
+                    state.bytes -= entry.bytes;
+                    expired.push(key);
+                }
+            }
+            expired
+        };
+        if !expired.is_empty() {
+            self.metrics
+                .cache_evicted(Eviction::Expired, expired.len() as u64);
+            self.remove_files(&expired);
+            self.publish_size();
+        }
+        expired.len()
+    }
+}
+
+async fn sweep_periodically(cache: Weak<DiskCache>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(cache) = cache.upgrade() else {
+            return;
+        };
+        // File removal can block; keep it off the async workers.
+        let _ = tokio::task::spawn_blocking(move || cache.sweep_expired()).await;
+    }
+}
+
+/// The entries under `entries_dir` as (key, bytes, age since last use), least recently used
+/// first. Anything else there — stray files, bad names, expired entries — is removed.
+fn scan(entries_dir: &Path, ttl: Duration) -> Result<Vec<(BlockKey, u64, Duration)>, CacheError> {
+    let mut found = Vec::new();
+    let now = SystemTime::now();
+    for dir in fs::read_dir(entries_dir).map_err(io_error(entries_dir))? {
+        let dir = dir.map_err(io_error(entries_dir))?;
+        let path = dir.path();
+        let Some(si) = dir
+            .file_name()
+            .to_str()
+            .and_then(StorageIndex::from_base32)
+            .filter(|_| path.is_dir())
+        else {
+            warn!(path = %path.display(), "unexpected file in the cache; removed");
+            let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+            continue;
+        };
+        let mut kept = 0;
+        for file in fs::read_dir(&path).map_err(io_error(&path))? {
+            let file = file.map_err(io_error(&path))?;
+            let file_path = file.path();
+            let named = file
+                .file_name()
+                .to_str()
+                .and_then(cache_entry::parse_file_name);
+            let meta = file.metadata().ok().filter(fs::Metadata::is_file);
+            let (Some((share, segment)), Some(meta)) = (named, meta) else {
+                warn!(path = %file_path.display(), "unexpected file in the cache; removed");
+                let _ = fs::remove_dir_all(&file_path).or_else(|_| fs::remove_file(&file_path));
+                continue;
+            };
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .unwrap_or_default();
+            if age >= ttl || meta.len() < HEADER_LEN as u64 {
+                let _ = fs::remove_file(&file_path);
+                continue;
+            }
+            kept += 1;
+            let key = BlockKey {
+                storage_index: si,
+                share,
+                segment,
+            };
+            found.push((key, meta.len(), age));
+        }
+        if kept == 0 {
+            let _ = fs::remove_dir(&path);
+        }
+    }
+    // Oldest first, so the most recently used end up at the LRU's front.
+    found.sort_by_key(|entry| std::cmp::Reverse(entry.2));
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(segment: u64) -> BlockKey {
+        BlockKey {
+            storage_index: StorageIndex([7; 16]),
+            share: ShareNum(1),
+            segment: SegmentIndex(segment),
+        }
+    }
+
+    fn open(dir: &Path, max_bytes: u64, ttl: Duration) -> Arc<DiskCache> {
+        let config = CacheConfig {
+            dir: dir.to_owned(),
+            max_bytes,
+            ttl,
+        };
+        DiskCache::open(config, Arc::new(Metrics::default())).unwrap()
+    }
+
+    #[test]
+    fn entries_round_trip_and_evict_least_recently_used_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = (HEADER_LEN + 100) as u64;
+        let cache = open(dir.path(), 3 * entry, Duration::from_secs(3600));
+        for s in 0..3 {
+            cache.insert(
+                key(s),
+                CiphertextRecord::verified(Bytes::from(vec![s as u8; 100]), vec![]),
+            );
+        }
+        assert_eq!(cache.read(&key(0)).as_deref(), Some(&[0u8; 100][..]));
+        cache.insert(
+            key(3),
+            CiphertextRecord::verified(Bytes::from(vec![3; 100]), vec![]),
+        );
+        assert_eq!(cache.usage(), (3, 3 * entry));
+        assert!(cache.read(&key(1)).is_none(), "1 was least recently used");
+        assert!(cache.read(&key(0)).is_some() && cache.read(&key(3)).is_some());
+        // Reopened (the lock is released with the first), the order survives in mtimes.
+        drop(cache);
+        let cache = open(dir.path(), 2 * entry, Duration::from_secs(3600));
+        assert_eq!(cache.usage(), (2, 2 * entry));
+    }
+
+    #[test]
+    fn a_second_process_is_refused_and_partial_files_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = open(dir.path(), 1 << 20, Duration::from_secs(3600));
+        let config = CacheConfig {
+            dir: dir.path().to_owned(),
+            max_bytes: 1 << 20,
+            ttl: Duration::from_secs(60),
+        };
+        // flock locks belong to the open file, so a second open in one process conflicts too.
+        let again = DiskCache::open(config, Arc::new(Metrics::default()));
+        assert!(matches!(again, Err(CacheError::InUse(_))), "{again:?}");
+        drop(cache);
+        fs::write(dir.path().join("tmp/entry-partial"), b"half").unwrap();
+        fs::write(dir.path().join("v1/stray"), b"?").unwrap();
+        let _cache = open(dir.path(), 1 << 20, Duration::from_secs(3600));
+        assert!(!dir.path().join("tmp/entry-partial").exists());
+        assert!(!dir.path().join("v1/stray").exists());
+    }
+
+    #[test]
+    fn expired_entries_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = open(dir.path(), 1 << 20, Duration::from_millis(100));
+        cache.insert(
+            key(0),
+            CiphertextRecord::verified(Bytes::from(vec![1; 10]), vec![]),
+        );
+        assert_eq!(cache.usage().0, 1);
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(
+            cache
+                .shares_cached(StorageIndex([7; 16]), SegmentIndex(0), 3)
+                .is_empty()
+        );
+        assert_eq!(cache.sweep_expired(), 1);
+        assert_eq!(cache.usage(), (0, 0));
+        assert_eq!(
+            fs::read_dir(
+                dir.path()
+                    .join("v1/")
+                    .join(StorageIndex([7; 16]).to_base32())
+            )
+            .unwrap()
+            .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_mislabelled_or_truncated_entry_is_a_miss_and_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = open(dir.path(), 1 << 20, Duration::from_secs(3600));
+        cache.insert(
+            key(0),
+            CiphertextRecord::verified(Bytes::from(vec![1; 10]), vec![]),
+        );
+        cache.insert(
+            key(1),
+            CiphertextRecord::verified(Bytes::from(vec![2; 10]), vec![]),
+        );
+        let (p0, p1) = (cache.path_of(&key(0)), cache.path_of(&key(1)));
+        fs::copy(&p1, &p0).unwrap();
+        assert!(cache.read(&key(0)).is_none());
+        assert!(!p0.exists());
+        let bytes = fs::read(&p1).unwrap();
+        fs::write(&p1, &bytes[..bytes.len() - 1]).unwrap();
+        assert!(cache.read(&key(1)).is_none());
+        assert_eq!(cache.usage(), (0, 0));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn directories_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cache");
+        let cache = open(&root, 1 << 20, Duration::from_secs(3600));
+        cache.insert(
+            key(0),
+            CiphertextRecord::verified(Bytes::from(vec![1; 10]), vec![]),
+        );
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join("tmp")), 0o700);
+        assert_eq!(mode(cache.path_of(&key(0)).parent().unwrap()), 0o700);
+        assert_eq!(mode(&cache.path_of(&key(0))), 0o600);
+    }
+}

@@ -1,0 +1,210 @@
+//! A real grid for tests: ten `segvault storage-server` processes on 127.0.0.1 and the
+//! commands to put files on them and serve them.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use super::http::{self, Server};
+use segvault::core::cap::ReadCap;
+
+pub const K: usize = 3;
+pub const N: usize = 10;
+
+/// One `segvault storage-server` process, killed on drop.
+pub struct Node {
+    pub child: Child,
+    pub url: String,
+    pub dir: PathBuf,
+}
+
+impl Node {
+    pub fn start(dir: &Path, token_file: Option<&Path>) -> Node {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_segvault"));
+        if let Some(token) = token_file {
+            command.arg("--token-file").arg(token);
+        }
+        let mut child = command
+            .arg("storage-server")
+            .arg("--dir")
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .env_remove("RUST_LOG")
+            .env_remove("SEGVAULT_TOKEN_FILE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start segvault storage-server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("the URL line");
+        let url = line.trim().to_owned();
+        assert!(url.starts_with("http://127.0.0.1:"), "printed {line:?}");
+        Node {
+            child,
+            url,
+            dir: dir.to_owned(),
+        }
+    }
+
+    pub fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// The share numbers this node holds of `cap`, from its listing endpoint.
+    pub fn shares(&self, cap: &ReadCap) -> Vec<u8> {
+        let path = format!("/v1/shares/{}", cap.storage_index());
+        let response = http::get(self.addr(), &path, &[]);
+        assert_eq!(response.status, 200, "{}", response.text());
+        let list: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        list["shares"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_u64().unwrap() as u8)
+            .collect()
+    }
+
+    /// Every share file under the node's directory.
+    pub fn share_files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(&self.dir.join("shares"), &mut files);
+        files
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // A stopped process must be continued before it can die cleanly.
+        let _ = Command::new("kill")
+            .arg("-CONT")
+            .arg(self.child.id().to_string())
+            .stderr(Stdio::null())
+            .status();
+        self.kill();
+    }
+}
+
+/// Ten nodes and a scratch directory.
+pub struct TestGrid {
+    pub root: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+    pub token_file: Option<PathBuf>,
+}
+
+impl TestGrid {
+    pub fn new() -> TestGrid {
+        TestGrid::build(None)
+    }
+
+    pub fn with_token(token: &str) -> TestGrid {
+        TestGrid::build(Some(token))
+    }
+
+    pub fn build(token: Option<&str>) -> TestGrid {
+        let root = tempfile::tempdir().unwrap();
+        let token_file = token.map(|token| {
+            let path = root.path().join("token");
+            std::fs::write(&path, format!("{token}\n")).unwrap();
+            path
+        });
+        let nodes = (0..N)
+            .map(|i| Node::start(&root.path().join(format!("node{i}")), token_file.as_deref()))
+            .collect();
+        TestGrid {
+            root,
+            nodes,
+            token_file,
+        }
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.root.path().join("client")
+    }
+
+    pub fn server_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        for node in &self.nodes {
+            args.push("--server".to_owned());
+            args.push(node.url.clone());
+        }
+        args
+    }
+
+    /// `segvault` with the grid's `--server`s (and token, if any).
+    pub fn segvault(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_segvault"));
+        command
+            .arg("--data")
+            .arg(self.data())
+            .args(self.server_args())
+            .env_remove("RUST_LOG")
+            .env_remove("SEGVAULT_TOKEN_FILE");
+        if let Some(token) = &self.token_file {
+            command.arg("--token-file").arg(token);
+        }
+        command
+    }
+
+    pub fn put(&self, bytes: &[u8]) -> String {
+        let input = self.root.path().join("input");
+        std::fs::write(&input, bytes).unwrap();
+        let output = self.segvault().arg("put").arg(&input).output().unwrap();
+        assert!(
+            output.status.success(),
+            "put failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub fn gateway(&self, extra: &[String]) -> Server {
+        let mut args: Vec<String> = self.server_args();
+        if let Some(token) = &self.token_file {
+            args.push("--token-file".into());
+            args.push(token.display().to_string());
+        }
+        args.extend_from_slice(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Server::start(&self.data(), &args)
+    }
+
+    /// Indexes of the nodes holding `shares` of `cap`.
+    pub fn nodes_holding(&self, cap: &str, shares: &[u8]) -> Vec<usize> {
+        let cap: ReadCap = cap.parse().unwrap();
+        let held: Vec<Vec<u8>> = self.nodes.iter().map(|n| n.shares(&cap)).collect();
+        (0..self.nodes.len())
+            .filter(|&i| held[i].iter().any(|s| shares.contains(s)))
+            .collect()
+    }
+}

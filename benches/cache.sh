@@ -46,7 +46,7 @@ sync
 
 start_gateway() { # name, then extra arguments; sets $url
   local name=$1; shift
-  "$bin" "$@" serve --listen 127.0.0.1:0 > "$work/$name.url" 2> "$work/$name.log" &
+  "$bin" serve --listen 127.0.0.1:0 "$@" > "$work/$name.url" 2> "$work/$name.log" &
   pids+=($!)
   wait_for_line "$work/$name.url"
   url=$(head -1 "$work/$name.url" | sed 's#/$##')

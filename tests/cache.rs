@@ -134,6 +134,17 @@ fn a_range_read_twice_asks_no_storage_server_the_second_time_even_with_all_stopp
         "the second reads asked storage servers"
     );
     assert!(metric(&gateway, "segvault_cache_hits_total") > hits_before);
+    // Metrics name servers and reasons, never a file.
+    let text = http::get(&gateway.addr, "/metrics", &[]).text();
+    let si = cap.parse::<ReadCap>().unwrap().storage_index().to_string();
+    for secret in [&cap, &small_cap, &si] {
+        assert!(
+            !text.contains(secret.as_str()),
+            "a file is named in /metrics"
+        );
+    }
+    let post = http::request(&gateway.addr, "POST", "/metrics", &[], b"");
+    assert_eq!(post.status, 405);
 
     // Every storage server gone: the cache alone answers, still verified.
     for node in &mut grid.nodes {

@@ -10,6 +10,7 @@
 //! On disk (`DIR` is `--cache-dir`):
 //!
 //! ```text
+//! DIR/CACHEDIR.TAG              marks the directory as a cache (backup tools skip it)
 //! DIR/lock                      held (flock) by the one process using the cache
 //! DIR/tmp/                      entries being written; emptied at start
 //! DIR/v1/<storage index>/<share>-<segment>   one entry (see core::cache_entry)
@@ -26,7 +27,8 @@
 //!   gateway pointed at the same directory fails at start with a clear error rather than
 //!   sharing it (two processes each keeping the byte bound would overshoot it, and neither
 //!   would see the other's LRU order). Give each process its own directory.
-//! - Directories are 0700 and files 0600.
+//! - Directories are 0700 and files 0600. A directory that is neither new, empty, nor tagged
+//!   is refused untouched: the cache deletes files in it.
 
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -62,6 +64,12 @@ pub struct CacheConfig {
 /// Why the cache could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
+    /// The directory holds other things: the cache removes files in its directory, so it
+    /// only takes a new, empty, or already tagged one.
+    #[error(
+        "{0} is not empty and not a segvault cache (no segvault CACHEDIR.TAG); give --cache-dir a new or empty directory"
+    )]
+    NotACache(PathBuf),
     /// Another process holds the directory.
     #[error(
         "cache directory {0} is in use by another segvault process (give each process its own --cache-dir)"
@@ -116,6 +124,9 @@ struct State {
     bytes: u64,
     writing: HashSet<BlockKey>,
     writing_bytes: u64,
+    /// Entries out of the index whose files are being removed: not written again until
+    /// they are gone, so a late removal never deletes a fresh copy.
+    removing: HashSet<BlockKey>,
 }
 
 /// The cache. Shared by every file a client reads; see the module documentation.
@@ -162,6 +173,50 @@ fn private_file_options() -> fs::OpenOptions {
     options
 }
 
+/// The Cache Directory Tagging Specification's tag (backup tools skip tagged directories),
+/// which also marks the directory as the cache's own.
+const CACHEDIR_TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
+    # This file is a cache directory tag created by segvault (ciphertext blocks only).\n\
+    # For information about cache directory tags, see https://bford.info/cachedir/\n";
+
+/// Makes sure `dir` is the cache's: tagged by segvault already, or empty (then tagged). A
+/// directory with anything else in it is refused before a file in it is touched. A tag cut
+/// short by a crash, or a cache from before tags (its `lock` holds nothing else but the
+/// cache's own names), is re-tagged.
+fn claim(dir: &Path) -> Result<(), CacheError> {
+    const OWN_NAMES: [&str; 4] = ["CACHEDIR.TAG", "lock", "tmp", "v1"];
+    let tag = dir.join("CACHEDIR.TAG");
+    let existing = match fs::read(&tag) {
+        Ok(bytes) if bytes == CACHEDIR_TAG.as_bytes() => return Ok(()),
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_error(&tag)(e)),
+    };
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_error(dir))? {
+        names.push(entry.map_err(io_error(dir))?.file_name());
+    }
+    let only_own = names
+        .iter()
+        .all(|n| OWN_NAMES.iter().any(|own| n.as_os_str() == *own));
+    let ours = match &existing {
+        // Another tool's tag (Cargo's target/, a backup cache…) is not ours.
+        Some(bytes) => only_own && CACHEDIR_TAG.as_bytes().starts_with(bytes),
+        None => names.is_empty() || (only_own && names.iter().any(|n| n == "lock")),
+    };
+    if !ours {
+        return Err(CacheError::NotACache(dir.to_owned()));
+    }
+    let mut file = private_file_options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tag)
+        .map_err(io_error(&tag))?;
+    file.write_all(CACHEDIR_TAG.as_bytes())
+        .map_err(io_error(&tag))
+}
+
 impl DiskCache {
     /// Opens (creating if needed) the cache in `config.dir`: takes the directory's lock,
     /// removes partial files, and indexes the entries found (dropping expired ones and, if
@@ -169,6 +224,7 @@ impl DiskCache {
     pub fn open(config: CacheConfig, metrics: Arc<Metrics>) -> Result<Arc<DiskCache>, CacheError> {
         let dir = config.dir.clone();
         fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        claim(&dir)?;
         create_private_dir(&dir).map_err(io_error(&dir))?;
         let lock_path = dir.join("lock");
         let lock = private_file_options()
@@ -184,12 +240,20 @@ impl DiskCache {
             Err(fs::TryLockError::Error(e)) => return Err(io_error(&lock_path)(e)),
         }
         let tmp_dir = dir.join("tmp");
+        let entries_dir = dir.join("v1");
+        for own in [&tmp_dir, &entries_dir] {
+            if fs::symlink_metadata(own).is_ok_and(|m| !m.is_dir()) {
+                return Err(CacheError::Io {
+                    path: own.clone(),
+                    source: io::Error::other("not a directory (a file or a symbolic link)"),
+                });
+            }
+        }
         if tmp_dir.exists() {
             // Entries a killed process was writing: never renamed into place, never read.
             fs::remove_dir_all(&tmp_dir).map_err(io_error(&tmp_dir))?;
         }
         create_private_dir(&tmp_dir).map_err(io_error(&tmp_dir))?;
-        let entries_dir = dir.join("v1");
         create_private_dir(&entries_dir).map_err(io_error(&entries_dir))?;
 
         let found = scan(&entries_dir, config.ttl)?;
@@ -198,6 +262,7 @@ impl DiskCache {
             bytes: 0,
             writing: HashSet::new(),
             writing_bytes: 0,
+            removing: HashSet::new(),
         };
         let now = Instant::now();
         for (key, bytes, age) in found {
@@ -282,23 +347,34 @@ impl DiskCache {
             .collect()
     }
 
-    /// The record of `key`, if cached and readable (not yet verified: the caller checks it
-    /// and [`discard`](Self::discard)s it if bad). Counts as a use. Blocking.
-    pub fn read(&self, key: &BlockKey) -> Option<Bytes> {
+    /// The record of `key`, if cached, readable and `record_len` bytes long (not yet
+    /// verified: the caller checks it and [`discard`](Self::discard)s it if bad). Counts as a
+    /// use. Blocking.
+    pub fn read(&self, key: &BlockKey, record_len: u64) -> Option<Bytes> {
         self.lock().lru.get_mut(key)?;
         let path = self.path_of(key);
+        let expected = HEADER_LEN as u64 + record_len;
         let mut bytes = Vec::new();
-        let opened = File::open(&path).and_then(|mut file| {
-            file.read_to_end(&mut bytes)?;
+        let opened = File::open(&path).and_then(|file| {
+            // Never more than an entry's size into memory, whatever the file has become.
+            let len = file.metadata()?.len();
+            if len != expected {
+                return Err(io::Error::other(format!(
+                    "{len} bytes, an entry has {expected}"
+                )));
+            }
+            (&file).take(expected).read_to_end(&mut bytes)?;
             Ok(file)
         });
         let file = match opened {
             Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Removed by hand: forget it.
+                self.discard(key, Eviction::Missing);
+                return None;
+            }
             Err(e) => {
-                // Evicted meanwhile, or removed by hand: forget it.
-                if e.kind() != io::ErrorKind::NotFound {
-                    warn!(entry = %key, error = %e, "cache entry unreadable; dropped");
-                }
+                warn!(entry = %key, error = %e, "cache entry unreadable; dropped");
                 self.discard(key, Eviction::Corrupt);
                 return None;
             }
@@ -325,11 +401,18 @@ impl DiskCache {
         Some(Bytes::from(bytes).slice(HEADER_LEN..))
     }
 
-    /// Removes `key` (a bad or unreadable entry).
+    /// Removes `key` (a bad or unreadable entry). Blocking.
     pub fn discard(&self, key: &BlockKey, reason: Eviction) {
-        let removed = self.lock().lru.pop(key);
-        if let Some(entry) = removed {
-            self.lock().bytes -= entry.bytes;
+        let removed = {
+            let mut state = self.lock();
+            let removed = state.lru.pop(key);
+            if let Some(entry) = &removed {
+                state.bytes = state.bytes.saturating_sub(entry.bytes);
+                state.removing.insert(*key);
+            }
+            removed
+        };
+        if removed.is_some() {
             self.metrics.cache_evicted(reason, 1);
             self.remove_files(&[*key]);
             self.publish_size();
@@ -345,6 +428,7 @@ impl DiskCache {
             if size > self.max_bytes
                 || state.lru.contains(&key)
                 || state.writing.contains(&key)
+                || state.removing.contains(&key)
                 || state.writing_bytes + size > MAX_PENDING_WRITE_BYTES
             {
                 return;
@@ -359,18 +443,20 @@ impl DiskCache {
             let victims = {
                 let mut state = cache.lock();
                 state.writing.remove(&key);
-                state.writing_bytes -= size;
+                state.writing_bytes = state.writing_bytes.saturating_sub(size);
                 match written {
                     Ok(()) => {
                         let victims = cache.make_room(&mut state, size);
                         state.bytes += size;
-                        state.lru.push(
-                            key,
-                            Entry {
-                                bytes: size,
-                                used: Instant::now(),
-                            },
-                        );
+                        let entry = Entry {
+                            bytes: size,
+                            used: Instant::now(),
+                        };
+                        // Never replaces an entry (inserts skip cached keys), but keep the
+                        // count exact if it ever does.
+                        if let Some((_, old)) = state.lru.push(key, entry) {
+                            state.bytes = state.bytes.saturating_sub(old.bytes);
+                        }
                         victims
                     }
                     Err(e) => {
@@ -404,13 +490,19 @@ impl DiskCache {
         temp.write_all(&record.block)?;
         temp.write_all(&record.hashes)?;
         let path = self.path_of(key);
-        if let Some(parent) = path.parent()
-            && !parent.is_dir()
-        {
+        let parent = path.parent().unwrap_or(&self.entries_dir);
+        if !parent.is_dir() {
             create_private_dir(parent)?;
         }
-        temp.persist(&path).map_err(|e| e.error)?;
-        Ok(())
+        match temp.persist(&path) {
+            Ok(_) => Ok(()),
+            // The file's directory was removed as it emptied, just now: make it again.
+            Err(e) if e.error.kind() == io::ErrorKind::NotFound => {
+                create_private_dir(parent)?;
+                e.file.persist(&path).map(|_| ()).map_err(|e| e.error)
+            }
+            Err(e) => Err(e.error),
+        }
     }
 
     /// Pops least recently used entries until `incoming` more bytes fit. Returns their keys
@@ -421,7 +513,8 @@ impl DiskCache {
             let Some((key, entry)) = state.lru.pop_lru() else {
                 break;
             };
-            state.bytes -= entry.bytes;
+            state.bytes = state.bytes.saturating_sub(entry.bytes);
+            state.removing.insert(key);
             victims.push(key);
         }
         if !victims.is_empty() {
@@ -431,6 +524,8 @@ impl DiskCache {
         victims
     }
 
+    /// Removes the files of `keys` (already out of the index and in `removing`), and their
+    /// file's directory once empty.
     fn remove_files(&self, keys: &[BlockKey]) {
         for key in keys {
             let path = self.path_of(key);
@@ -439,6 +534,14 @@ impl DiskCache {
             {
                 warn!(entry = %key, error = %e, "cannot remove cache entry");
             }
+            if let Some(parent) = path.parent() {
+                // Fails while other entries of the file remain, as it should.
+                let _ = fs::remove_dir(parent);
+            }
+        }
+        let mut state = self.lock();
+        for key in keys {
+            state.removing.remove(key);
         }
     }
 
@@ -453,7 +556,8 @@ impl DiskCache {
                     break;
                 }
                 if let Some((key, entry)) = state.lru.pop_lru() {
-                    state.bytes -= entry.bytes;
+                    state.bytes = state.bytes.saturating_sub(entry.bytes);
+                    state.removing.insert(key);
                     expired.push(key);
                 }
             }
@@ -482,6 +586,17 @@ async fn sweep_periodically(cache: Weak<DiskCache>, every: Duration) {
     }
 }
 
+/// Removes a file or link the cache did not write; a directory it did not make is left alone
+/// (and warned about) rather than removed with whatever it holds.
+fn remove_stray(path: &Path, is_dir: bool) {
+    if is_dir {
+        warn!(path = %path.display(), "unexpected directory in the cache; left alone");
+    } else {
+        warn!(path = %path.display(), "unexpected file in the cache; removed");
+        let _ = fs::remove_file(path);
+    }
+}
+
 /// The entries under `entries_dir` as (key, bytes, age since last use), least recently used
 /// first. Anything else there — stray files, bad names, expired entries — is removed.
 fn scan(entries_dir: &Path, ttl: Duration) -> Result<Vec<(BlockKey, u64, Duration)>, CacheError> {
@@ -490,14 +605,15 @@ fn scan(entries_dir: &Path, ttl: Duration) -> Result<Vec<(BlockKey, u64, Duratio
     for dir in fs::read_dir(entries_dir).map_err(io_error(entries_dir))? {
         let dir = dir.map_err(io_error(entries_dir))?;
         let path = dir.path();
+        // file_type() does not follow symbolic links: a link is removed, never entered.
+        let is_dir = dir.file_type().is_ok_and(|t| t.is_dir());
         let Some(si) = dir
             .file_name()
             .to_str()
             .and_then(StorageIndex::from_base32)
-            .filter(|_| path.is_dir())
+            .filter(|_| is_dir)
         else {
-            warn!(path = %path.display(), "unexpected file in the cache; removed");
-            let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+            remove_stray(&path, is_dir);
             continue;
         };
         let mut kept = 0;
@@ -508,10 +624,12 @@ fn scan(entries_dir: &Path, ttl: Duration) -> Result<Vec<(BlockKey, u64, Duratio
                 .file_name()
                 .to_str()
                 .and_then(cache_entry::parse_file_name);
-            let meta = file.metadata().ok().filter(fs::Metadata::is_file);
-            let (Some((share, segment)), Some(meta)) = (named, meta) else {
-                warn!(path = %file_path.display(), "unexpected file in the cache; removed");
-                let _ = fs::remove_dir_all(&file_path).or_else(|_| fs::remove_file(&file_path));
+            // DirEntry::metadata does not follow symbolic links either.
+            let meta = file.metadata().ok();
+            let is_dir = meta.as_ref().is_some_and(fs::Metadata::is_dir);
+            let (Some((share, segment)), Some(meta)) = (named, meta.filter(fs::Metadata::is_file))
+            else {
+                remove_stray(&file_path, is_dir);
                 continue;
             };
             let age = meta
@@ -572,14 +690,17 @@ mod tests {
                 CiphertextRecord::verified(Bytes::from(vec![s as u8; 100]), vec![]),
             );
         }
-        assert_eq!(cache.read(&key(0)).as_deref(), Some(&[0u8; 100][..]));
+        assert_eq!(cache.read(&key(0), 100).as_deref(), Some(&[0u8; 100][..]));
         cache.insert(
             key(3),
             CiphertextRecord::verified(Bytes::from(vec![3; 100]), vec![]),
         );
         assert_eq!(cache.usage(), (3, 3 * entry));
-        assert!(cache.read(&key(1)).is_none(), "1 was least recently used");
-        assert!(cache.read(&key(0)).is_some() && cache.read(&key(3)).is_some());
+        assert!(
+            cache.read(&key(1), 100).is_none(),
+            "1 was least recently used"
+        );
+        assert!(cache.read(&key(0), 100).is_some() && cache.read(&key(3), 100).is_some());
         // Reopened (the lock is released with the first), the order survives in mtimes.
         drop(cache);
         let cache = open(dir.path(), 2 * entry, Duration::from_secs(3600));
@@ -623,16 +744,12 @@ mod tests {
         );
         assert_eq!(cache.sweep_expired(), 1);
         assert_eq!(cache.usage(), (0, 0));
-        assert_eq!(
-            fs::read_dir(
-                dir.path()
-                    .join("v1/")
-                    .join(StorageIndex([7; 16]).to_base32())
-            )
-            .unwrap()
-            .count(),
-            0
-        );
+        // The file's directory goes with its last entry.
+        let file_dir = dir
+            .path()
+            .join("v1")
+            .join(StorageIndex([7; 16]).to_base32());
+        assert!(!file_dir.exists());
     }
 
     #[test]
@@ -649,12 +766,100 @@ mod tests {
         );
         let (p0, p1) = (cache.path_of(&key(0)), cache.path_of(&key(1)));
         fs::copy(&p1, &p0).unwrap();
-        assert!(cache.read(&key(0)).is_none());
+        assert!(cache.read(&key(0), 10).is_none());
         assert!(!p0.exists());
         let bytes = fs::read(&p1).unwrap();
         fs::write(&p1, &bytes[..bytes.len() - 1]).unwrap();
-        assert!(cache.read(&key(1)).is_none());
+        assert!(cache.read(&key(1), 10).is_none());
         assert_eq!(cache.usage(), (0, 0));
+    }
+
+    #[test]
+    fn a_directory_holding_other_files_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tmp")).unwrap();
+        std::fs::write(dir.path().join("tmp/precious"), b"mine").unwrap();
+        let config = CacheConfig {
+            dir: dir.path().to_owned(),
+            max_bytes: 1 << 20,
+            ttl: Duration::from_secs(60),
+        };
+        let opened = DiskCache::open(config, Arc::new(Metrics::default()));
+        assert!(
+            matches!(opened, Err(CacheError::NotACache(_))),
+            "{opened:?}"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("tmp/precious")).unwrap(),
+            b"mine"
+        );
+        assert!(!dir.path().join("lock").exists());
+    }
+
+    #[test]
+    fn another_tools_tag_is_refused_and_a_cut_short_tag_is_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join("CACHEDIR.TAG"),
+            "Signature: 8a477f597d28d172789f06886806bc55\n# cargo\n",
+        )
+        .unwrap();
+        let config = |dir: &Path| CacheConfig {
+            dir: dir.to_owned(),
+            max_bytes: 1 << 20,
+            ttl: Duration::from_secs(60),
+        };
+        let opened = DiskCache::open(config(dir.path()), Arc::new(Metrics::default()));
+        assert!(
+            matches!(opened, Err(CacheError::NotACache(_))),
+            "{opened:?}"
+        );
+        let ours = tempfile::tempdir().unwrap();
+        drop(open(ours.path(), 1 << 20, Duration::from_secs(60)));
+        fs::write(
+            ours.path().join("CACHEDIR.TAG"),
+            &CACHEDIR_TAG.as_bytes()[..20],
+        )
+        .unwrap();
+        drop(open(ours.path(), 1 << 20, Duration::from_secs(60)));
+        assert_eq!(
+            fs::read(ours.path().join("CACHEDIR.TAG")).unwrap(),
+            CACHEDIR_TAG.as_bytes()
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symbolic_links_in_the_cache_are_never_followed() {
+        let outside = tempfile::tempdir().unwrap();
+        fs::create_dir(outside.path().join("sub")).unwrap();
+        fs::write(outside.path().join("0-0"), b"not an entry").unwrap();
+        fs::write(outside.path().join("sub/keep"), b"keep").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path(), 1 << 20, Duration::from_secs(60)));
+        let si = StorageIndex([7; 16]).to_base32();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("v1").join(&si)).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("v1/elsewhere")).unwrap();
+        drop(open(dir.path(), 1 << 20, Duration::from_secs(60)));
+        assert_eq!(
+            fs::read(outside.path().join("0-0")).unwrap(),
+            b"not an entry"
+        );
+        assert_eq!(fs::read(outside.path().join("sub/keep")).unwrap(), b"keep");
+        assert!(
+            !dir.path().join("v1").join(&si).exists(),
+            "the link itself is removed"
+        );
+        // A link in place of the cache's own directories is refused.
+        fs::remove_dir_all(dir.path().join("tmp")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("tmp")).unwrap();
+        let config = CacheConfig {
+            dir: dir.path().to_owned(),
+            max_bytes: 1 << 20,
+            ttl: Duration::from_secs(60),
+        };
+        assert!(DiskCache::open(config, Arc::new(Metrics::default())).is_err());
+        assert!(outside.path().join("sub/keep").exists());
     }
 
     #[cfg(unix)]

@@ -72,6 +72,8 @@ pub enum Eviction {
     Expired,
     /// Unreadable or failed its check.
     Corrupt,
+    /// Its file was gone (removed by hand).
+    Missing,
 }
 
 impl Eviction {
@@ -81,6 +83,7 @@ impl Eviction {
             Eviction::Lru => "lru",
             Eviction::Expired => "expired",
             Eviction::Corrupt => "corrupt",
+            Eviction::Missing => "missing",
         }
     }
 }

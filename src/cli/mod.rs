@@ -96,14 +96,16 @@ impl CacheArgs {
         let Some(dir) = &self.cache_dir else {
             return Ok(segvault::Client::new(grid, config));
         };
-        let cache = segvault::cache::DiskCache::open(
-            segvault::cache::CacheConfig {
-                dir: dir.clone(),
-                max_bytes: self.cache_size,
-                ttl: self.cache_ttl,
-            },
-            std::sync::Arc::new(segvault::metrics::Metrics::default()),
-        )?;
+        let cache_config = segvault::cache::CacheConfig {
+            dir: dir.clone(),
+            max_bytes: self.cache_size,
+            ttl: self.cache_ttl,
+        };
+        let metrics = std::sync::Arc::new(segvault::metrics::Metrics::default());
+        // Opening scans the directory: off the async workers.
+        let cache = tokio::task::block_in_place(|| {
+            segvault::cache::DiskCache::open(cache_config, metrics)
+        })?;
         Ok(segvault::Client::with_cache(grid, config, cache))
     }
 }

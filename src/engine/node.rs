@@ -939,10 +939,12 @@ impl FileNode {
         shares.truncate(usize::from(k));
         if !shares.is_empty() {
             let keys: Vec<BlockKey> = shares.iter().map(|&s| self.cache_key(s, segment)).collect();
+            let record = self.layout.record_range(segment);
+            let record_len = record.end - record.start;
             let reader = cache.clone();
             let records = tokio::task::spawn_blocking(move || {
                 keys.into_iter()
-                    .filter_map(|key| Some((key, reader.read(&key)?)))
+                    .filter_map(|key| Some((key, reader.read(&key, record_len)?)))
                     .collect::<Vec<_>>()
             })
             .await
@@ -961,7 +963,8 @@ impl FileNode {
                     Err(problem) => {
                         warn!(si = %self.storage_index(), %segment, share = %key.share, %problem, "cache entry failed its check; dropped");
                         self.metrics.share_rejected(Rejection::CacheEntry);
-                        cache.discard(&key, Eviction::Corrupt);
+                        let cache = cache.clone();
+                        tokio::task::spawn_blocking(move || cache.discard(&key, Eviction::Corrupt));
                     }
                 }
             }
@@ -1029,7 +1032,8 @@ impl FileNode {
             if known.as_ref() != Some(&block.ciphertext_chain) {
                 warn!(si = %self.storage_index(), %segment, %share, "cache entry's ciphertext chain is wrong; dropped");
                 self.metrics.share_rejected(Rejection::CacheEntry);
-                cache.discard(&self.cache_key(*share, segment), Eviction::Corrupt);
+                let (cache, key) = (cache.clone(), self.cache_key(*share, segment));
+                tokio::task::spawn_blocking(move || cache.discard(&key, Eviction::Corrupt));
             }
         }
     }

@@ -3,9 +3,10 @@
 //!
 //! Only a [`CiphertextRecord`] can enter it, and only the engine can make one, from a block it
 //! has verified; plaintext and keys never reach it (Tahoe-LAFS #527's plaintext cache is what
-//! this replaces). Each entry is the share's whole record for its segment — the block with
-//! every hash it needs up to the file's UEB — so the engine re-verifies every entry it reads
-//! back (a bad one is a miss and is dropped) and an entry stays useful after a restart.
+//! this replaces). Each entry is the file's UEB and the share's whole record for its segment —
+//! the block with every hash it needs up to the UEB — so the engine re-verifies every entry
+//! it reads back (a bad one is a miss and is dropped), and after a restart a file whose
+//! blocks are cached opens and reads them without asking any server.
 //!
 //! On disk (`DIR` is `--cache-dir`):
 //!
@@ -97,18 +98,20 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
 /// and the hashes that prove it.
 #[derive(Debug, Clone)]
 pub struct CiphertextRecord {
+    ueb: Vec<u8>,
     block: Bytes,
     hashes: Vec<u8>,
 }
 
 impl CiphertextRecord {
-    /// A verified block and its [`record_hashes`](crate::core::planner::record_hashes).
-    pub(crate) fn verified(block: Bytes, hashes: Vec<u8>) -> CiphertextRecord {
-        CiphertextRecord { block, hashes }
+    /// The file's verified UEB, a verified block and its
+    /// [`record_hashes`](crate::core::planner::record_hashes).
+    pub(crate) fn verified(ueb: Vec<u8>, block: Bytes, hashes: Vec<u8>) -> CiphertextRecord {
+        CiphertextRecord { ueb, block, hashes }
     }
 
     fn len(&self) -> usize {
-        self.block.len() + self.hashes.len()
+        self.ueb.len() + self.block.len() + self.hashes.len()
     }
 }
 
@@ -401,6 +404,43 @@ impl DiskCache {
         Some(Bytes::from(bytes).slice(HEADER_LEN..))
     }
 
+    /// The first `len` bytes of the body of some entry of file `si` (the file's UEB comes
+    /// first in every one), unverified: the caller checks it against the cap. Blocking.
+    pub fn file_prefix(&self, si: StorageIndex, len: usize) -> Option<Vec<u8>> {
+        let dir = self.entries_dir.join(si.to_base32());
+        let names = fs::read_dir(&dir).ok()?;
+        for name in names.flatten().take(4) {
+            let Some((share, segment)) = name
+                .file_name()
+                .to_str()
+                .and_then(cache_entry::parse_file_name)
+            else {
+                continue;
+            };
+            let key = BlockKey {
+                storage_index: si,
+                share,
+                segment,
+            };
+            if !self.lock().lru.contains(&key) {
+                continue;
+            }
+            let mut bytes = Vec::new();
+            let read = File::open(name.path())
+                .and_then(|file| file.take((HEADER_LEN + len) as u64).read_to_end(&mut bytes));
+            if read.is_err() || bytes.len() != HEADER_LEN + len {
+                continue;
+            }
+            if let Ok((named, body_len)) = cache_entry::parse_header(&bytes)
+                && named == key
+                && body_len as usize >= len
+            {
+                return Some(bytes.split_off(HEADER_LEN));
+            }
+        }
+        None
+    }
+
     /// Removes `key` (a bad or unreadable entry). Blocking.
     pub fn discard(&self, key: &BlockKey, reason: Eviction) {
         let removed = {
@@ -487,6 +527,7 @@ impl DiskCache {
             .prefix("entry-")
             .tempfile_in(&self.tmp_dir)?;
         temp.write_all(&header)?;
+        temp.write_all(&record.ueb)?;
         temp.write_all(&record.block)?;
         temp.write_all(&record.hashes)?;
         let path = self.path_of(key);
@@ -687,13 +728,13 @@ mod tests {
         for s in 0..3 {
             cache.insert(
                 key(s),
-                CiphertextRecord::verified(Bytes::from(vec![s as u8; 100]), vec![]),
+                CiphertextRecord::verified(vec![], Bytes::from(vec![s as u8; 100]), vec![]),
             );
         }
         assert_eq!(cache.read(&key(0), 100).as_deref(), Some(&[0u8; 100][..]));
         cache.insert(
             key(3),
-            CiphertextRecord::verified(Bytes::from(vec![3; 100]), vec![]),
+            CiphertextRecord::verified(vec![], Bytes::from(vec![3; 100]), vec![]),
         );
         assert_eq!(cache.usage(), (3, 3 * entry));
         assert!(
@@ -733,7 +774,7 @@ mod tests {
         let cache = open(dir.path(), 1 << 20, Duration::from_millis(100));
         cache.insert(
             key(0),
-            CiphertextRecord::verified(Bytes::from(vec![1; 10]), vec![]),
+            CiphertextRecord::verified(vec![], Bytes::from(vec![1; 10]), vec![]),
         );
         assert_eq!(cache.usage().0, 1);
         std::thread::sleep(Duration::from_millis(150));
@@ -758,11 +799,11 @@ mod tests {
         let cache = open(dir.path(), 1 << 20, Duration::from_secs(3600));
         cache.insert(
             key(0),
-            CiphertextRecord::verified(Bytes::from(vec![1; 10]), vec![]),
+            CiphertextRecord::verified(vec![], Bytes::from(vec![1; 10]), vec![]),
         );
         cache.insert(
             key(1),
-            CiphertextRecord::verified(Bytes::from(vec![2; 10]), vec![]),
+            CiphertextRecord::verified(vec![], Bytes::from(vec![2; 10]), vec![]),
         );
         let (p0, p1) = (cache.path_of(&key(0)), cache.path_of(&key(1)));
         fs::copy(&p1, &p0).unwrap();
@@ -871,7 +912,7 @@ mod tests {
         let cache = open(&root, 1 << 20, Duration::from_secs(3600));
         cache.insert(
             key(0),
-            CiphertextRecord::verified(Bytes::from(vec![1; 10]), vec![]),
+            CiphertextRecord::verified(vec![], Bytes::from(vec![1; 10]), vec![]),
         );
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&root), 0o700);

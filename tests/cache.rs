@@ -110,7 +110,8 @@ fn cache_args(dir: &Path, extra: &[&str]) -> Vec<String> {
 }
 
 #[test]
-fn a_range_read_twice_asks_no_storage_server_the_second_time_even_with_all_stopped() {
+fn a_range_read_twice_asks_no_storage_server_the_second_time_even_with_all_stopped_or_after_a_restart()
+ {
     let mut grid = TestGrid::new();
     let plaintext = random_bytes(3 * (1 << 20) + 12_345, 51);
     let cap = grid.put(&plaintext);
@@ -154,6 +155,19 @@ fn a_range_read_twice_asks_no_storage_server_the_second_time_even_with_all_stopp
     assert!(full(&gateway, &small_cap) == small);
     assert_eq!(storage_requests(&gateway), cold);
     // A range never read is not in the cache, and the grid is gone.
+    let response = http::get(
+        &gateway.addr,
+        &format!("/uri/{cap}"),
+        &[("Range", "bytes=1500000-1500001")],
+    );
+    assert_eq!(response.status, 503, "{}", response.text());
+
+    // A gateway restarted on the cache, with no server to ask: the files open from the UEB
+    // their entries carry and the cached ranges are served, verified.
+    drop(gateway);
+    let gateway = grid.gateway(&cache_args(&cache, &[]));
+    check_probes(&gateway, &cap, &plaintext);
+    assert!(full(&gateway, &small_cap) == small);
     let response = http::get(
         &gateway.addr,
         &format!("/uri/{cap}"),

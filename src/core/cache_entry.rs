@@ -1,9 +1,10 @@
-//! The format of one disk-cache entry: a fixed header naming the block it holds, then that
-//! share's whole record for the segment (block, every chain level, the share chain), byte for
-//! byte as the share stores it.
+//! The format of one disk-cache entry: a fixed header naming the block it holds, then its body:
+//! the file's UEB followed by that share's whole record for the segment (block, every chain
+//! level, the share chain), byte for byte as the share stores it.
 //!
-//! An entry carries its own proof: with only the file's UEB (its share root and ciphertext
-//! root) a reader can check it, so a cache outlives the process that filled it. The header
+//! An entry carries its own proof: the UEB is checked against the cap's UEB hash, and the
+//! record against the UEB's roots, so a cache outlives the process that filled it and a file
+//! whose blocks are cached opens without asking any server. The header
 //! binds the bytes to their key, so an entry copied or renamed to another key is refused
 //! before any hashing. Nothing here is secret: the record is ciphertext and hashes of it.
 //!
@@ -23,7 +24,7 @@ use super::cap::StorageIndex;
 use super::geometry::{SegmentIndex, ShareNum};
 
 /// First bytes of every entry (the format's version is its last byte).
-pub const MAGIC: [u8; 8] = *b"SVCACHE1";
+pub const MAGIC: [u8; 8] = *b"SVCACHE2";
 /// Length of the header before the record.
 pub const HEADER_LEN: usize = MAGIC.len() + 16 + 1 + 8 + 4;
 
@@ -82,10 +83,11 @@ pub fn encode_header(key: &BlockKey, record_len: u32) -> [u8; HEADER_LEN] {
     header
 }
 
-/// Splits an entry into the key its header names and its record.
-pub fn parse(bytes: &[u8]) -> Result<(BlockKey, &[u8]), EntryError> {
-    let (header, record) = bytes
-        .split_at_checked(HEADER_LEN)
+/// The key and body length a header names (`bytes` at least [`HEADER_LEN`] long; only the
+/// header is read).
+pub fn parse_header(bytes: &[u8]) -> Result<(BlockKey, u32), EntryError> {
+    let header = bytes
+        .get(..HEADER_LEN)
         .ok_or(EntryError::Truncated(bytes.len()))?;
     let (magic, rest) = header.split_at(MAGIC.len());
     if magic != MAGIC {
@@ -100,18 +102,24 @@ pub fn parse(bytes: &[u8]) -> Result<(BlockKey, &[u8]), EntryError> {
     segment_bytes.copy_from_slice(segment);
     let mut len_bytes = [0u8; 4];
     len_bytes.copy_from_slice(len);
-    let said = u32::from_le_bytes(len_bytes);
+    let key = BlockKey {
+        storage_index: StorageIndex(si_bytes),
+        share: ShareNum(share[0]),
+        segment: SegmentIndex(u64::from_le_bytes(segment_bytes)),
+    };
+    Ok((key, u32::from_le_bytes(len_bytes)))
+}
+
+/// Splits an entry into the key its header names and its body.
+pub fn parse(bytes: &[u8]) -> Result<(BlockKey, &[u8]), EntryError> {
+    let (key, said) = parse_header(bytes)?;
+    let record = &bytes[HEADER_LEN..];
     if record.len() as u64 != u64::from(said) {
         return Err(EntryError::WrongLength {
             have: record.len(),
             said,
         });
     }
-    let key = BlockKey {
-        storage_index: StorageIndex(si_bytes),
-        share: ShareNum(share[0]),
-        segment: SegmentIndex(u64::from_le_bytes(segment_bytes)),
-    };
     Ok((key, record))
 }
 

@@ -40,7 +40,7 @@ use crate::core::layout::{HEADER_LEN, ShareLayout};
 use crate::core::planner::{Record, RecordRequest, next_subset, record_hashes};
 use crate::core::share_header::ShareHeader;
 use crate::core::tree::{self, PartialTree};
-use crate::core::ueb::Ueb;
+use crate::core::ueb::{UEB_LEN, Ueb};
 use crate::grid::{Grid, Server};
 use crate::metrics::{Eviction, Metrics, Rejection};
 use crate::store::StoreError;
@@ -417,6 +417,30 @@ impl FileNode {
         let shares = Arc::new(Shares::default());
         shares.start_listing(&grid, si, geometry.n(), config.request_timeout);
 
+        // A file with blocks in the disk cache opens from the UEB they carry, checked against
+        // the cap like one from a share: cached reads then need no server at all, and the
+        // listing goes on in the background for the segments the cache lacks.
+        if let Some(cache) = &cache {
+            let reader = cache.clone();
+            let cached = tokio::task::spawn_blocking(move || reader.file_prefix(si, UEB_LEN))
+                .await
+                .ok()
+                .flatten();
+            if let Some(bytes) = cached
+                && hash::ueb(&bytes) == cap.ueb_hash()
+                && let Ok(ueb) = Ueb::from_bytes(&bytes)
+            {
+                if ueb.geometry != geometry {
+                    return Err(ReadError::AlteredCap { storage_index: si });
+                }
+                debug!(%si, "opened from the disk cache");
+                let cache = Some(cache.clone());
+                return Ok(FileNode::with_ueb(
+                    grid, config, cap, layout, codec, ueb, shares, metrics, cache,
+                ));
+            }
+        }
+
         // The UEB is the same in every share; take it from the first that proves it. Headers
         // are read k at a time, in parallel: one proves the UEB, and the others open the
         // very share files the first segment will be read from. A header read that runs late
@@ -576,12 +600,31 @@ impl FileNode {
         };
         let _ = tokio::time::timeout_at(deadline.into(), drain).await;
         let ueb = Ueb::from_bytes(&ueb_bytes).map_err(|e| ReadError::Internal(e.to_string()))?;
+        Ok(FileNode::with_ueb(
+            grid, config, cap, layout, codec, ueb, shares, metrics, cache,
+        ))
+    }
+
+    /// The node of a file whose UEB is verified.
+    #[allow(clippy::too_many_arguments)]
+    fn with_ueb(
+        grid: Grid,
+        config: Arc<ReaderConfig>,
+        cap: VerifyCap,
+        layout: ShareLayout,
+        codec: Codec,
+        ueb: Ueb,
+        shares: Arc<Shares>,
+        metrics: Arc<Metrics>,
+        cache: Option<Arc<DiskCache>>,
+    ) -> Arc<FileNode> {
+        let geometry = cap.geometry();
         let trees = Trees {
             share_tree: PartialTree::new(geometry.share_tree(), ueb.share_root),
             block_trees: vec![None; usize::from(geometry.n())],
             ciphertext_tree: PartialTree::new(geometry.segment_tree(), ueb.ciphertext_root),
         };
-        Ok(Arc::new(FileNode {
+        Arc::new(FileNode {
             cap,
             layout,
             codec,
@@ -593,7 +636,7 @@ impl FileNode {
             inflight: Mutex::new(HashMap::new()),
             metrics,
             cache,
-        }))
+        })
     }
 
     /// The verify cap this node was opened with.
@@ -940,21 +983,29 @@ impl FileNode {
         if !shares.is_empty() {
             let keys: Vec<BlockKey> = shares.iter().map(|&s| self.cache_key(s, segment)).collect();
             let record = self.layout.record_range(segment);
-            let record_len = record.end - record.start;
+            let body_len = (UEB_LEN as u64) + record.end - record.start;
             let reader = cache.clone();
             let records = tokio::task::spawn_blocking(move || {
                 keys.into_iter()
-                    .filter_map(|key| Some((key, reader.read(&key, record_len)?)))
+                    .filter_map(|key| Some((key, reader.read(&key, body_len)?)))
                     .collect::<Vec<_>>()
             })
             .await
             .unwrap_or_default();
-            for (key, record) in records {
-                let checked = match self.verify_record(key.share, segment, record.clone()).await {
-                    Ok(block) => self
-                        .check_whole_proof(&block, segment, &record)
-                        .map(|()| block),
-                    Err(problem) => Err(problem),
+            let ueb = self.ueb.to_bytes();
+            for (key, body) in records {
+                let record = body.slice(UEB_LEN..);
+                let checked = if body[..UEB_LEN] != ueb[..] {
+                    Err(Problem::CorruptBlock(
+                        "cache entry: another file's UEB".into(),
+                    ))
+                } else {
+                    match self.verify_record(key.share, segment, record.clone()).await {
+                        Ok(block) => self
+                            .check_whole_proof(&block, segment, &record)
+                            .map(|()| block),
+                        Err(problem) => Err(problem),
+                    }
                 };
                 match checked {
                     Ok(block) => {
@@ -1065,7 +1116,7 @@ impl FileNode {
             match hashes {
                 Some(hashes) => cache.insert(
                     self.cache_key(block.share, segment),
-                    CiphertextRecord::verified(block.data.clone(), hashes),
+                    CiphertextRecord::verified(self.ueb.to_bytes(), block.data.clone(), hashes),
                 ),
                 None => {
                     debug!(si = %self.storage_index(), %segment, share = %block.share, "block not cached: its proof is not all known")

@@ -87,20 +87,7 @@ fn check_probes(gateway: &Server, cap: &str, plaintext: &[u8]) {
 }
 
 fn cache_files(dir: &Path) -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    let mut files = Vec::new();
-    walk(&dir.join("v1"), &mut files);
-    files.sort();
-    files
+    common::files_under(&dir.join("v1"))
 }
 
 fn cache_args(dir: &Path, extra: &[&str]) -> Vec<String> {

@@ -82,19 +82,7 @@ impl Node {
 
     /// Every share file under the node's directory.
     pub fn share_files(&self) -> Vec<PathBuf> {
-        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                let path = entry.path();
-                if path.is_dir() {
-                    walk(&path, out);
-                } else {
-                    out.push(path);
-                }
-            }
-        }
-        let mut files = Vec::new();
-        walk(&self.dir.join("shares"), &mut files);
-        files
+        super::files_under(&self.dir.join("shares"))
     }
 }
 

@@ -31,7 +31,7 @@
 //! - Directories are 0700 and files 0600. A directory that is neither new, empty, nor tagged
 //!   is refused untouched: the cache deletes files in it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -130,6 +130,10 @@ struct State {
     /// Entries out of the index whose files are being removed: not written again until
     /// they are gone, so a late removal never deletes a fresh copy.
     removing: HashSet<BlockKey>,
+    /// Verified records for keys still being removed, written as soon as the removal is
+    /// done (a segment read again right after its bad entry was dropped must be cached
+    /// again). Counted in `writing_bytes`.
+    refill: HashMap<BlockKey, CiphertextRecord>,
 }
 
 /// The cache. Shared by every file a client reads; see the module documentation.
@@ -226,6 +230,11 @@ impl DiskCache {
     /// the bound shrank, the least recently used). Blocking; call it at start.
     pub fn open(config: CacheConfig, metrics: Arc<Metrics>) -> Result<Arc<DiskCache>, CacheError> {
         let dir = config.dir.clone();
+        if fs::symlink_metadata(&dir).is_ok_and(|m| !m.is_dir()) {
+            return Err(io_error(&dir)(io::Error::other(
+                "it exists and is not a directory",
+            )));
+        }
         fs::create_dir_all(&dir).map_err(io_error(&dir))?;
         claim(&dir)?;
         create_private_dir(&dir).map_err(io_error(&dir))?;
@@ -266,6 +275,7 @@ impl DiskCache {
             writing: HashSet::new(),
             writing_bytes: 0,
             removing: HashSet::new(),
+            refill: HashMap::new(),
         };
         let now = Instant::now();
         for (key, bytes, age) in found {
@@ -307,7 +317,10 @@ impl DiskCache {
     /// short-lived process about to exit.
     pub async fn flush(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.lock().writing.is_empty() && Instant::now() < deadline {
+        let busy = |state: &State| {
+            !state.writing.is_empty() || !state.refill.is_empty() || !state.removing.is_empty()
+        };
+        while busy(&self.lock()) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
@@ -468,55 +481,61 @@ impl DiskCache {
             if size > self.max_bytes
                 || state.lru.contains(&key)
                 || state.writing.contains(&key)
-                || state.removing.contains(&key)
+                || state.refill.contains_key(&key)
                 || state.writing_bytes + size > MAX_PENDING_WRITE_BYTES
             {
                 return;
             }
-            state.writing.insert(key);
             state.writing_bytes += size;
+            if state.removing.contains(&key) {
+                state.refill.insert(key, record);
+                return;
+            }
+            state.writing.insert(key);
         }
         let cache = self.clone();
-        let write = move || {
-            let written = cache.write_entry(&key, &record);
-            let inserted = written.is_ok();
-            let victims = {
-                let mut state = cache.lock();
-                state.writing.remove(&key);
-                state.writing_bytes = state.writing_bytes.saturating_sub(size);
-                match written {
-                    Ok(()) => {
-                        let victims = cache.make_room(&mut state, size);
-                        state.bytes += size;
-                        let entry = Entry {
-                            bytes: size,
-                            used: Instant::now(),
-                        };
-                        // Never replaces an entry (inserts skip cached keys), but keep the
-                        // count exact if it ever does.
-                        if let Some((_, old)) = state.lru.push(key, entry) {
-                            state.bytes = state.bytes.saturating_sub(old.bytes);
-                        }
-                        victims
-                    }
-                    Err(e) => {
-                        debug!(entry = %key, error = %e, "cache write failed");
-                        Vec::new()
-                    }
-                }
-            };
-            if inserted {
-                cache.metrics.cache_inserted();
-            }
-            cache.remove_files(&victims);
-            cache.publish_size();
-        };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn_blocking(write);
+                runtime.spawn_blocking(move || cache.store(key, record, size));
             }
-            Err(_) => write(),
+            Err(_) => cache.store(key, record, size),
         }
+    }
+
+    /// Writes an entry reserved in `writing` and indexes it. Blocking.
+    fn store(&self, key: BlockKey, record: CiphertextRecord, size: u64) {
+        let written = self.write_entry(&key, &record);
+        let inserted = written.is_ok();
+        let victims = {
+            let mut state = self.lock();
+            state.writing.remove(&key);
+            state.writing_bytes = state.writing_bytes.saturating_sub(size);
+            match written {
+                Ok(()) => {
+                    let victims = self.make_room(&mut state, size);
+                    state.bytes += size;
+                    let entry = Entry {
+                        bytes: size,
+                        used: Instant::now(),
+                    };
+                    // Never replaces an entry (inserts skip cached keys), but keep the
+                    // count exact if it ever does.
+                    if let Some((_, old)) = state.lru.push(key, entry) {
+                        state.bytes = state.bytes.saturating_sub(old.bytes);
+                    }
+                    victims
+                }
+                Err(e) => {
+                    debug!(entry = %key, error = %e, "cache write failed");
+                    Vec::new()
+                }
+            }
+        };
+        if inserted {
+            self.metrics.cache_inserted();
+        }
+        self.remove_files(&victims);
+        self.publish_size();
     }
 
     fn write_entry(&self, key: &BlockKey, record: &CiphertextRecord) -> io::Result<()> {
@@ -580,9 +599,22 @@ impl DiskCache {
                 let _ = fs::remove_dir(parent);
             }
         }
-        let mut state = self.lock();
-        for key in keys {
-            state.removing.remove(key);
+        let refills: Vec<(BlockKey, CiphertextRecord)> = {
+            let mut state = self.lock();
+            let mut refills = Vec::new();
+            for key in keys {
+                state.removing.remove(key);
+                if let Some(record) = state.refill.remove(key) {
+                    state.writing.insert(*key);
+                    refills.push((*key, record));
+                }
+            }
+            refills
+        };
+        // Records that arrived while their key was being removed: written now.
+        for (key, record) in refills {
+            let size = (HEADER_LEN + record.len()) as u64;
+            self.store(key, record, size);
         }
     }
 

@@ -253,7 +253,7 @@ pub fn parse_cap(data: &[u8]) {
         return;
     };
     match text.parse::<Cap>() {
-        Ok(Cap::Read(cap)) => assert_eq!(cap.to_secret_string(), text),
+        Ok(Cap::Read(cap)) => assert_eq!(*cap.to_secret_string(), text),
         Ok(Cap::Verify(cap)) => assert_eq!(cap.to_string(), text),
         Err(e) => {
             let _ = e.to_string();
@@ -379,7 +379,10 @@ pub fn storage_request(data: &[u8]) {
     if let Ok(route) = protocol::route(&method, path) {
         match route {
             Route::List(si) => assert!(path.contains(&si.to_string())),
-            Route::Read(si, _) | Route::Write(si, _) | Route::ReportCorrupt(si, _) => {
+            Route::Read(si, _)
+            | Route::Write(si, _)
+            | Route::Abandon(si, _)
+            | Route::ReportCorrupt(si, _) => {
                 assert!(path.contains(&si.to_string()))
             }
             _ => {}

@@ -20,6 +20,12 @@ pub const MAX_JSON_BYTES: usize = 64 << 10;
 pub const MAX_REASON_BYTES: usize = 1024;
 /// Scheme of the `Authorization` header.
 pub const AUTH_SCHEME: &str = "Bearer";
+/// Header of a share upload (and of taking it back): a secret of the uploader's, base32,
+/// so that only the upload that wrote a share can remove it if abandoned.
+pub const UPLOAD_SECRET_HEADER: &str = "segvault-upload-secret";
+/// A read's ranges may add up to at most this many times the share's length (overlaps
+/// counted each time): more only amplifies a small request into a large answer.
+pub const MAX_READ_AMPLIFICATION: u64 = 2;
 
 /// What a request asks for, decoded from its method and path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +38,8 @@ pub enum Route {
     Read(StorageIndex, ShareNum),
     /// `PUT /v1/shares/<si>/<share>`: store a share.
     Write(StorageIndex, ShareNum),
+    /// `DELETE /v1/shares/<si>/<share>`: an abandoned upload takes back a share it wrote.
+    Abandon(StorageIndex, ShareNum),
     /// `POST /v1/shares/<si>/<share>/corrupt`: a reader found the share corrupt.
     ReportCorrupt(StorageIndex, ShareNum),
 }
@@ -79,10 +87,13 @@ pub fn route(method: &hyper::Method, path: &str) -> Result<Route, RequestError> 
         }
         ["", "v1", "shares", si, share] => {
             let write = method == hyper::Method::PUT;
-            only(get || write, "GET, HEAD, PUT")?;
+            let abandon = method == hyper::Method::DELETE;
+            only(get || write || abandon, "GET, HEAD, PUT, DELETE")?;
             let (si, share) = (storage_index(si)?, share_number(share)?);
             Ok(if write {
                 Route::Write(si, share)
+            } else if abandon {
+                Route::Abandon(si, share)
             } else {
                 Route::Read(si, share)
             })
@@ -261,7 +272,11 @@ mod tests {
         );
         assert_eq!(
             route(&Method::DELETE, &path("/0")),
-            Err(RequestError::MethodNotAllowed("GET, HEAD, PUT"))
+            Ok(Route::Abandon(si, ShareNum(0)))
+        );
+        assert_eq!(
+            route(&Method::POST, &path("/0")),
+            Err(RequestError::MethodNotAllowed("GET, HEAD, PUT, DELETE"))
         );
         assert_eq!(
             route(&Method::PUT, &path("")),

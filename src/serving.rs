@@ -1,26 +1,39 @@
-//! The connection loop shared by the gateway and the storage server: a connection limit,
-//! timeouts against slow-loris clients and stuck readers, a header size limit, keep-alive,
-//! and graceful shutdown.
+//! The connection loop shared by the gateway and the storage server: connection slots that
+//! idle sockets cannot hold against real requests, timeouts against slow-loris clients and
+//! stuck readers, a header size limit, keep-alive, `Host` validation, and graceful shutdown.
+//!
+//! Slots: at most `max_connections` connections are served at once. A connection is
+//! *idle* while it has no request in flight: before its first request's headers are in,
+//! and between keep-alive requests. When every slot is taken and another client connects,
+//! the idle connection that has waited longest gives way to it (one that never completed a
+//! request first, then the longest-idle keep-alive one), so sockets that never send a byte
+//! cannot lock out requests. Only when every slot is busy with a request do new clients wait
+//! in the listen backlog. A new connection must complete its first request's headers within
+//! [`ConnectionLimits::first_request_timeout`].
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::pin;
-use std::sync::Arc;
-use std::time::Duration;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::{Body as HttpBody, Incoming};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 use tokio_io_timeout::TimeoutStream;
 use tracing::{debug, info, warn};
 
@@ -42,10 +55,13 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 /// Limits on connections, the same for every server in the crate.
 #[derive(Debug, Clone)]
 pub struct ConnectionLimits {
-    /// Connections served at once; more wait in the listen backlog.
+    /// Connections served at once. When all are taken, an idle one (waiting for request
+    /// headers) is closed to make room; only busy ones make new clients wait.
     pub max_connections: usize,
-    /// A request's headers must arrive within this (against slow-loris); also how long an
-    /// idle keep-alive connection is kept.
+    /// A new connection must send its first request's headers within this.
+    pub first_request_timeout: Duration,
+    /// A later request's headers must arrive within this; also how long an idle keep-alive
+    /// connection is kept.
     pub header_read_timeout: Duration,
     /// A connection whose client takes no bytes for this long is closed.
     pub write_timeout: Duration,
@@ -59,6 +75,7 @@ impl Default for ConnectionLimits {
     fn default() -> ConnectionLimits {
         ConnectionLimits {
             max_connections: 1024,
+            first_request_timeout: Duration::from_secs(5),
             header_read_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(120),
             max_header_bytes: 16 * 1024,
@@ -67,9 +84,280 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// Checks a request's `Host` header as RFC 9112 §3.2 requires: an HTTP/1.1 request has
+/// exactly one, and any `Host` present is a valid `host[:port]`. Returns the 400 to send
+/// when it does not.
+///
+/// ```
+/// use hyper::Request;
+/// let ok = Request::get("/").header("host", "127.0.0.1:3456").body(()).unwrap();
+/// assert!(segvault::serving::refuse_bad_host(&ok).is_none());
+/// let missing = Request::get("/").body(()).unwrap();
+/// assert_eq!(segvault::serving::refuse_bad_host(&missing).unwrap().status(), 400);
+/// ```
+pub fn refuse_bad_host<T>(request: &Request<T>) -> Option<Response<Body>> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let problem = match (hosts.next(), hosts.next()) {
+        (None, _) if request.version() == Version::HTTP_11 => {
+            "an HTTP/1.1 request needs a Host header"
+        }
+        (None, _) => return None,
+        (Some(_), Some(_)) => "a request may carry only one Host header",
+        (Some(host), None) if valid_host(host) => return None,
+        (Some(_), None) => "the Host header is not a valid host[:port]",
+    };
+    let mut response = Response::new(full(format!("bad request: {problem}\n")));
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    Some(response)
+}
+
+fn valid_host(value: &HeaderValue) -> bool {
+    let Ok(text) = value.to_str() else {
+        return false;
+    };
+    // An authority without user information: `host`, `host:port`, `[v6]:port`.
+    !text.is_empty()
+        && !text.contains('@')
+        && text
+            .parse::<hyper::http::uri::Authority>()
+            .is_ok_and(|a| a.as_str() == text && !a.host().is_empty())
+        && {
+            // The parser above takes any text after the last colon as a port.
+            let after_host = match text.strip_prefix('[') {
+                Some(rest) => rest.split_once(']').map_or("", |(_, after)| after),
+                None => text.rsplit_once(':').map_or("", |(_, port)| port),
+            };
+            let port = after_host.strip_prefix(':').unwrap_or(after_host);
+            port.bytes().all(|b| b.is_ascii_digit())
+        }
+}
+
+/// One accepted connection, as the slot table sees it.
+#[derive(Debug)]
+struct Connection {
+    id: u64,
+    /// Milliseconds since the slot table's epoch.
+    accepted_ms: u64,
+    /// Requests whose headers arrived on this connection.
+    requests: AtomicU64,
+    /// Requests being answered (0 or 1 over HTTP/1.1).
+    in_flight: AtomicU64,
+    /// When the last request finished (ms since the epoch); the accept time before that.
+    idle_since_ms: AtomicU64,
+    evicted: AtomicBool,
+    evict: Notify,
+}
+
+impl Connection {
+    fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0 && !self.evicted.load(Ordering::Acquire)
+    }
+
+    /// Completes once the connection was chosen to make room for another.
+    async fn evicted(&self) {
+        loop {
+            let notified = self.evict.notified();
+            if self.evicted.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The connection slots of one server (see the module documentation).
+#[derive(Debug)]
+struct Slots {
+    max: usize,
+    epoch: Instant,
+    open: Mutex<HashMap<u64, Arc<Connection>>>,
+    next_id: AtomicU64,
+    /// Woken when a slot frees or a connection becomes idle.
+    changed: Notify,
+}
+
+impl Slots {
+    fn new(max: usize) -> Slots {
+        Slots {
+            max: max.max(1),
+            epoch: Instant::now(),
+            open: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            changed: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Connection>>> {
+        // The map stays consistent whatever panicked while holding it.
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot for a new connection: a free one, or one an idle connection gives up.
+    fn admit(&self) -> Option<Arc<Connection>> {
+        let mut open = self.lock();
+        if open.len() >= self.max {
+            let victim = Self::longest_idle(&open)?;
+            if let Some(victim) = open.remove(&victim) {
+                victim.evicted.store(true, Ordering::Release);
+                victim.evict.notify_one();
+                debug!(
+                    requests = victim.requests.load(Ordering::Relaxed),
+                    "all connection slots taken: closing the longest-idle connection"
+                );
+            }
+        }
+        let now = self.now_ms();
+        let connection = Arc::new(Connection {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            accepted_ms: now,
+            requests: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(now),
+            evicted: AtomicBool::new(false),
+            evict: Notify::new(),
+        });
+        open.insert(connection.id, connection.clone());
+        Some(connection)
+    }
+
+    /// Waits until [`admit`](Self::admit) succeeds.
+    async fn admit_when_possible(&self) -> Arc<Connection> {
+        loop {
+            let changed = self.changed.notified();
+            if let Some(connection) = self.admit() {
+                return connection;
+            }
+            changed.await;
+        }
+    }
+
+    /// Which idle connection gives way: one that never completed a request's headers (the
+    /// oldest first), else the keep-alive connection idle longest.
+    fn longest_idle(open: &HashMap<u64, Arc<Connection>>) -> Option<u64> {
+        open.values()
+            .filter(|c| c.is_idle())
+            .min_by_key(|c| {
+                let served = c.requests.load(Ordering::Relaxed) > 0;
+                let since = if served {
+                    c.idle_since_ms.load(Ordering::Relaxed)
+                } else {
+                    c.accepted_ms
+                };
+                (served, since)
+            })
+            .map(|c| c.id)
+    }
+
+    /// Closes the longest-idle connection (out of file descriptors). Whether there was one.
+    fn evict_one(&self) -> bool {
+        let mut open = self.lock();
+        let Some(victim) = Self::longest_idle(&open).and_then(|id| open.remove(&id)) else {
+            return false;
+        };
+        victim.evicted.store(true, Ordering::Release);
+        victim.evict.notify_one();
+        drop(open);
+        self.changed.notify_one();
+        true
+    }
+
+    fn release(&self, connection: &Connection) {
+        self.lock().remove(&connection.id);
+        self.changed.notify_one();
+    }
+}
+
+/// Marks a request in flight on its connection until dropped (when the response body is
+/// done or abandoned).
+struct RequestInFlight {
+    slots: Arc<Slots>,
+    connection: Arc<Connection>,
+    done: AtomicBool,
+}
+
+impl RequestInFlight {
+    fn begin(slots: &Arc<Slots>, connection: &Arc<Connection>) -> RequestInFlight {
+        connection.requests.fetch_add(1, Ordering::Relaxed);
+        connection.in_flight.fetch_add(1, Ordering::AcqRel);
+        RequestInFlight {
+            slots: slots.clone(),
+            connection: connection.clone(),
+            done: AtomicBool::new(false),
+        }
+    }
+
+    fn finish(&self) {
+        if self.done.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.connection
+            .idle_since_ms
+            .store(self.slots.now_ms(), Ordering::Relaxed);
+        if self.connection.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.slots.changed.notify_one();
+        }
+    }
+}
+
+impl Drop for RequestInFlight {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it ends.
+struct Tracked {
+    inner: Body,
+    request: RequestInFlight,
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) {
+            this.request.finish();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let ended = self.inner.is_end_stream();
+        if ended {
+            self.request.finish();
+        }
+        ended
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn out_of_descriptors(error: &io::Error) -> bool {
+    // EMFILE (24) and ENFILE (23): the process or the system is out of file descriptors.
+    matches!(error.raw_os_error(), Some(23 | 24))
+}
+
 /// Serves HTTP/1.1 connections from `listener` with `handler` until `shutdown` completes,
 /// then stops accepting and waits (up to the grace period) for requests in flight.
-pub async fn serve<H, F, B>(
+pub async fn serve<H, F>(
     listener: TcpListener,
     limits: &ConnectionLimits,
     shutdown: impl Future<Output = ()>,
@@ -77,11 +365,9 @@ pub async fn serve<H, F, B>(
 ) -> io::Result<()>
 where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<B>> + Send + 'static,
-    B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let slots = Arc::new(Slots::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);
     let mut http = http1::Builder::new();
@@ -90,15 +376,18 @@ where
         .max_header_size(limits.max_header_bytes)
         .keep_alive(true);
     loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit.map_err(io::Error::other)?,
-            () = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
+                Err(e) if out_of_descriptors(&e) => {
+                    // Make room by closing an idle connection; if none is idle, wait a bit.
+                    if !slots.evict_one() {
+                        warn!(error = %e, "accept failed and no connection is idle");
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
                     warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
@@ -106,20 +395,48 @@ where
             },
             () = &mut shutdown => break,
         };
+        let connection = match slots.admit() {
+            Some(connection) => connection,
+            None => tokio::select! {
+                connection = slots.admit_when_possible() => connection,
+                () = &mut shutdown => break,
+            },
+        };
         let _ = stream.set_nodelay(true);
         let mut io = TimeoutStream::new(stream);
         io.set_write_timeout(Some(limits.write_timeout));
-        let handler = handler.clone();
-        let service = service_fn(move |request| {
-            let response = handler(request, peer);
-            async move { Ok::<_, Infallible>(response.await) }
-        });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(Box::pin(io)), service));
+        let service = {
+            let (handler, slots, connection) = (handler.clone(), slots.clone(), connection.clone());
+            service_fn(move |request| {
+                let in_flight = RequestInFlight::begin(&slots, &connection);
+                let response = handler(request, peer);
+                async move {
+                    let response = response.await;
+                    Ok::<_, Infallible>(response.map(|inner| Tracked {
+                        inner,
+                        request: in_flight,
+                    }))
+                }
+            })
+        };
+        let served = graceful.watch(http.serve_connection(TokioIo::new(Box::pin(io)), service));
+        let first_request_timeout = limits.first_request_timeout;
+        let slots = slots.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!(%peer, error = %e, "connection ended with an error");
+            let first_request = async {
+                tokio::time::sleep(first_request_timeout).await;
+                if connection.requests.load(Ordering::Relaxed) > 0 {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                outcome = served => if let Err(e) = outcome {
+                    debug!(%peer, error = %e, "connection ended with an error");
+                },
+                () = connection.evicted() => debug!(%peer, "idle connection closed to make room"),
+                () = first_request => debug!(%peer, "no request within {first_request_timeout:?}"),
             }
-            drop(permit);
+            slots.release(&connection);
         });
     }
     drop(listener);
@@ -151,4 +468,72 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(version: Version, hosts: &[&[u8]]) -> Request<()> {
+        let mut request = Request::get("/").version(version).body(()).unwrap();
+        for host in hosts {
+            request
+                .headers_mut()
+                .append(header::HOST, HeaderValue::from_bytes(host).unwrap());
+        }
+        request
+    }
+
+    #[test]
+    fn host_headers_follow_rfc_9112() {
+        for good in [
+            &b"example.com"[..],
+            b"127.0.0.1:3456",
+            b"[::1]:7000",
+            b"node",
+        ] {
+            assert!(refuse_bad_host(&request(Version::HTTP_11, &[good])).is_none());
+        }
+        assert!(refuse_bad_host(&request(Version::HTTP_10, &[])).is_none());
+        for bad in [
+            &[][..],
+            &[&b"a"[..], b"a"],
+            &[b""],
+            &[b"a b"],
+            &[b"user@host"],
+            &[b"host:port"],
+            &[b"host/path"],
+            &[b"\xff"],
+        ] {
+            let refused = refuse_bad_host(&request(Version::HTTP_11, bad))
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+        }
+        assert!(refuse_bad_host(&request(Version::HTTP_10, &[b"a", b"b"])).is_some());
+    }
+
+    #[test]
+    fn the_longest_idle_connection_gives_way_and_busy_ones_never_do() {
+        let slots = Arc::new(Slots::new(3));
+        let a = slots.admit().unwrap();
+        let b = slots.admit().unwrap();
+        let c = slots.admit().unwrap();
+        // a served a request and is now idle between requests; b is busy; c never sent one.
+        drop(RequestInFlight::begin(&slots, &a));
+        let busy = RequestInFlight::begin(&slots, &b);
+        let d = slots.admit().unwrap();
+        assert!(c.evicted.load(Ordering::Acquire), "never-served goes first");
+        assert!(!a.evicted.load(Ordering::Acquire));
+        let _busy_d = RequestInFlight::begin(&slots, &d);
+        let e = slots.admit().unwrap();
+        assert!(
+            a.evicted.load(Ordering::Acquire),
+            "then the idle keep-alive one"
+        );
+        let _busy_e = RequestInFlight::begin(&slots, &e);
+        assert!(slots.admit().is_none(), "every slot busy: wait");
+        drop(busy);
+        assert!(slots.admit().is_some());
+        assert!(b.evicted.load(Ordering::Acquire));
+    }
 }

@@ -18,12 +18,13 @@
 
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use futures::{StreamExt, stream};
+use futures::{StreamExt, TryStreamExt, stream};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
@@ -37,13 +38,23 @@ use crate::core::codec::Codec as _;
 use crate::core::geometry::ShareNum;
 use crate::core::layout::{HEADER_LEN, ShareLayout};
 use crate::core::share_header::ShareHeader;
+use crate::core::text;
 use crate::protocol::{self, CorruptionReport, ErrorBody, RequestError, Route, ShareList, Status};
 use crate::serving::{self, Body, ConnectionLimits, empty, full};
-use crate::store::{DirectoryStore, MAX_READ_BYTES, ShareStore, SpooledShare, StoreError};
+use crate::store::{
+    DirectoryStore, MAX_READ_BYTES, ShareStore, SpooledShare, StoreError, UploadOwner,
+    validate_ranges,
+};
 use crate::token::Token;
 
 /// The corruption-report file stops growing at this size.
 const MAX_REPORTS_FILE: u64 = 16 << 20;
+/// A read response is read from disk in pieces of about this many bytes.
+const READ_PIECE_BYTES: u64 = 256 << 10;
+/// After refusing an upload, its body is read (and dropped) for at most this long…
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+/// …and at most this many bytes, so the client sees the answer rather than a reset.
+const MAX_DRAIN_BYTES: u64 = 1 << 30;
 
 /// How a storage node behaves.
 #[derive(Debug, Clone)]
@@ -56,6 +67,9 @@ pub struct NodeConfig {
     pub max_share_bytes: u64,
     /// An upload that sends no bytes for this long is abandoned.
     pub upload_idle_timeout: Duration,
+    /// Bytes of read responses the node holds in memory for all clients together (read
+    /// from disk, not yet taken by the socket); more waits until clients take some.
+    pub max_response_bytes: u64,
 }
 
 impl Default for NodeConfig {
@@ -65,6 +79,7 @@ impl Default for NodeConfig {
             token: None,
             max_share_bytes: 1 << 40,
             upload_idle_timeout: Duration::from_secs(60),
+            max_response_bytes: 32 << 20,
         }
     }
 }
@@ -80,6 +95,7 @@ struct Inner {
     store: DirectoryStore,
     config: NodeConfig,
     reports: PathBuf,
+    response_budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why a node may not listen where it was asked to.
@@ -110,11 +126,16 @@ impl StorageNode {
     /// A node serving `store`.
     pub fn new(store: DirectoryStore, config: NodeConfig) -> StorageNode {
         let reports = store.root().join("corruption-reports.jsonl");
+        // Whatever the budget, one whole piece must fit, or a read could wait forever.
+        let budget = config
+            .max_response_bytes
+            .clamp(READ_PIECE_BYTES, u64::from(u32::MAX));
         StorageNode {
             inner: Arc::new(Inner {
                 store,
                 config,
                 reports,
+                response_budget: Arc::new(tokio::sync::Semaphore::new(budget as usize)),
             }),
         }
     }
@@ -164,6 +185,10 @@ impl StorageNode {
         peer: SocketAddr,
         access: &mut Access,
     ) -> Response<Body> {
+        if let Some(refused) = serving::refuse_bad_host(&request) {
+            access.route = "invalid";
+            return refused;
+        }
         if let Some(token) = &self.inner.config.token {
             let presented = request
                 .headers()
@@ -242,6 +267,12 @@ impl StorageNode {
                 access.share = Some(share);
                 self.write(request, si, share, access).await
             }
+            Route::Abandon(si, share) => {
+                access.route = "abandon";
+                access.storage_index = Some(si);
+                access.share = Some(share);
+                self.abandon(request, si, share).await
+            }
             Route::ReportCorrupt(si, share) => {
                 access.route = "corrupt";
                 access.storage_index = Some(si);
@@ -262,20 +293,36 @@ impl StorageNode {
             Ok(ranges) => ranges,
             Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
         };
-        let parts = match self.inner.store.read(si, share, ranges).await {
-            Ok(parts) => parts,
+        if let Err(e) = validate_ranges(&ranges) {
+            return store_error(e);
+        }
+        let len = match self.inner.store.share_len(si, share).await {
+            Ok(len) => len,
             Err(e) => return store_error(e),
         };
-        let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        if let Some(beyond) = ranges.iter().find(|r| r.end > len) {
+            return store_error(StoreError::OutOfBounds {
+                start: beyond.start,
+                end: beyond.end,
+                len,
+            });
+        }
+        let total: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        if total > len.saturating_mul(protocol::MAX_READ_AMPLIFICATION) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "the ranges add up to {total} bytes, more than {}x the {len}-byte share: \
+                     ask for overlapping ranges once",
+                    protocol::MAX_READ_AMPLIFICATION
+                ),
+            );
+        }
         access.bytes = total;
         let body = if request.method() == Method::HEAD {
             empty()
         } else {
-            // The parts go out as they are, without being joined into one buffer.
-            let frames = stream::iter(parts)
-                .filter(|p| std::future::ready(!p.is_empty()))
-                .map(|p| Ok::<_, io::Error>(Frame::data(p)));
-            BodyExt::boxed_unsync(StreamBody::new(frames))
+            self.stream_ranges(si, share, ranges)
         };
         let mut response = Response::new(body);
         let headers = response.headers_mut();
@@ -285,6 +332,40 @@ impl StorageNode {
         );
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
         response
+    }
+
+    /// The bytes of `ranges`, read a piece at a time as the client takes them: a response
+    /// holds at most one piece plus what hyper queues for the socket, and every piece
+    /// counts against the node's budget for all responses until the socket has taken it.
+    fn stream_ranges(&self, si: StorageIndex, share: ShareNum, ranges: Vec<Range<u64>>) -> Body {
+        let store = self.inner.store.clone();
+        let budget = self.inner.response_budget.clone();
+        let pieces = stream::iter(read_pieces(&ranges, READ_PIECE_BYTES));
+        let frames = pieces
+            .then(move |piece| {
+                let (store, budget) = (store.clone(), budget.clone());
+                async move {
+                    let bytes: u64 = piece.iter().map(|r| r.end - r.start).sum();
+                    let permit = budget
+                        .acquire_many_owned(bytes.min(u64::from(u32::MAX)) as u32)
+                        .await
+                        .map_err(io::Error::other)?;
+                    let parts = store
+                        .read(si, share, piece)
+                        .await
+                        .map_err(io::Error::other)?;
+                    // The permit goes back when hyper has written (dropped) the last part.
+                    let permit = Arc::new(permit);
+                    Ok::<_, io::Error>(stream::iter(parts.into_iter().map(move |part| {
+                        Ok(Frame::data(Bytes::from_owner(Budgeted {
+                            bytes: part,
+                            _permit: permit.clone(),
+                        })))
+                    })))
+                }
+            })
+            .try_flatten();
+        BodyExt::boxed_unsync(StreamBody::new(frames))
     }
 
     async fn write(
@@ -317,22 +398,32 @@ impl StorageNode {
         if length < HEADER_LEN {
             return error(StatusCode::BAD_REQUEST, "too short to be a share");
         }
+        let owner = upload_owner(&request);
+        let mut body = request.into_body();
         let spool_dir = self
             .inner
             .store
             .spool_dir()
             .unwrap_or_else(std::env::temp_dir);
-        let spool =
-            match tokio::task::spawn_blocking(move || SpooledShare::create(&spool_dir, length))
-                .await
-            {
-                Ok(Ok(spool)) => spool,
-                Ok(Err(e)) => return store_error(StoreError::io("creating spool", e)),
-                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-            };
-        let header = match self.receive(request.into_body(), &spool, length).await {
+        let spool = tokio::task::spawn_blocking(move || {
+            check_free_space(&spool_dir, length)?;
+            SpooledShare::create(&spool_dir, length)
+                .map_err(|e| StoreError::io("creating spool", e))
+        })
+        .await;
+        let spool = match spool {
+            Ok(Ok(spool)) => spool,
+            Ok(Err(e)) => return self.refuse_upload(body, length, store_error(e)),
+            Err(e) => {
+                let response = error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
+                return self.refuse_upload(body, length, response);
+            }
+        };
+        let header = match self.receive(&mut body, &spool, length).await {
             Ok(header) => header,
-            Err(response) => return response,
+            Err((response, received)) => {
+                return self.refuse_upload(body, length.saturating_sub(received), response);
+            }
         };
         access.bytes = length;
         let header = match ShareHeader::from_bytes(&header) {
@@ -360,7 +451,7 @@ impl StorageNode {
                 &format!("the share's parameters give {expected} bytes, not {length}"),
             );
         }
-        match self.inner.store.write(si, share, spool).await {
+        match self.inner.store.write_as(si, share, spool, owner).await {
             Ok(()) => {
                 let mut response = Response::new(empty());
                 *response.status_mut() = StatusCode::CREATED;
@@ -370,18 +461,51 @@ impl StorageNode {
         }
     }
 
-    /// Streams an upload body into `spool`; returns the share's header bytes.
-    async fn receive(
+    /// Answers an upload refused before its body was read whole, and reads (and drops) the
+    /// rest of the body in the background for a while: a server that closes on unread bytes
+    /// makes the client's kernel reset the connection, and the client would see "broken
+    /// pipe" instead of this answer.
+    fn refuse_upload(
         &self,
         mut body: Incoming,
+        remaining: u64,
+        mut response: Response<Body>,
+    ) -> Response<Body> {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let idle = self.inner.config.upload_idle_timeout.min(DRAIN_TIME);
+        tokio::spawn(async move {
+            let drain = async {
+                let mut left = remaining.min(MAX_DRAIN_BYTES);
+                while left > 0 {
+                    match tokio::time::timeout(idle, body.frame()).await {
+                        Ok(Some(Ok(frame))) => {
+                            let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                            left = left.saturating_sub(n);
+                        }
+                        _ => break,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+        });
+        response
+    }
+
+    /// Streams an upload body into `spool`; returns the share's header bytes. On failure,
+    /// the answer and how many bytes were read.
+    async fn receive(
+        &self,
+        body: &mut Incoming,
         spool: &SpooledShare,
         length: u64,
-    ) -> Result<Vec<u8>, Response<Body>> {
+    ) -> Result<Vec<u8>, (Response<Body>, u64)> {
         let idle = self.inner.config.upload_idle_timeout;
         let file = spool
             .file()
             .try_clone()
-            .map_err(|e| store_error(StoreError::io("opening spool", e)))?;
+            .map_err(|e| (store_error(StoreError::io("opening spool", e)), 0))?;
         let mut writer =
             tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
         let mut header = Vec::with_capacity(HEADER_LEN as usize);
@@ -389,17 +513,13 @@ impl StorageNode {
         loop {
             let frame = match tokio::time::timeout(idle, body.frame()).await {
                 Err(_) => {
-                    return Err(error(
-                        StatusCode::REQUEST_TIMEOUT,
-                        &format!("no upload bytes for {idle:?}"),
-                    ));
+                    let message = format!("no upload bytes for {idle:?}");
+                    return Err((error(StatusCode::REQUEST_TIMEOUT, &message), received));
                 }
                 Ok(None) => break,
                 Ok(Some(Err(e))) => {
-                    return Err(error(
-                        StatusCode::BAD_REQUEST,
-                        &format!("the upload broke off: {e}"),
-                    ));
+                    let message = format!("the upload broke off: {e}");
+                    return Err((error(StatusCode::BAD_REQUEST, &message), received));
                 }
                 Ok(Some(Ok(frame))) => frame,
             };
@@ -408,31 +528,54 @@ impl StorageNode {
             };
             received += data.len() as u64;
             if received > length {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    "the body is longer than its Content-Length",
-                ));
+                let message = "the body is longer than its Content-Length";
+                return Err((error(StatusCode::BAD_REQUEST, message), received));
             }
             let wanted = (HEADER_LEN as usize)
                 .saturating_sub(header.len())
                 .min(data.len());
             header.extend_from_slice(&data[..wanted]);
-            writer
-                .write_all(&data)
-                .await
-                .map_err(|e| store_error(StoreError::io("writing spool", e)))?;
+            if let Err(e) = writer.write_all(&data).await {
+                return Err((store_error(StoreError::io("writing spool", e)), received));
+            }
         }
         if received != length {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                &format!("the body ended after {received} of {length} bytes"),
-            ));
+            let message = format!("the body ended after {received} of {length} bytes");
+            return Err((error(StatusCode::BAD_REQUEST, &message), received));
         }
         writer
             .flush()
             .await
-            .map_err(|e| store_error(StoreError::io("writing spool", e)))?;
+            .map_err(|e| (store_error(StoreError::io("writing spool", e)), received))?;
         Ok(header)
+    }
+
+    /// `DELETE`: an upload that was abandoned takes back a share it wrote itself.
+    async fn abandon(
+        &self,
+        request: Request<Incoming>,
+        si: StorageIndex,
+        share: ShareNum,
+    ) -> Response<Body> {
+        let Some(secret) = upload_secret(&request) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "only the upload that wrote a share can remove it: send its {} header",
+                    protocol::UPLOAD_SECRET_HEADER
+                ),
+            );
+        };
+        let owner = UploadOwner::from_secret(&secret);
+        match self.inner.store.abandon_as(si, share, owner).await {
+            Ok(()) => {
+                info!(%si, %share, "an abandoned upload took back its share");
+                let mut response = Response::new(empty());
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                response
+            }
+            Err(e) => store_error(e),
+        }
     }
 
     async fn report(
@@ -450,15 +593,7 @@ impl StorageNode {
             },
             Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad report: {e}")),
         };
-        let reason: String = report
-            .reason
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .scan(0usize, |used, c| {
-                *used += c.len_utf8();
-                (*used <= protocol::MAX_REASON_BYTES).then_some(c)
-            })
-            .collect();
+        let reason = text::for_log(&report.reason, protocol::MAX_REASON_BYTES);
         warn!(%si, %share, %peer, %reason, "a reader reports this share corrupt");
         let line = serde_json::json!({
             "time": SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
@@ -487,6 +622,72 @@ impl StorageNode {
         *response.status_mut() = StatusCode::NO_CONTENT;
         response
     }
+}
+
+/// A piece of a read response, with its share of the node's response budget.
+struct Budgeted {
+    bytes: Bytes,
+    _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl AsRef<[u8]> for Budgeted {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// `ranges` cut into pieces of about `piece_bytes` (one store read each): long ranges are
+/// split, short neighbours share a piece. Empty ranges are dropped (they send nothing).
+fn read_pieces(ranges: &[Range<u64>], piece_bytes: u64) -> Vec<Vec<Range<u64>>> {
+    let mut pieces = Vec::new();
+    let mut current: Vec<Range<u64>> = Vec::new();
+    let mut current_bytes = 0;
+    for range in ranges {
+        let mut start = range.start;
+        while start < range.end {
+            let end = range.end.min(start + (piece_bytes - current_bytes));
+            current.push(start..end);
+            current_bytes += end - start;
+            start = end;
+            if current_bytes == piece_bytes {
+                pieces.push(std::mem::take(&mut current));
+                current_bytes = 0;
+            }
+        }
+    }
+    if !current.is_empty() {
+        pieces.push(current);
+    }
+    pieces
+}
+
+/// The uploader's secret, if it sent a well-formed one.
+fn upload_secret<T>(request: &Request<T>) -> Option<[u8; 32]> {
+    let value = request.headers().get(protocol::UPLOAD_SECRET_HEADER)?;
+    crate::core::cap::base32_decode::<32>(value.as_bytes())
+}
+
+/// Who an upload is from: the owner its secret proves, or (without one) an owner nobody can
+/// claim, so its shares can never be taken back.
+fn upload_owner<T>(request: &Request<T>) -> UploadOwner {
+    upload_secret(request).map_or_else(UploadOwner::random, |s| UploadOwner::from_secret(&s))
+}
+
+/// Refuses an upload up front that cannot fit: a clear 507 instead of a disk that fills
+/// while the share streams in.
+fn check_free_space(dir: &std::path::Path, length: u64) -> Result<(), StoreError> {
+    let _ = std::fs::create_dir_all(dir);
+    #[cfg(target_os = "linux")]
+    if let Ok(stats) = rustix::fs::statvfs(dir) {
+        let free = stats.f_bavail.saturating_mul(stats.f_frsize);
+        if free < length {
+            return Err(StoreError::NoSpace {
+                free,
+                needed: length,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
@@ -522,6 +723,8 @@ fn store_error(e: StoreError) -> Response<Body> {
         ),
         StoreError::InvalidRequest(_) => error(StatusCode::BAD_REQUEST, &e.to_string()),
         StoreError::Conflict { .. } => error(StatusCode::CONFLICT, &e.to_string()),
+        StoreError::Forbidden(_) => error(StatusCode::FORBIDDEN, &e.to_string()),
+        StoreError::NoSpace { .. } => error(StatusCode::INSUFFICIENT_STORAGE, &e.to_string()),
         StoreError::Timeout(_) | StoreError::Protocol(_) => {
             error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
         }

@@ -271,7 +271,7 @@ proptest! {
         if let Ok(other) = Ueb::from_bytes(&bytes) { prop_assert_ne!(other, ueb); }
         segvault::fuzzing::parse_ueb(&bytes);
         let text = ReadCap::new(FileKey::from_bytes([3; 32]), Hash([4; 32]), g).to_secret_string();
-        let mut text = text.into_bytes();
+        let mut text = text.as_bytes().to_vec();
         let i = at % text.len();
         text[i] ^= xor;
         segvault::fuzzing::parse_cap(&text);

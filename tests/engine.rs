@@ -375,6 +375,8 @@ fn tamper_parity(parity_share: u8, segment: u64) -> PutOptions {
         k: 3,
         n: 6,
         segment_size: Some(1000),
+        // Small segments exercise segment edges cheaply.
+        unchecked_segment_size: true,
         tamper: Some(Arc::new(move |share, s, block| {
             if share.0 == parity_share && s.0 == segment {
                 block[0] ^= 0x55;
@@ -422,6 +424,8 @@ async fn shares_that_never_agree_fail_with_an_explanation_not_wrong_bytes() {
         k: 2,
         n: 4,
         segment_size: Some(1000),
+        // Small segments exercise segment edges cheaply.
+        unchecked_segment_size: true,
         tamper: Some(Arc::new(|share, _, block| {
             if share.0 >= 2 {
                 block[0] ^= 1;
@@ -461,6 +465,8 @@ async fn open_file_metadata_is_bounded_by_bytes_and_evicted_least_recent_first()
         k: 3,
         n: 10,
         segment_size: Some(100),
+        // Small segments exercise segment edges cheaply.
+        unchecked_segment_size: true,
         ..PutOptions::default()
     };
     let mut caps = vec![fixture.cap.clone()];
@@ -594,6 +600,8 @@ async fn a_bad_share_among_many_is_found_within_the_retry_budget() {
         k: 16,
         n: 20,
         segment_size: Some(16 * 64),
+        // Small segments exercise segment edges cheaply.
+        unchecked_segment_size: true,
         tamper: Some(Arc::new(|share, s, block| {
             if share.0 == 0 && s.0 == 0 {
                 block[0] ^= 0x80;

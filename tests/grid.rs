@@ -442,11 +442,13 @@ fn a_node_answers_bad_requests_with_the_right_status() {
     let si = "a".repeat(26);
     let cases = [
         (
-            "DELETE",
+            "PATCH",
             format!("/v1/shares/{si}/0"),
             405,
-            Some("GET, HEAD, PUT"),
+            Some("GET, HEAD, PUT, DELETE"),
         ),
+        // Only an upload's own secret takes its share back.
+        ("DELETE", format!("/v1/shares/{si}/0"), 400, None),
         ("POST", "/v1/status".to_owned(), 405, Some("GET, HEAD")),
         (
             "GET",

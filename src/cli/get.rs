@@ -1,6 +1,6 @@
 //! `segvault get`.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -22,7 +22,7 @@ pub(crate) struct GetArgs {
     /// Bytes to get, inclusive like HTTP: START-END, START- (to the end) or -SUFFIX (the last bytes)
     #[arg(long, value_name = "START-END", allow_hyphen_values = true)]
     range: Option<String>,
-    /// Write to this file instead of stdout (replaced only once every byte is verified)
+    /// Write to this file instead of stdout (a regular file is replaced only once every byte is verified; a device, FIFO or socket is written to as the bytes come; `-` is stdout)
     #[arg(short = 'o', long, value_name = "PATH")]
     output: Option<PathBuf>,
     #[command(flatten)]
@@ -46,9 +46,13 @@ fn parse_range(text: &str, len: u64) -> anyhow::Result<Range<u64>> {
     }
 }
 
-/// Where the bytes go: stdout, or a file that appears at the target only once complete.
+/// Where the bytes go: stdout; a file that appears at the target only once complete; or,
+/// for what is not a regular file (a device, a FIFO, a socket, an open descriptor such as
+/// `/dev/stdout`), straight into it.
 enum Sink {
     Stdout,
+    /// Written where it stands: there is nothing to replace.
+    Direct(Box<dyn Write + Send>),
     /// An unnamed file in the target's directory (`O_TMPFILE`): if the read fails or the
     /// process is killed, no partial plaintext is left behind under any name.
     #[cfg(target_os = "linux")]
@@ -64,50 +68,158 @@ enum Sink {
     },
 }
 
+/// What `-o PATH` names, once symbolic links are followed.
+enum Destination {
+    /// A regular file, or nothing yet: replaced by rename once complete.
+    File {
+        path: PathBuf,
+        existing: Option<std::fs::Metadata>,
+    },
+    /// Anything else that takes bytes: written to directly.
+    Direct { path: PathBuf, socket: bool },
+}
+
+/// Symbolic links followed before giving up (as the kernel does).
+const MAX_LINKS: usize = 40;
+
+/// Whether `path` is an entry of a process's descriptor table (`/proc/self/fd/1`, which
+/// `/dev/stdout` and `/dev/fd/1` lead to): a link to something already open, which may have
+/// no path at all (`pipe:[…]`).
+fn is_descriptor_link(path: &Path) -> bool {
+    path.parent()
+        .and_then(|dir| std::fs::canonicalize(dir).ok())
+        .is_some_and(|dir| dir.starts_with("/proc") && dir.file_name().is_some_and(|n| n == "fd"))
+}
+
+fn resolve(target: &Path) -> anyhow::Result<Destination> {
+    let mut path = target.to_path_buf();
+    for _ in 0..MAX_LINKS {
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(Destination::File {
+                    path,
+                    existing: None,
+                });
+            }
+            Err(e) => return Err(anyhow!(e).context(format!("cannot write {}", path.display()))),
+        };
+        let kind = meta.file_type();
+        if kind.is_symlink() {
+            if is_descriptor_link(&path) {
+                return Ok(Destination::Direct {
+                    path,
+                    socket: false,
+                });
+            }
+            let link = std::fs::read_link(&path)
+                .with_context(|| format!("cannot follow the link {}", path.display()))?;
+            path = match path.parent() {
+                Some(dir) if link.is_relative() => dir.join(link),
+                _ => link,
+            };
+            continue;
+        }
+        if kind.is_file() {
+            return Ok(Destination::File {
+                path,
+                existing: Some(meta),
+            });
+        }
+        if kind.is_dir() {
+            return Err(anyhow!(
+                "{} is a directory; -o takes a file name",
+                target.display()
+            ));
+        }
+        use std::os::unix::fs::FileTypeExt;
+        return Ok(Destination::Direct {
+            socket: kind.is_socket(),
+            path,
+        });
+    }
+    Err(anyhow!(
+        "{}: too many levels of symbolic links",
+        target.display()
+    ))
+}
+
 impl Sink {
     fn create(output: Option<&Path>) -> anyhow::Result<Sink> {
-        let Some(target) = output else {
-            return Ok(Sink::Stdout);
+        let target = match output {
+            None => return Ok(Sink::Stdout),
+            Some(path) if path.as_os_str() == "-" => return Ok(Sink::Stdout),
+            Some(path) => path,
+        };
+        let (target, existing) = match resolve(target)? {
+            Destination::Direct { path, socket: true } => {
+                let stream = std::os::unix::net::UnixStream::connect(&path)
+                    .with_context(|| format!("cannot write to the socket {}", path.display()))?;
+                return Ok(Sink::Direct(Box::new(stream)));
+            }
+            Destination::Direct { path, .. } => {
+                // Appending writes where a shell's `>` or `>>` left the descriptor.
+                let file = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .with_context(|| format!("cannot write to {}", path.display()))?;
+                return Ok(Sink::Direct(Box::new(file)));
+            }
+            Destination::File { path, existing } => (path, existing),
         };
         let dir = target
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        // A new file gets 0666 less the umask, as with any tool; a replaced one keeps its
+        // permissions and (where allowed) its owner.
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let keep = |file: &std::fs::File| {
+            if let Some(meta) = &existing {
+                let _ = std::os::unix::fs::fchown(file, Some(meta.uid()), Some(meta.gid()));
+                let _ = file.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o777));
+            }
+        };
         #[cfg(target_os = "linux")]
         {
             use rustix::fs::{Mode, OFlags};
             let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
-            if let Ok(fd) = rustix::fs::open(dir, flags, Mode::from_raw_mode(0o600)) {
-                return Ok(Sink::Unnamed {
-                    file: std::fs::File::from(fd),
-                    dir: dir.to_owned(),
-                    target: target.to_owned(),
-                });
+            if let Ok(fd) = rustix::fs::open(&dir, flags, Mode::from_raw_mode(0o666)) {
+                let file = std::fs::File::from(fd);
+                keep(&file);
+                return Ok(Sink::Unnamed { file, dir, target });
             }
         }
         let temp = tempfile::Builder::new()
             .prefix(".segvault-partial-")
-            .tempfile_in(dir)
-            .with_context(|| format!("cannot write in {}", dir.display()))?;
-        Ok(Sink::Named {
-            temp,
-            target: target.to_owned(),
-        })
+            .permissions(std::fs::Permissions::from_mode(0o666))
+            .tempfile_in(&dir)
+            .map_err(|e| {
+                anyhow!(
+                    "cannot create a temporary file beside {}: {e}; write to a regular file in a \
+                     directory you can write to, or use stdout (-o -)",
+                    target.display()
+                )
+            })?;
+        keep(temp.as_file());
+        Ok(Sink::Named { temp, target })
     }
 
-    fn writer(&self) -> anyhow::Result<Box<dyn Write + Send>> {
+    fn writer(&mut self) -> anyhow::Result<Box<dyn Write + Send>> {
         Ok(match self {
             Sink::Stdout => Box::new(io::stdout()),
+            Sink::Direct(writer) => std::mem::replace(writer, Box::new(io::sink())),
             #[cfg(target_os = "linux")]
             Sink::Unnamed { file, .. } => Box::new(file.try_clone()?),
             Sink::Named { temp, .. } => Box::new(temp.reopen()?),
         })
     }
 
-    /// Gives the complete file its name (replacing whatever had it).
+    /// Gives the complete file its name (replacing the regular file that had it).
     fn finish(self) -> anyhow::Result<()> {
         match self {
-            Sink::Stdout => Ok(()),
+            Sink::Stdout | Sink::Direct(_) => Ok(()),
             #[cfg(target_os = "linux")]
             Sink::Unnamed { file, dir, target } => {
                 use std::os::fd::AsRawFd;
@@ -146,6 +258,18 @@ fn rand_byte() -> u8 {
     byte[0]
 }
 
+/// Whether bytes would garble a terminal, as curl judges it: a NUL, or text that is not
+/// UTF-8 (a character cut at the end of the chunk is fine).
+fn looks_binary(chunk: &[u8]) -> bool {
+    if chunk.contains(&0) {
+        return true;
+    }
+    match std::str::from_utf8(chunk) {
+        Ok(_) => false,
+        Err(e) => e.error_len().is_some(),
+    }
+}
+
 pub(crate) async fn run(cli: &Cli, args: &GetArgs) -> anyhow::Result<ExitCode> {
     let cap = match read_cap_argument(&args.cap)? {
         Cap::Read(cap) => cap,
@@ -156,10 +280,14 @@ pub(crate) async fn run(cli: &Cli, args: &GetArgs) -> anyhow::Result<ExitCode> {
         Some(text) => parse_range(text, len)?,
         None => 0..len,
     };
+    // A bare `get` writes to stdout: to a terminal only text, unless asked with `-o -`.
+    let to_terminal = args.output.is_none() && io::stdout().is_terminal();
+    // Where the bytes go is settled before they are fetched (opening a FIFO waits for its
+    // reader).
+    let mut sink = tokio::task::block_in_place(|| Sink::create(args.output.as_deref()))?;
+    let mut writer = sink.writer()?;
     let client = args.cache.client(cli.grid()?, ReaderConfig::default())?;
     let file = client.open(&cap).await?;
-    let sink = Sink::create(args.output.as_deref())?;
-    let mut writer = sink.writer()?;
 
     // Writing happens on its own thread so a slow disk or pipe never stalls the fetches in
     // flight; the channel is small, so memory stays at the read-ahead window.
@@ -170,12 +298,20 @@ pub(crate) async fn run(cli: &Cli, args: &GetArgs) -> anyhow::Result<ExitCode> {
         }
         writer.flush()
     });
-    let bar = progress_bar(Some(range.end - range.start), "get");
+    // On a terminal the bar would land in the middle of the output.
+    let bar = progress_bar(Some(range.end - range.start), "get").filter(|_| !to_terminal);
     let mut stream = file.stream(range);
     let mut failure = None;
+    let mut first = true;
     while let Some(chunk) = stream.next().await {
         match chunk {
             Ok(chunk) => {
+                if std::mem::take(&mut first) && to_terminal && looks_binary(&chunk) {
+                    failure = Some(anyhow!(
+                        "binary output can mess up your terminal; use -o FILE, or -o - to write it here anyway"
+                    ));
+                    break;
+                }
                 if let Some(bar) = &bar {
                     bar.inc(chunk.len() as u64);
                 }
@@ -184,7 +320,7 @@ pub(crate) async fn run(cli: &Cli, args: &GetArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             Err(e) => {
-                failure = Some(e);
+                failure = Some(e.into());
                 break;
             }
         }
@@ -201,7 +337,7 @@ pub(crate) async fn run(cli: &Cli, args: &GetArgs) -> anyhow::Result<ExitCode> {
         .join()
         .map_err(|_| anyhow!("the output thread panicked"))?;
     if let Some(e) = failure {
-        return Err(e.into());
+        return Err(e);
     }
     match written {
         Ok(()) => {}

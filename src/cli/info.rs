@@ -14,6 +14,13 @@ pub(crate) async fn verify(cli: &Cli, args: &CapArgs) -> anyhow::Result<ExitCode
     let cap = read_cap_argument(&args.cap)?.verify_cap();
     let grid = cli.grid()?;
     let report = verify::verify(&grid, &cap, &ReaderConfig::default(), None).await;
+    if report.altered_cap {
+        // The same words as `get`: the shares are not at fault.
+        return Err(segvault::ReadError::AlteredCap {
+            storage_index: report.storage_index,
+        }
+        .into());
+    }
     println!("{report}");
     Ok(if report.is_healthy() {
         ExitCode::SUCCESS

@@ -151,22 +151,36 @@ impl Cli {
     }
 
     /// The grid: `--server`s, else the embedded grid with at least `min_servers` directories.
+    /// The servers named by `--grid` and `--server`, in that order (empty: the embedded grid).
+    fn server_specs(&self) -> anyhow::Result<Vec<String>> {
+        let mut specs = match &self.grid {
+            Some(path) => GridFile::load(path)?.servers,
+            None => Vec::new(),
+        };
+        specs.extend(self.servers.iter().cloned());
+        Ok(specs)
+    }
+
     fn grid_with(
         &self,
         min_servers: usize,
         for_upload: bool,
         durability: Durability,
     ) -> anyhow::Result<Grid> {
-        let mut specs = match &self.grid {
-            Some(path) => GridFile::load(path)?.servers,
-            None => Vec::new(),
-        };
-        specs.extend(self.servers.iter().cloned());
+        let specs = self.server_specs()?;
         if !specs.is_empty() {
+            if !for_upload {
+                check_directories(&specs)?;
+            }
+            // Shares for storage nodes are built here (ciphertext only) before sending; an
+            // upload killed before it finished left its spools behind.
+            let spool_dir = self.data_dir().ok().map(|d| d.join("spool"));
+            if let Some(dir) = &spool_dir {
+                segvault::store::sweep_spools(dir);
+            }
             let http = HttpOptions {
                 token: self.token()?,
-                // Shares for storage nodes are built here (ciphertext only) before sending.
-                spool_dir: self.data_dir().ok().map(|d| d.join("spool")),
+                spool_dir,
                 ..HttpOptions::default()
             };
             return Ok(Grid::from_specs(&specs, for_upload, durability, &http)?);
@@ -182,6 +196,26 @@ impl Cli {
         }
         Ok(grid)
     }
+}
+
+/// For reading: a `--server` directory that does not exist is said first (a mistyped path
+/// looks like a server that is down); when none of the servers exists, nothing can be read.
+fn check_directories(specs: &[String]) -> anyhow::Result<()> {
+    let missing: Vec<&String> = specs
+        .iter()
+        .filter(|spec| !spec.contains("://") && !std::path::Path::new(spec.as_str()).exists())
+        .collect();
+    if missing.len() == specs.len() {
+        let list: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
+        return Err(match list.as_slice() {
+            [one] => anyhow!("storage directory {one} does not exist"),
+            many => anyhow!("storage directories {} do not exist", many.join(", ")),
+        });
+    }
+    for spec in missing {
+        eprintln!("segvault: warning: storage directory {spec} does not exist; reading without it");
+    }
+    Ok(())
 }
 
 /// Reads a cap argument; `-` means the first line of stdin. Surrounding whitespace is ignored.
@@ -241,8 +275,61 @@ fn init_logging(verbose: u8, serving: bool) {
         .init();
 }
 
+/// Keeps secrets out of crash dumps and makes room for connections, before anything else.
+/// A core dump of a process holding a key, a cap or plaintext would put them on disk, so
+/// core dumps are off (RLIMIT_CORE 0) and the process is not dumpable (which also keeps
+/// other processes of the same user from reading its memory), unless
+/// `SEGVAULT_ALLOW_CORE_DUMPS=1` asks for dumps to debug a crash.
+fn protect_process() {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{DumpableBehavior, Resource, Rlimit, getrlimit, setrlimit};
+        if std::env::var_os("SEGVAULT_ALLOW_CORE_DUMPS").is_none_or(|v| v != "1") {
+            let none = Rlimit {
+                current: Some(0),
+                maximum: Some(0),
+            };
+            if let Err(e) = setrlimit(Resource::Core, none) {
+                eprintln!("segvault: warning: cannot turn off core dumps: {e}");
+            }
+            if let Err(e) = rustix::process::set_dumpable_behavior(DumpableBehavior::NotDumpable) {
+                eprintln!("segvault: warning: cannot make the process non-dumpable: {e}");
+            }
+        }
+        // Servers hold a descriptor per connection: allow as many as the hard limit does.
+        let files = getrlimit(Resource::Nofile);
+        if files.current < files.maximum {
+            let _ = setrlimit(
+                Resource::Nofile,
+                Rlimit {
+                    current: files.maximum,
+                    maximum: files.maximum,
+                },
+            );
+        }
+    }
+}
+
+/// An error and its causes on one line, each cause only once (many errors already quote
+/// their cause in their own message).
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
 /// Runs the command line; the exit status says whether it worked.
 pub(crate) fn main() -> ExitCode {
+    protect_process();
     let cli = Cli::parse();
     init_logging(
         cli.verbose,
@@ -272,7 +359,7 @@ pub(crate) fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("segvault: error: {e:#}");
+            eprintln!("segvault: error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }

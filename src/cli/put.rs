@@ -9,6 +9,7 @@ use clap::Args;
 use segvault::grid::EMBEDDED_SERVERS;
 use segvault::store::Durability;
 use segvault::{PutOptions, PutSource};
+use tokio_util::sync::CancellationToken;
 
 use super::{Cli, progress_bar};
 
@@ -37,6 +38,28 @@ pub(crate) struct PutArgs {
 }
 
 pub(crate) async fn run(cli: &Cli, args: &PutArgs) -> anyhow::Result<ExitCode> {
+    // Everything that can be checked is, before a file is read or a directory made.
+    let cancel = CancellationToken::new();
+    let mut options = PutOptions {
+        k: args.k,
+        n: args.n,
+        segment_size: args.segment_size,
+        happy: args.happy,
+        cancel: Some(cancel.clone()),
+        ..PutOptions::default()
+    };
+    options.validate()?;
+    let specs = cli.server_specs()?;
+    if let Some(happy) = args.happy
+        && !specs.is_empty()
+        && usize::from(happy) > specs.len()
+    {
+        return Err(segvault::PutError::HappyServers {
+            happy,
+            servers: specs.len(),
+        }
+        .into());
+    }
     let (source, total) = if args.path.as_os_str() == "-" {
         (PutSource::Reader(Box::new(std::io::stdin())), None)
     } else {
@@ -64,20 +87,74 @@ pub(crate) async fn run(cli: &Cli, args: &PutArgs) -> anyhow::Result<ExitCode> {
     };
     let grid = cli.grid_with(EMBEDDED_SERVERS.max(usize::from(args.n)), true, durability)?;
     let bar = progress_bar(total, "put");
-    let options = PutOptions {
-        k: args.k,
-        n: args.n,
-        segment_size: args.segment_size,
-        happy: args.happy,
-        progress: bar
-            .clone()
-            .map(|bar| Arc::new(move |done: u64| bar.set_position(done)) as _),
-        ..PutOptions::default()
+    options.progress = bar
+        .clone()
+        .map(|bar| Arc::new(move |done: u64| bar.set_position(done)) as _);
+    let put = segvault::put(&grid, source, &options);
+    let mut put = std::pin::pin!(put);
+    let outcome = tokio::select! {
+        outcome = &mut put => outcome,
+        signal = interrupted() => {
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            eprintln!("segvault: {signal}: removing what the upload had written…");
+            cancel.cancel();
+            // A second signal does not wait for the clean-up.
+            tokio::select! {
+                _ = tokio::time::timeout(CLEAN_UP_TIME, &mut put) => {}
+                _ = interrupted() => {}
+            }
+            return Ok(ExitCode::from(128 + signal.number()));
+        }
     };
-    let cap = segvault::put(&grid, source, &options).await;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    println!("{}", cap?.to_secret_string());
+    println!("{}", outcome?.to_secret_string().as_str());
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long an interrupted upload may take to remove its spools and stored shares.
+const CLEAN_UP_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The signal that stopped a command.
+#[derive(Clone, Copy, Debug)]
+enum Interrupt {
+    Interrupt,
+    Terminate,
+}
+
+impl Interrupt {
+    fn number(self) -> u8 {
+        match self {
+            Interrupt::Interrupt => 2,
+            Interrupt::Terminate => 15,
+        }
+    }
+}
+
+impl std::fmt::Display for Interrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Interrupt::Interrupt => "interrupted",
+            Interrupt::Terminate => "terminated",
+        })
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM, saying which.
+async fn interrupted() -> Interrupt {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return Interrupt::Interrupt;
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => Interrupt::Interrupt,
+        _ = terminate.recv() => Interrupt::Terminate,
+    }
 }

@@ -41,9 +41,12 @@ pub(crate) struct ServeArgs {
 }
 
 pub(crate) async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
-    if args.k == 0 || args.k > args.n {
-        anyhow::bail!("k must be between 1 and n");
-    }
+    let put = PutOptions {
+        k: args.k,
+        n: args.n,
+        ..PutOptions::default()
+    };
+    put.validate()?;
     let grid = cli.grid_with(
         EMBEDDED_SERVERS.max(usize::from(args.n)),
         true,
@@ -60,11 +63,7 @@ pub(crate) async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode>
             metadata_bytes: args.metadata_size,
             ..ReaderConfig::default()
         },
-        put: PutOptions {
-            k: args.k,
-            n: args.n,
-            ..PutOptions::default()
-        },
+        put,
         ..GatewayConfig::default()
     };
     // The cache (and its lock) before the port: a second gateway on the same cache directory

@@ -39,7 +39,8 @@ pub fn base32_encode(bytes: &[u8]) -> String {
     BASE32.encode(bytes)
 }
 
-fn base32_decode<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
+/// Decodes [`base32_encode`]'s form of exactly `N` bytes.
+pub fn base32_decode<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     if text.len() != BASE32.encode_len(N) {
         return None;
     }
@@ -194,14 +195,23 @@ impl ReadCap {
     /// let text = format!("sv1-read:{}:{}:3:10:131072:5", "a".repeat(52), "a".repeat(52));
     /// let cap: ReadCap = text.parse().unwrap();
     /// assert_eq!(cap.geometry().size(), 5);
-    /// assert_eq!(cap.to_secret_string(), text);
+    /// assert_eq!(*cap.to_secret_string(), text);
     /// ```
-    pub fn to_secret_string(&self) -> String {
-        format!(
-            "{READ_CAP_PREFIX}:{}:{}",
-            base32_encode(self.key.as_bytes()),
-            params_text(&self.ueb_hash, &self.geometry)
-        )
+    ///
+    /// The text is wiped from memory when dropped.
+    pub fn to_secret_string(&self) -> zeroize::Zeroizing<String> {
+        let key = zeroize::Zeroizing::new(base32_encode(self.key.as_bytes()));
+        let params = params_text(&self.ueb_hash, &self.geometry);
+        // Built at its final size, so no copy of the key is left in a freed buffer.
+        let mut text = zeroize::Zeroizing::new(String::with_capacity(
+            READ_CAP_PREFIX.len() + 2 + key.len() + params.len(),
+        ));
+        text.push_str(READ_CAP_PREFIX);
+        text.push(':');
+        text.push_str(&key);
+        text.push(':');
+        text.push_str(&params);
+        text
     }
 }
 
@@ -424,7 +434,7 @@ mod tests {
 
     #[test]
     fn non_canonical_spellings_are_refused() {
-        let text = sample().to_secret_string();
+        let text = sample().to_secret_string().to_string();
         let variants = [
             text.to_uppercase(),
             text.replace(":3:10:", ":03:10:"),

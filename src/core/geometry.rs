@@ -14,6 +14,27 @@ use super::tree::TreeShape;
 
 /// Smallest segment size a file may use.
 pub const MIN_SEGMENT_SIZE: u64 = 1;
+/// Smallest segment size an upload may choose. Every block carries its hashes (64 bytes
+/// per level of the segment tree, 32 per level of the share tree, about 128 of tree nodes):
+/// with blocks of 1 KiB or more they weigh at most about twice the block, even for a file
+/// of 2^32 segments, and a few percent at the default segment size. Smaller segments only
+/// multiply what is stored (`--segment-size 1` turned 3 MB into 67 GB). Files already stored
+/// with smaller segments stay readable: this is a rule for new uploads, not the format.
+pub const MIN_UPLOAD_SEGMENT_SIZE: u64 = 4 << 10;
+/// Smallest block (segment size / k) an upload may choose; see [`MIN_UPLOAD_SEGMENT_SIZE`].
+pub const MIN_UPLOAD_BLOCK_SIZE: u64 = 1 << 10;
+
+/// The smallest segment size an upload with `k` data shares may use.
+///
+/// ```
+/// use segvault::core::geometry::min_upload_segment_size;
+/// assert_eq!(min_upload_segment_size(3), 4096);
+/// assert_eq!(min_upload_segment_size(10), 10 * 1024);
+/// ```
+pub fn min_upload_segment_size(k: u16) -> u64 {
+    MIN_UPLOAD_SEGMENT_SIZE.max(u64::from(k) * MIN_UPLOAD_BLOCK_SIZE)
+}
+
 /// Largest segment size: bounds the memory one segment in flight can take.
 pub const MAX_SEGMENT_SIZE: u64 = 16 << 20;
 /// Segment size for ordinary files (see [`Geometry::choose_segment_size`]).

@@ -13,5 +13,6 @@ pub mod hash;
 pub mod layout;
 pub mod planner;
 pub mod share_header;
+pub mod text;
 pub mod tree;
 pub mod ueb;

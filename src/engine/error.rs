@@ -91,10 +91,11 @@ pub enum ReadError {
         /// What was found where.
         report: ShareReport,
     },
-    /// The cap names a file (its UEB hash matches) but its parameters do not: it was altered
-    /// or mistyped.
+    /// The cap names a file but does not match it: its parameters differ from those of the
+    /// UEB its hash names, or k shares agree on another UEB and none holds the cap's. It was
+    /// altered or mistyped (or every server that answered holds a forged share).
     #[error(
-        "the cap does not match file {storage_index}: its size or coding parameters were altered or mistyped"
+        "the cap does not match file {storage_index}: it was altered or mistyped (its UEB hash, size or coding parameters differ from the file's)"
     )]
     AlteredCap {
         /// The file.

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
 use tokio_util::task::AbortOnDropHandle;
@@ -120,12 +120,13 @@ impl FileHandle {
             let within = slice.within.start as usize..slice.within.end as usize;
             return Ok(segment.decrypt(within, self.segment_start(slice.segment), &self.keystream));
         }
-        let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
+        let mut out =
+            zeroize::Zeroizing::new(Vec::with_capacity((range.end - range.start) as usize));
         let mut stream = self.stream(range);
         while let Some(chunk) = stream.next().await {
             out.extend_from_slice(&chunk?);
         }
-        Ok(out.freeze())
+        Ok(super::segment::plaintext_bytes(std::mem::take(&mut *out)))
     }
 
     /// Fetches and decrypts one slice.

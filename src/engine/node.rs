@@ -74,6 +74,10 @@ pub(crate) enum Problem {
     /// The share's UEB is the one the cap's hash names, but the cap's parameters differ from
     /// it: the cap, not the share, is wrong.
     AlteredCap,
+    /// The share is of the cap's file (its header names the storage index) but holds another
+    /// UEB (with this hash) than the cap names: a corrupt or forged share, or, when every
+    /// share agrees on it, a cap whose UEB hash was altered.
+    OtherUeb(Hash),
 }
 
 impl fmt::Display for Problem {
@@ -84,6 +88,7 @@ impl fmt::Display for Problem {
             Problem::CorruptShare(why) => write!(f, "corrupt share: {why}"),
             Problem::CorruptBlock(why) => write!(f, "corrupt block: {why}"),
             Problem::AlteredCap => f.write_str("the cap's parameters differ from the file's"),
+            Problem::OtherUeb(_) => f.write_str("corrupt share: UEB does not match the cap's hash"),
         }
     }
 }
@@ -101,7 +106,7 @@ impl Problem {
         match self {
             Problem::Unavailable(_) => Rejection::Unavailable,
             Problem::Missing => Rejection::Missing,
-            Problem::CorruptShare(_) => Rejection::CorruptShare,
+            Problem::CorruptShare(_) | Problem::OtherUeb(_) => Rejection::CorruptShare,
             Problem::CorruptBlock(_) => Rejection::CorruptBlock,
             Problem::AlteredCap => Rejection::AlteredCap,
         }
@@ -109,7 +114,10 @@ impl Problem {
 
     /// Whether the share's bytes are bad (worth telling its server).
     fn is_corruption(&self) -> bool {
-        matches!(self, Problem::CorruptShare(_) | Problem::CorruptBlock(_))
+        matches!(
+            self,
+            Problem::CorruptShare(_) | Problem::CorruptBlock(_) | Problem::OtherUeb(_)
+        )
     }
 }
 
@@ -446,6 +454,9 @@ impl FileNode {
         // very share files the first segment will be read from. A header read that runs late
         // is hedged like a block request.
         let mut tried: HashSet<usize> = HashSet::new();
+        // Shares that hold another UEB than the cap names, by that UEB's hash: when k shares
+        // agree on one and none matches the cap, the cap is what is wrong.
+        let mut other_uebs: HashMap<Hash, HashSet<ShareNum>> = HashMap::new();
         let mut running: FuturesUnordered<HeaderRead> = FuturesUnordered::new();
         // Header reads in flight and not yet late: slot → when it is late.
         let mut deadlines: HashMap<usize, Instant> = HashMap::new();
@@ -489,6 +500,9 @@ impl FileNode {
                 (picks, report)
             };
             if let Some((distinct, report)) = report {
+                if other_uebs.values().any(|shares| shares.len() >= k) {
+                    return Err(ReadError::AlteredCap { storage_index: si });
+                }
                 return Err(if distinct == 0 {
                     ReadError::NoShares {
                         storage_index: si,
@@ -562,7 +576,11 @@ impl FileNode {
                         }
                         Err(problem) => {
                             metrics.share_rejected(problem.rejection());
-                            shares.lock().reject_at_open(si, slot, &problem);
+                            let mut map = shares.lock();
+                            if let Problem::OtherUeb(hash) = problem {
+                                other_uebs.entry(hash).or_default().insert(map.slots[slot].share);
+                            }
+                            map.reject_at_open(si, slot, &problem);
                         }
                     }
                 }
@@ -882,7 +900,9 @@ impl FileNode {
                 slot.problem = Some(problem.to_string());
                 let ttl = match problem {
                     Problem::Unavailable(_) | Problem::Missing => Some(self.config.failure_ttl),
-                    Problem::CorruptShare(_) => Some(self.config.failure_ttl * 10),
+                    Problem::CorruptShare(_) | Problem::OtherUeb(_) => {
+                        Some(self.config.failure_ttl * 10)
+                    }
                     Problem::CorruptBlock(_) | Problem::AlteredCap => None,
                 };
                 slot.avoid_until = ttl.map(|ttl| Instant::now() + ttl);
@@ -1518,7 +1538,11 @@ pub(crate) fn check_header_region(
     let ueb_bytes = region
         .get(ueb_range.start as usize..ueb_range.end as usize)
         .ok_or_else(|| corrupt("UEB truncated".into()))?;
-    if hash::ueb(ueb_bytes) != cap.ueb_hash() {
+    let ueb_hash = hash::ueb(ueb_bytes);
+    if ueb_hash != cap.ueb_hash() {
+        if header.storage_index == cap.storage_index() && header.share == share {
+            return Err(Problem::OtherUeb(ueb_hash));
+        }
         return Err(corrupt("UEB does not match the cap's hash".into()));
     }
     let ueb = Ueb::from_bytes(ueb_bytes).map_err(|e| corrupt(format!("bad UEB: {e}")))?;

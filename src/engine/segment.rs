@@ -92,10 +92,16 @@ impl SegmentData {
         keystream: &Keystream,
     ) -> Bytes {
         let within = within.start.min(self.len)..within.end.min(self.len);
-        let mut out = bytes::BytesMut::zeroed(within.len());
+        let mut out = vec![0u8; within.len()];
         self.decrypt_into(within, segment_start, keystream, &mut out);
-        out.freeze()
+        plaintext_bytes(out)
     }
+}
+
+/// Plaintext handed out as `Bytes`: zeroed in memory when the last reference to it goes, so
+/// it does not linger in freed heap.
+pub(crate) fn plaintext_bytes(plaintext: Vec<u8>) -> Bytes {
+    Bytes::from_owner(zeroize::Zeroizing::new(plaintext))
 }
 
 #[cfg(test)]

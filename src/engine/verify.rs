@@ -3,13 +3,13 @@
 //! segment, that the shares agree (decoding gives the ciphertext the ciphertext tree names,
 //! and every block is what re-encoding that ciphertext gives).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 use futures::StreamExt;
 
 use super::ReaderConfig;
-use super::node::{check_header_region, discover};
+use super::node::{Problem, check_header_region, discover};
 use crate::core::cap::{StorageIndex, VerifyCap};
 use crate::core::codec::Codec as _;
 use crate::core::erasure::Codec;
@@ -76,12 +76,16 @@ pub struct VerifyReport {
     pub unrecoverable: Vec<SegmentIndex>,
     /// Segments checked.
     pub segments: u64,
+    /// The cap does not match the file its storage index names (altered or mistyped):
+    /// the shares were not judged against it.
+    pub altered_cap: bool,
 }
 
 impl VerifyReport {
     /// No problem of any kind.
     pub fn is_healthy(&self) -> bool {
-        self.missing.is_empty()
+        !self.altered_cap
+            && self.missing.is_empty()
             && self.server_errors.is_empty()
             && self.unrecoverable.is_empty()
             && self.shares.iter().all(ShareCheck::is_good)
@@ -90,6 +94,9 @@ impl VerifyReport {
 
 impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.altered_cap {
+            return write!(f, "{}", altered_cap_message(self.storage_index));
+        }
         writeln!(
             f,
             "file {}: {} segments checked",
@@ -136,6 +143,11 @@ impl fmt::Display for VerifyReport {
     }
 }
 
+/// What `get` says of the same cap: [`ReadError::AlteredCap`](super::ReadError::AlteredCap).
+fn altered_cap_message(storage_index: StorageIndex) -> String {
+    super::ReadError::AlteredCap { storage_index }.to_string()
+}
+
 /// A store read that gives up after `timeout` (a stalled server must not hang a check).
 async fn read(
     grid: &Grid,
@@ -156,6 +168,8 @@ struct Candidate {
     check: ShareCheck,
     /// Root of this share's block tree, once proven against the UEB.
     root: Option<Hash>,
+    /// Why its header region was refused, if it was.
+    header_problem: Option<Problem>,
 }
 
 /// Checks every share of the file `cap` names. `progress` is told the number of segments done.
@@ -175,6 +189,7 @@ pub async fn verify(
         server_errors: Vec::new(),
         unrecoverable: Vec::new(),
         segments: g.num_segments(),
+        altered_cap: false,
     };
     let mut candidates = Vec::new();
     for (server, listing) in discover(grid, si, g.n(), config.request_timeout)
@@ -192,6 +207,7 @@ pub async fn verify(
                     more_problems: 0,
                 },
                 root: None,
+                header_problem: None,
             })),
             Err(e) => report
                 .server_errors
@@ -210,6 +226,19 @@ pub async fn verify(
     )
     .await;
     let Some(ueb) = ueb_found.into_iter().flatten().next() else {
+        // No share holds the UEB the cap names. If the shares hold the UEB the cap's hash
+        // names but other parameters, or k of them agree on another UEB, the cap is wrong
+        // (altered or mistyped), not every share.
+        let mut other_uebs: HashMap<Hash, HashSet<ShareNum>> = HashMap::new();
+        for c in &candidates {
+            if let Some(Problem::OtherUeb(hash)) = &c.header_problem {
+                other_uebs.entry(*hash).or_default().insert(c.check.share);
+            }
+        }
+        report.altered_cap = candidates
+            .iter()
+            .any(|c| matches!(c.header_problem, Some(Problem::AlteredCap)))
+            || other_uebs.values().any(|s| s.len() >= usize::from(g.k()));
         report.unrecoverable = (0..g.num_segments()).map(SegmentIndex).collect();
         report.shares = candidates.into_iter().map(|c| c.check).collect();
         return report;
@@ -288,6 +317,7 @@ async fn check_front(
         Ok(found) => found,
         Err(e) => {
             c.check.problem(e.to_string());
+            c.header_problem = Some(e);
             return None;
         }
     };

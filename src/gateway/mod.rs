@@ -43,6 +43,17 @@ pub(crate) const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_A
     .remove(b'_')
     .remove(b'~');
 
+/// The policy of the gateway's own pages (`/` and the reply to a form upload): scripts and
+/// styles only from the gateway's own files, nothing embedded from elsewhere, never framed.
+pub(crate) const PAGE_CSP: &str = "default-src 'self'; media-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
+
+/// The policy of every `/uri` response (stored files, their metadata and errors): a stored
+/// file is never a page of the gateway's origin. `sandbox` gives a document opened from it
+/// an opaque origin with no scripts, forms or plugins; `default-src 'none'` stops it loading
+/// anything, except that a browser's own viewer for an image or a video opened directly
+/// (a media document) may show the file itself and style its frame.
+pub(crate) const FILE_CSP: &str = "sandbox; default-src 'none'; img-src 'self' data:; media-src 'self'; style-src 'unsafe-inline'";
+
 /// How the gateway behaves. Built once, passed down.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {

@@ -54,7 +54,7 @@ pub(super) fn serve(method: &Method, asset: Asset) -> Response<Body> {
     );
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'self'; media-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"),
+        HeaderValue::from_static(super::PAGE_CSP),
     );
     response
 }

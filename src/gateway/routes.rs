@@ -14,6 +14,7 @@ use super::body::{self, AccessLog, Body, Logged, Multipart};
 use super::ranges::{self, Decision};
 use super::{Gateway, page, upload};
 use crate::core::cap::{Cap, StorageIndex, VerifyCap};
+use crate::core::text;
 use crate::engine::ReadError;
 
 /// What the access log records about a request (never the path: it may hold a cap).
@@ -117,7 +118,20 @@ impl Gateway {
         let started = Instant::now();
         let method = request.method().clone();
         let mut access = Access::default();
-        let response = self.route(request, &mut access).await;
+        let mut response = self.route(request, &mut access).await;
+        let headers = response.headers_mut();
+        // Whatever a response is, a browser never sniffs it into something runnable, and
+        // anything not one of the gateway's pages runs sandboxed, loading nothing.
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        if access.route == "file" || !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(super::FILE_CSP),
+            );
+        }
         let log = AccessLog {
             started,
             peer,
@@ -131,6 +145,10 @@ impl Gateway {
     }
 
     async fn route(&self, request: Request<Incoming>, access: &mut Access) -> Response<Body> {
+        if let Some(refused) = crate::serving::refuse_bad_host(&request) {
+            access.route = "invalid";
+            return refused;
+        }
         let path = request.uri().path().to_owned();
         let parts: Vec<&str> = path.split('/').collect();
         match parts.as_slice() {
@@ -205,10 +223,9 @@ impl Gateway {
             Ok(cap) => cap,
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("invalid cap: {e}")),
         };
-        let name = match name.map(|n| percent_decode_str(n).decode_utf8()) {
-            None => None,
-            Some(Ok(name)) if !name.chars().any(char::is_control) => Some(name.into_owned()),
-            Some(_) => return text(StatusCode::BAD_REQUEST, "invalid file name"),
+        let name = match name.map(text::parse_name).transpose() {
+            Ok(name) => name,
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("invalid file name: {e}")),
         };
         access.storage_index = Some(cap.verify_cap().storage_index());
         match query.t.as_deref() {
@@ -360,6 +377,10 @@ impl Gateway {
             content_type: Option<String>,
         }
         let verify_cap = cap.verify_cap();
+        // Nothing the cap claims is echoed before the file's UEB has confirmed it.
+        if let Err(e) = self.client().open_node(&verify_cap).await {
+            return read_error(&e);
+        }
         let g = verify_cap.geometry();
         let timeout = self.inner.config.reader.request_timeout;
         let listing = crate::engine::list_shares(self.client().grid(), &verify_cap, timeout).await;
@@ -404,11 +425,13 @@ fn header_value(text: &str) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
 }
 
-/// `attachment`, with the file name both as plain ASCII and as RFC 8187 UTF-8.
+/// `attachment`, with a safe base name of the file both as plain ASCII and as RFC 8187 UTF-8.
 fn attachment(name: Option<&str>) -> HeaderValue {
     let Some(name) = name else {
         return HeaderValue::from_static("attachment");
     };
+    let name = text::download_name(name);
+    let name = name.as_str();
     let ascii: String = name
         .chars()
         .map(|c| {

@@ -142,8 +142,12 @@ fn too_large(limit: u64) -> Response<Body> {
 fn location(cap: &ReadCap, name: Option<&str>) -> String {
     let cap = cap.to_secret_string();
     match name {
-        Some(name) => format!("/uri/{cap}/{}", utf8_percent_encode(name, super::ESCAPED)),
-        None => format!("/uri/{cap}"),
+        Some(name) => format!(
+            "/uri/{}/{}",
+            cap.as_str(),
+            utf8_percent_encode(name, super::ESCAPED)
+        ),
+        None => format!("/uri/{}", cap.as_str()),
     }
 }
 
@@ -196,19 +200,21 @@ fn created(cap: &ReadCap, name: Option<&str>, reply: Reply) -> Response<Body> {
     let url = location(cap, name);
     let secret = cap.to_secret_string();
     let (content_type, payload) = match reply {
-        Reply::Text => ("text/plain; charset=utf-8", format!("{secret}\n")),
+        Reply::Text => ("text/plain; charset=utf-8", format!("{}\n", secret.as_str())),
         Reply::Json => (
             "application/json",
-            serde_json::json!({ "cap": secret, "url": url, "size": cap.geometry().size() })
+            serde_json::json!({ "cap": secret.as_str(), "url": url, "size": cap.geometry().size() })
                 .to_string(),
         ),
         Reply::Html => (
             "text/html; charset=utf-8",
+            // The name comes from the uploader: every interpolated string is escaped.
             format!(
                 "<!doctype html><meta charset=utf-8><title>Stored</title>\
                  <p>Stored. Keep this link: whoever has it can read the file.</p>\
-                 <p><a href=\"{url}\">{}</a></p><p><a href=\"/\">Back</a></p>\n",
-                name.unwrap_or("the file")
+                 <p><a href=\"{}\">{}</a></p><p><a href=\"/\">Back</a></p>\n",
+                html_escape::encode_double_quoted_attribute(&url),
+                html_escape::encode_text(name.unwrap_or("the file"))
             ),
         ),
     };
@@ -223,6 +229,12 @@ fn created(cap: &ReadCap, name: Option<&str>, reply: Reply) -> Response<Body> {
     );
     if let Ok(value) = HeaderValue::from_str(&url) {
         headers.insert(header::LOCATION, value);
+    }
+    if matches!(reply, Reply::Html) {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(super::PAGE_CSP),
+        );
     }
     response
 }

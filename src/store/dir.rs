@@ -18,7 +18,7 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
@@ -28,8 +28,11 @@ use super::{ShareStore, SpooledShare, StoreError, validate_ranges};
 use crate::core::cap::StorageIndex;
 use crate::core::geometry::ShareNum;
 
-/// Spools older than this are leftovers of a crashed upload and are removed at open.
-const STALE_SPOOL_AGE: Duration = Duration::from_secs(24 * 3600);
+/// How long a store remembers which upload wrote a share, so the upload can take it back
+/// if it is abandoned (longer than any upload's placement takes).
+const LEDGER_TTL: Duration = Duration::from_secs(3600);
+/// Most shares remembered at once (the oldest are forgotten first).
+const LEDGER_MAX: usize = 100_000;
 /// Open share files kept for reuse.
 const OPEN_FILES: usize = 128;
 
@@ -53,6 +56,73 @@ pub enum Durability {
     Rename,
 }
 
+/// Who wrote a share: an upload abandoned before its cap was handed out may remove the
+/// shares it wrote itself, and only those (see [`ShareStore::abandon`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct UploadOwner([u8; 32]);
+
+impl fmt::Debug for UploadOwner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("UploadOwner(<redacted>)")
+    }
+}
+
+impl UploadOwner {
+    /// A new owner no one else can claim to be.
+    pub fn random() -> UploadOwner {
+        let mut bytes = [0u8; 32];
+        // Without randomness every owner is the same; then only abandoning weakens (an
+        // uploader could take back another's fresh share), never reading or writing.
+        let _ = getrandom::fill(&mut bytes);
+        UploadOwner(bytes)
+    }
+
+    /// The owner proven by a secret an uploader presents (a storage node keeps only this
+    /// hash of it).
+    pub fn from_secret(secret: &[u8]) -> UploadOwner {
+        UploadOwner(blake3::derive_key("segvault 2026 upload owner", secret))
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum LedgerEntry {
+    /// Written (newly created) by this owner.
+    Created(UploadOwner),
+    /// Abandoned by this owner before its write landed: removed when it does.
+    Abandoned(UploadOwner),
+}
+
+/// Which recent upload wrote which share, in memory only.
+#[derive(Debug, Default)]
+struct Ledger {
+    entries: std::collections::HashMap<(StorageIndex, ShareNum), (LedgerEntry, Instant)>,
+}
+
+impl Ledger {
+    fn insert(&mut self, key: (StorageIndex, ShareNum), entry: LedgerEntry) {
+        if self.entries.len() >= LEDGER_MAX {
+            self.entries.retain(|_, (_, at)| at.elapsed() < LEDGER_TTL);
+        }
+        if self.entries.len() >= LEDGER_MAX
+            && let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(k, _)| *k)
+        {
+            self.entries.remove(&oldest);
+        }
+        self.entries.insert(key, (entry, Instant::now()));
+    }
+
+    fn get(&self, key: &(StorageIndex, ShareNum)) -> Option<LedgerEntry> {
+        self.entries
+            .get(key)
+            .filter(|(_, at)| at.elapsed() < LEDGER_TTL)
+            .map(|(entry, _)| *entry)
+    }
+}
+
 /// Shares in a directory tree. Cloning gives another handle to the same store.
 #[derive(Clone)]
 pub struct DirectoryStore {
@@ -65,6 +135,9 @@ struct Inner {
     durability: Durability,
     epoch: std::time::Instant,
     open: Mutex<LruCache<(StorageIndex, ShareNum), OpenShare>>,
+    /// The owner of writes through [`ShareStore::write`] on this handle.
+    owner: UploadOwner,
+    ledger: Mutex<Ledger>,
 }
 
 impl fmt::Debug for DirectoryStore {
@@ -89,16 +162,8 @@ impl DirectoryStore {
         let root = std::path::absolute(root.into())?;
         fs::create_dir_all(root.join("shares"))?;
         fs::create_dir_all(root.join("tmp"))?;
-        let inner = Inner {
-            name: root.display().to_string(),
-            root,
-            durability,
-            epoch: std::time::Instant::now(),
-            open: Mutex::new(LruCache::new(
-                NonZeroUsize::new(OPEN_FILES).unwrap_or(NonZeroUsize::MIN),
-            )),
-        };
-        inner.sweep_stale_spools();
+        let inner = Inner::new(root, durability);
+        super::sweep_spools(&inner.root.join("tmp"));
         Ok(DirectoryStore {
             inner: Arc::new(inner),
         })
@@ -110,15 +175,7 @@ impl DirectoryStore {
         let root = root.into();
         let root = std::path::absolute(&root).unwrap_or(root);
         DirectoryStore {
-            inner: Arc::new(Inner {
-                name: root.display().to_string(),
-                root,
-                durability: Durability::Fsync,
-                epoch: std::time::Instant::now(),
-                open: Mutex::new(LruCache::new(
-                    NonZeroUsize::new(OPEN_FILES).unwrap_or(NonZeroUsize::MIN),
-                )),
-            }),
+            inner: Arc::new(Inner::new(root, Durability::Fsync)),
         }
     }
 
@@ -131,9 +188,98 @@ impl DirectoryStore {
     pub fn share_path(&self, si: &StorageIndex, share: ShareNum) -> PathBuf {
         self.inner.share_path(si, share)
     }
+
+    /// The length of a stored share (a storage node checks ranges against it before
+    /// streaming them).
+    pub async fn share_len(&self, si: StorageIndex, share: ShareNum) -> Result<u64, StoreError> {
+        let this = self.inner.clone();
+        blocking(move || this.open_share(si, share).map(|opened| opened.1)).await
+    }
+
+    /// [`ShareStore::write`] on behalf of `owner` (a storage node writing for a client).
+    pub async fn write_as(
+        &self,
+        si: StorageIndex,
+        share: ShareNum,
+        spool: SpooledShare,
+        owner: UploadOwner,
+    ) -> Result<(), StoreError> {
+        let this = self.inner.clone();
+        blocking(move || this.write_blocking(si, share, spool, owner)).await
+    }
+
+    /// [`ShareStore::abandon`] on behalf of `owner`.
+    pub async fn abandon_as(
+        &self,
+        si: StorageIndex,
+        share: ShareNum,
+        owner: UploadOwner,
+    ) -> Result<(), StoreError> {
+        let this = self.inner.clone();
+        blocking(move || this.abandon_blocking(si, share, owner)).await
+    }
 }
 
 impl Inner {
+    fn new(root: PathBuf, durability: Durability) -> Inner {
+        Inner {
+            name: root.display().to_string(),
+            root,
+            durability,
+            epoch: std::time::Instant::now(),
+            open: Mutex::new(LruCache::new(
+                NonZeroUsize::new(OPEN_FILES).unwrap_or(NonZeroUsize::MIN),
+            )),
+            owner: UploadOwner::random(),
+            ledger: Mutex::new(Ledger::default()),
+        }
+    }
+
+    fn lock_ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Removes a share `owner` created, or marks it to be removed when its write lands.
+    fn abandon_blocking(
+        &self,
+        si: StorageIndex,
+        share: ShareNum,
+        owner: UploadOwner,
+    ) -> Result<(), StoreError> {
+        let key = (si, share);
+        let mut ledger = self.lock_ledger();
+        match ledger.get(&key) {
+            Some(LedgerEntry::Created(creator)) if creator == owner => {
+                ledger.entries.remove(&key);
+                self.remove_share(si, share)
+            }
+            Some(LedgerEntry::Created(_)) => Err(StoreError::Forbidden(
+                "another upload wrote this share".into(),
+            )),
+            Some(LedgerEntry::Abandoned(_)) | None => {
+                if self.share_path(&si, share).exists() {
+                    return Err(StoreError::Forbidden(
+                        "this share was not written by this upload".into(),
+                    ));
+                }
+                ledger.insert(key, LedgerEntry::Abandoned(owner));
+                Ok(())
+            }
+        }
+    }
+
+    fn remove_share(&self, si: StorageIndex, share: ShareNum) -> Result<(), StoreError> {
+        self.lock_open().pop(&(si, share));
+        match fs::remove_file(self.share_path(&si, share)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io("removing share", e)),
+        }
+        // The file's directory goes with its last share (fails while others remain).
+        let _ = fs::remove_dir(self.file_dir(&si));
+        Ok(())
+    }
+
     fn file_dir(&self, si: &StorageIndex) -> PathBuf {
         let text = si.to_base32();
         self.root.join("shares").join(&text[..2]).join(text)
@@ -141,24 +287,6 @@ impl Inner {
 
     fn share_path(&self, si: &StorageIndex, share: ShareNum) -> PathBuf {
         self.file_dir(si).join(share.0.to_string())
-    }
-
-    fn sweep_stale_spools(&self) {
-        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else {
-            return;
-        };
-        let now = SystemTime::now();
-        for entry in entries.flatten() {
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| now.duration_since(t).ok())
-                .is_some_and(|age| age > STALE_SPOOL_AGE);
-            if old {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
     }
 
     fn open_share(&self, si: StorageIndex, share: ShareNum) -> Result<OpenShare, StoreError> {
@@ -336,6 +464,7 @@ impl Inner {
         si: StorageIndex,
         share: ShareNum,
         spool: SpooledShare,
+        owner: UploadOwner,
     ) -> Result<(), StoreError> {
         let dir = self.file_dir(&si);
         fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating share directory", e))?;
@@ -350,7 +479,7 @@ impl Inner {
             }
         }
         let temp = spool.into_temp_file();
-        match self.persist(temp, si, share) {
+        let created = match self.persist(temp, si, share) {
             Err(Persist::CrossDevice(spool)) => {
                 // Built on another filesystem: copy it beside the shares so the rename is atomic.
                 let mut local = tempfile::Builder::new()
@@ -366,12 +495,24 @@ impl Inner {
                         message: "the store's tmp directory is on another filesystem".into(),
                     }),
                     Err(Persist::Failed(e)) => Err(e),
-                    Ok(()) => Ok(()),
+                    Ok(created) => Ok(created),
                 }
             }
             Err(Persist::Failed(e)) => Err(e),
-            Ok(()) => Ok(()),
+            Ok(created) => Ok(created),
         }?;
+        if created {
+            let key = (si, share);
+            let mut ledger = self.lock_ledger();
+            if matches!(ledger.get(&key), Some(LedgerEntry::Abandoned(by)) if by == owner) {
+                ledger.entries.remove(&key);
+                self.remove_share(si, share)?;
+                return Err(StoreError::Forbidden(
+                    "the upload was abandoned while this share was being written".into(),
+                ));
+            }
+            ledger.insert(key, LedgerEntry::Created(owner));
+        }
         if self.durability == Durability::Fsync {
             File::open(&dir)
                 .and_then(|d| d.sync_all())
@@ -381,12 +522,13 @@ impl Inner {
     }
 
     /// Syncs (if durable) and renames `temp` to the share's path without overwriting.
+    /// Whether it created the share (false: the same bytes were there already).
     fn persist(
         &self,
         temp: tempfile::NamedTempFile,
         si: StorageIndex,
         share: ShareNum,
-    ) -> Result<(), Persist> {
+    ) -> Result<bool, Persist> {
         if self.durability == Durability::Fsync {
             temp.as_file()
                 .sync_all()
@@ -394,13 +536,13 @@ impl Inner {
         }
         let final_path = self.share_path(&si, share);
         match temp.persist_noclobber(&final_path) {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(true),
             Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
                 let same = same_contents(e.file.as_file(), &final_path).map_err(|e| {
                     Persist::Failed(StoreError::io("comparing with the stored share", e))
                 })?;
                 if same {
-                    Ok(())
+                    Ok(false)
                 } else {
                     Err(Persist::Failed(StoreError::Conflict {
                         storage_index: si,
@@ -500,7 +642,14 @@ impl ShareStore for DirectoryStore {
         spool: SpooledShare,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         let this = self.inner.clone();
-        blocking(move || this.write_blocking(si, share, spool))
+        let owner = this.owner;
+        blocking(move || this.write_blocking(si, share, spool, owner))
+    }
+
+    fn abandon(&self, si: StorageIndex, share: ShareNum) -> BoxFuture<'_, Result<(), StoreError>> {
+        let this = self.inner.clone();
+        let owner = this.owner;
+        blocking(move || this.abandon_blocking(si, share, owner))
     }
 
     fn spool_dir(&self) -> Option<PathBuf> {

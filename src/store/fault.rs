@@ -204,6 +204,10 @@ impl ShareStore for FaultyStore {
         })
     }
 
+    fn abandon(&self, si: StorageIndex, share: ShareNum) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.inner.abandon(si, share)
+    }
+
     fn spool_dir(&self) -> Option<PathBuf> {
         self.inner.spool_dir()
     }

@@ -98,6 +98,9 @@ struct Inner {
     base: String,
     client: Client<HttpConnector, Body>,
     options: HttpOptions,
+    /// Sent with every upload, so that this store (and only it) can take back a share it
+    /// wrote if the upload is abandoned (in memory only; never logged).
+    upload_secret: zeroize::Zeroizing<String>,
 }
 
 impl fmt::Debug for HttpStore {
@@ -152,12 +155,15 @@ impl HttpStore {
             .pool_idle_timeout(Duration::from_secs(20))
             .pool_max_idle_per_host(64)
             .build(connector);
+        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+        let _ = getrandom::fill(&mut *secret);
         Ok(HttpStore {
             inner: Arc::new(Inner {
                 name: base.clone(),
                 base,
                 client,
                 options,
+                upload_secret: zeroize::Zeroizing::new(crate::core::cap::base32_encode(&*secret)),
             }),
         })
     }
@@ -229,8 +235,11 @@ impl HttpStore {
                 protocol::MAX_RANGES
             )));
         }
-        let total: u64 = ranges.iter().map(|r| r.end - r.start).sum();
-        let path = protocol::read_path(&si, share, &ranges);
+        // Overlapping and touching ranges (a batch of records repeats some hash nodes) are
+        // asked for once, and each range is cut from the answer.
+        let merged = coalesce(&ranges);
+        let total: u64 = merged.iter().map(|r| r.end - r.start).sum();
+        let path = protocol::read_path(&si, share, &merged);
         let request = self.request(Method::GET, &path, crate::serving::empty())?;
         let response = self.send(request).await?;
         let status = response.status();
@@ -248,13 +257,22 @@ impl HttpStore {
             return Err(wrong_length(total, length.to_str().unwrap_or("?")));
         }
         let body = receive_exactly(response.into_body(), total).await?;
-        let mut parts = Vec::with_capacity(ranges.len());
-        let mut at = 0usize;
-        for r in &ranges {
-            let len = (r.end - r.start) as usize;
-            parts.push(body.slice(at..at + len));
-            at += len;
+        // Where each merged range starts in the body.
+        let mut offsets = Vec::with_capacity(merged.len());
+        let mut at = 0u64;
+        for m in &merged {
+            offsets.push(at);
+            at += m.end - m.start;
         }
+        let parts = ranges
+            .iter()
+            .map(|r| {
+                // Merged ranges are disjoint and apart: the first that reaches r holds it.
+                let i = merged.partition_point(|m| m.end < r.start);
+                let start = offsets[i] + (r.start - merged[i].start);
+                body.slice(start as usize..(start + r.end - r.start) as usize)
+            })
+            .collect();
         Ok(parts)
     }
 
@@ -298,6 +316,11 @@ impl HttpStore {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/octet-stream"),
         );
+        if let Ok(secret) = HeaderValue::from_str(&self.inner.upload_secret) {
+            request
+                .headers_mut()
+                .insert(protocol::UPLOAD_SECRET_HEADER, secret);
+        }
         let idle = self.inner.options.upload_idle_timeout;
         // After the last byte the node fsyncs a whole share: allow it longer.
         let commit = idle.max(Duration::from_secs(120));
@@ -333,6 +356,42 @@ impl HttpStore {
             _ => Err(status_error(status, &body, &[])),
         }
     }
+
+    async fn take_back(&self, si: StorageIndex, share: ShareNum) -> Result<(), StoreError> {
+        let mut request = self.request(
+            Method::DELETE,
+            &protocol::share_path(&si, share),
+            crate::serving::empty(),
+        )?;
+        if let Ok(secret) = HeaderValue::from_str(&self.inner.upload_secret) {
+            request
+                .headers_mut()
+                .insert(protocol::UPLOAD_SECRET_HEADER, secret);
+        }
+        let (status, body) = self.exchange(request, protocol::MAX_JSON_BYTES).await?;
+        match status {
+            StatusCode::NO_CONTENT | StatusCode::OK | StatusCode::NOT_FOUND => Ok(()),
+            StatusCode::FORBIDDEN => Err(StoreError::Forbidden(
+                status_error(status, &body, &[]).to_string(),
+            )),
+            _ => Err(status_error(status, &body, &[])),
+        }
+    }
+}
+
+/// `ranges` sorted, with overlapping and touching ones merged: disjoint ranges with gaps
+/// between them, and every range of `ranges` inside one of them.
+fn coalesce(ranges: &[Range<u64>]) -> Vec<Range<u64>> {
+    let mut sorted: Vec<Range<u64>> = ranges.to_vec();
+    sorted.sort_by_key(|r| (r.start, r.end));
+    let mut merged: Vec<Range<u64>> = Vec::with_capacity(sorted.len());
+    for r in sorted {
+        match merged.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    merged
 }
 
 /// The body of a read, which must be exactly `total` bytes: more or fewer is a broken server.
@@ -470,6 +529,10 @@ impl ShareStore for HttpStore {
         Box::pin(self.upload(si, share, spool))
     }
 
+    fn abandon(&self, si: StorageIndex, share: ShareNum) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.take_back(si, share))
+    }
+
     fn spool_dir(&self) -> Option<PathBuf> {
         self.inner.options.spool_dir.clone()
     }
@@ -557,6 +620,41 @@ mod tests {
         // With a path prefix ending in a slash, and the same node.
         let store = HttpStore::new(&format!("{url}/"), HttpOptions::default()).unwrap();
         assert_eq!(store.name(), url);
+    }
+
+    #[test]
+    fn overlapping_ranges_are_asked_for_once() {
+        assert_eq!(
+            coalesce(&[10..20, 0..5, 15..30, 5..6, 40..40, 50..60]),
+            vec![0..6, 10..30, 40..40, 50..60]
+        );
+        assert_eq!(coalesce(&[3..3]), vec![3..3]);
+        assert!(coalesce(&[]).is_empty());
+    }
+
+    #[tokio::test]
+    async fn batched_reads_with_repeated_hash_nodes_get_each_range() {
+        let (url, _dir) = node(NodeConfig::default()).await;
+        let store = HttpStore::new(&url, HttpOptions::default()).unwrap();
+        let plaintext: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let grid = crate::Grid::new(vec![Arc::new(store.clone()) as Arc<dyn ShareStore>]);
+        let options = crate::PutOptions {
+            k: 1,
+            n: 1,
+            ..crate::PutOptions::default()
+        };
+        let cap = crate::put(&grid, crate::PutSource::Bytes(plaintext), &options)
+            .await
+            .unwrap();
+        let si = cap.storage_index();
+        let len = crate::core::layout::ShareLayout::new(cap.geometry()).share_len();
+        // Each range many times over: more than the node serves in one request, unless
+        // asked for once.
+        let ranges: Vec<Range<u64>> = (0..200).map(|i| (i * 7) % 100..len - (i % 3)).collect();
+        let direct = crate::store::DirectoryStore::open(_dir.path()).unwrap();
+        let expected = direct.read(si, ShareNum(0), ranges.clone()).await.unwrap();
+        let parts = store.read(si, ShareNum(0), ranges).await.unwrap();
+        assert_eq!(parts, expected);
     }
 
     #[test]

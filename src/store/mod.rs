@@ -19,7 +19,7 @@ use futures::future::BoxFuture;
 use crate::core::cap::StorageIndex;
 use crate::core::geometry::ShareNum;
 
-pub use dir::{DirectoryStore, Durability};
+pub use dir::{DirectoryStore, Durability, UploadOwner};
 pub use http::{HttpOptions, HttpStore, UrlError};
 
 /// Largest number of bytes one `read` call may ask for (bounds what a request can allocate).
@@ -58,6 +58,18 @@ pub enum StoreError {
     /// The store did not answer in time.
     #[error("no answer within {0:?}")]
     Timeout(std::time::Duration),
+    /// The store has no room for the share.
+    #[error("not enough space: {free} bytes free, the share needs {needed}")]
+    NoSpace {
+        /// Bytes free.
+        free: u64,
+        /// Bytes needed.
+        needed: u64,
+    },
+    /// The store refuses the operation to this client (removing a share another upload
+    /// wrote).
+    #[error("refused: {0}")]
+    Forbidden(String),
     /// An I/O or transport error.
     #[error("{context}: {message}")]
     Io {
@@ -101,9 +113,72 @@ pub fn validate_ranges(ranges: &[Range<u64>]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Name of the lock file in a spool directory: creating a spool holds it shared, sweeping
+/// holds it exclusive, so a sweep never sees a spool between its creation and its lock.
+const SPOOL_DIR_LOCK: &str = "spool.lock";
+/// Without working locks, spools older than this are taken for leftovers of a dead upload.
+const UNLOCKED_SPOOL_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+fn lock_file(file: &File, exclusive: bool, wait: bool) -> io::Result<()> {
+    match (exclusive, wait) {
+        (true, true) => file.lock(),
+        (false, true) => file.lock_shared(),
+        (true, false) => file.try_lock().map_err(io::Error::from),
+        (false, false) => file.try_lock_shared().map_err(io::Error::from),
+    }
+}
+
+fn spool_dir_lock(dir: &Path, exclusive: bool) -> io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(dir.join(SPOOL_DIR_LOCK))?;
+    lock_file(&file, exclusive, true)?;
+    Ok(file)
+}
+
+/// Removes the spools in `dir` that no live process holds: an upload keeps a lock on each
+/// of its spools until it is done with it, so an unlocked spool is the leftover of a process
+/// that was killed, whatever its age. Where locks do not work, only spools older than a day
+/// are removed. Returns how many were removed. Blocking.
+pub fn sweep_spools(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let dir_lock = spool_dir_lock(dir, true);
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with("spool-") && name.ends_with(".part")) {
+            continue;
+        }
+        let path = entry.path();
+        let abandoned = match (&dir_lock, File::open(&path)) {
+            (Ok(_), Ok(file)) => lock_file(&file, true, false).is_ok(),
+            (Err(_), _) => entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > UNLOCKED_SPOOL_AGE),
+            (_, Err(_)) => false,
+        };
+        if abandoned && std::fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(dir = %dir.display(), removed, "removed spools of uploads that were interrupted");
+    }
+    removed
+}
+
 /// A share being built in a local temporary file (ciphertext and hashes only), written at
 /// arbitrary offsets, then handed to a store's [`ShareStore::write`]. Dropped unwritten, the
-/// file is deleted.
+/// file is deleted; while it exists, it is locked, so that if the process dies the next
+/// [`sweep_spools`] removes it.
 pub struct SpooledShare {
     file: tempfile::NamedTempFile,
     len: u64,
@@ -122,10 +197,17 @@ impl SpooledShare {
     /// A zero-filled (sparse) spool of `len` bytes in `dir`.
     pub fn create(dir: &Path, len: u64) -> io::Result<SpooledShare> {
         std::fs::create_dir_all(dir)?;
+        // Without locks (some network filesystems) spools still work; only the sweep of a
+        // dead process's spools waits for their age.
+        let dir_lock = spool_dir_lock(dir, false).ok();
         let file = tempfile::Builder::new()
             .prefix("spool-")
             .suffix(".part")
             .tempfile_in(dir)?;
+        if dir_lock.is_some() {
+            let _ = lock_file(file.as_file(), true, false);
+        }
+        drop(dir_lock);
         file.as_file().set_len(len)?;
         Ok(SpooledShare { file, len })
     }
@@ -200,6 +282,20 @@ pub trait ShareStore: Send + Sync + fmt::Debug {
     /// Whether the store is reachable and accepts us (an uploader asks before placing
     /// shares). The default: always.
     fn check(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Removes a share that this store handle itself wrote (and nobody else had written
+    /// before), for an upload abandoned before its cap was handed out. A write still in
+    /// flight is removed as soon as it lands. Removing a share that is not there succeeds;
+    /// one written by anyone else is refused with [`StoreError::Forbidden`]. The default
+    /// (stores that cannot remove) does nothing.
+    fn abandon(
+        &self,
+        storage_index: StorageIndex,
+        share: ShareNum,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let _ = (storage_index, share);
         Box::pin(std::future::ready(Ok(())))
     }
 

@@ -20,13 +20,17 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use zeroize::Zeroizing;
 
 use crate::core::cap::{ReadCap, StorageIndex};
 use crate::core::cipher::{FileKey, Keystream};
 use crate::core::codec::Codec as _;
 use crate::core::erasure::Codec;
-use crate::core::geometry::{Geometry, GeometryError, SegmentIndex, ShareNum};
+use crate::core::geometry::{
+    Geometry, GeometryError, MAX_SEGMENT_SIZE, SegmentIndex, ShareNum, min_upload_segment_size,
+};
 use crate::core::hash::{self, Hash};
 use crate::core::layout::ShareLayout;
 use crate::core::share_header::ShareHeader;
@@ -80,6 +84,16 @@ pub struct PutOptions {
     pub threads: usize,
     /// Called as input is processed.
     pub progress: Option<Progress>,
+    /// Cancels the upload when triggered (Ctrl-C): encoding stops, spools are removed, and
+    /// shares already stored are taken back ([`ShareStore::abandon`]); `put` then fails with
+    /// [`PutError::Cancelled`]. Dropping the `put` future does the same.
+    ///
+    /// [`ShareStore::abandon`]: crate::store::ShareStore::abandon
+    pub cancel: Option<CancellationToken>,
+    /// For tests of the segment arithmetic only: allows segments below
+    /// [`min_upload_segment_size`].
+    #[doc(hidden)]
+    pub unchecked_segment_size: bool,
     /// Simulates a malicious or buggy uploader, for tests: called on every block after
     /// encoding and before hashing, it may change the block. The ciphertext tree still names
     /// the data as encoded, so a tampered share is authentic (its hashes lead to the cap) yet
@@ -109,8 +123,50 @@ impl Default for PutOptions {
             happy: None,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             progress: None,
+            cancel: None,
+            unchecked_segment_size: false,
             tamper: None,
         }
+    }
+}
+
+impl PutOptions {
+    /// Checks the options on their own (k, n, segment size, happy), before anything is read
+    /// or written.
+    ///
+    /// ```
+    /// use segvault::PutOptions;
+    /// assert!(PutOptions::default().validate().is_ok());
+    /// assert!(PutOptions { n: 300, ..PutOptions::default() }.validate().is_err());
+    /// assert!(PutOptions { segment_size: Some(1), ..PutOptions::default() }.validate().is_err());
+    /// ```
+    pub fn validate(&self) -> Result<(), PutError> {
+        let min = min_upload_segment_size(self.k);
+        if let Some(size) = self.segment_size
+            && size < min
+            && !self.unchecked_segment_size
+        {
+            Geometry::new(0, MAX_SEGMENT_SIZE, self.k, self.n)?;
+            return Err(PutError::SegmentTooSmall {
+                size,
+                min,
+                k: self.k,
+            });
+        }
+        Geometry::new(0, self.segment_size.unwrap_or(min), self.k, self.n)?;
+        if let Some(happy) = self.happy
+            && (happy == 0 || happy > self.n)
+        {
+            return Err(PutError::Happy { happy, n: self.n });
+        }
+        Ok(())
+    }
+
+    /// The segment size for a file of `size` bytes.
+    fn segment_size_for(&self, size: u64) -> u64 {
+        self.segment_size.unwrap_or_else(|| {
+            Geometry::choose_segment_size(size).max(min_upload_segment_size(self.k))
+        })
     }
 }
 
@@ -120,6 +176,22 @@ pub enum PutError {
     /// k, n or the segment size are invalid, or the file is too large for them.
     #[error(transparent)]
     Parameters(#[from] GeometryError),
+    /// A segment size whose blocks would carry more hash than data.
+    #[error(
+        "segment size {size} is too small: uploads with k={k} use at least {min} bytes \
+         (smaller segments store more hashes than data)"
+    )]
+    SegmentTooSmall {
+        /// Asked for.
+        size: u64,
+        /// The smallest allowed.
+        min: u64,
+        /// Shares needed.
+        k: u16,
+    },
+    /// The upload was cancelled; nothing of it is left on the servers.
+    #[error("the upload was cancelled; its spools and any shares already stored were removed")]
+    Cancelled,
     /// `happy` outside `1..=n`.
     #[error("happy ({happy}) must be between 1 and n ({n})")]
     Happy {
@@ -200,16 +272,9 @@ pub async fn put(
     source: PutSource,
     options: &PutOptions,
 ) -> Result<ReadCap, PutError> {
+    options.validate()?;
     if grid.is_empty() {
         return Err(PutError::NoServers);
-    }
-    if let Some(happy) = options.happy
-        && (happy == 0 || happy > options.n)
-    {
-        return Err(PutError::Happy {
-            happy,
-            n: options.n,
-        });
     }
     if let Some(happy) = options.happy
         && usize::from(happy) > grid.len()
@@ -219,9 +284,43 @@ pub async fn put(
             servers: grid.len(),
         });
     }
+    let cancel = options
+        .cancel
+        .as_ref()
+        .map_or_else(CancellationToken::new, CancellationToken::child_token);
+    // The upload runs as a task of its own: if this future is dropped (a client that went
+    // away), the guard cancels it, and the task still removes what it had stored.
+    let on_drop = cancel.clone().drop_guard();
+    let task = tokio::spawn(upload(grid.clone(), source, options.clone(), cancel));
+    let outcome = task
+        .await
+        .map_err(|e| PutError::Internal(format!("upload task failed: {e}")))?;
+    on_drop.disarm();
+    outcome
+}
+
+/// How long a cancelled upload waits for its encoder to stop (one reading a pipe that
+/// sends nothing never does; it holds no named spool yet).
+const ENCODER_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long taking back one stored share may take.
+const TAKE_BACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What became of one share's write: `None` when it was cut off by cancellation (it may
+/// still have landed).
+type Placed = (usize, usize, Option<Result<(), crate::store::StoreError>>);
+
+async fn upload(
+    grid: Grid,
+    source: PutSource,
+    options: PutOptions,
+    cancel: CancellationToken,
+) -> Result<ReadCap, PutError> {
     // Ask every server first: shares go only to those that answer, and an upload that could
     // not be happy fails before any encoding.
-    let (responsive, unreachable) = preflight(grid).await;
+    let (responsive, unreachable) = tokio::select! {
+        checked = preflight(&grid) => checked,
+        () = cancel.cancelled() => return Err(PutError::Cancelled),
+    };
     let happy = options
         .happy
         .map_or(grid.len().min(usize::from(options.n)), usize::from);
@@ -234,27 +333,52 @@ pub async fn put(
             failures: unreachable,
         });
     }
-    let encoding_grid = grid.clone();
-    let encoding_options = options.clone();
-    let encoded = tokio::task::spawn_blocking(move || {
-        encode(&encoding_grid, &responsive, source, &encoding_options)
-    })
-    .await
-    .map_err(|e| PutError::Internal(format!("encoder task failed: {e}")))??;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut encoding = {
+        let (grid, options, stop) = (grid.clone(), options.clone(), stop.clone());
+        tokio::task::spawn_blocking(move || encode(&grid, &responsive, source, &options, &stop))
+    };
+    let encoded = tokio::select! {
+        joined = &mut encoding => joined
+            .map_err(|e| PutError::Internal(format!("encoder task failed: {e}")))??,
+        () = cancel.cancelled() => {
+            stop.store(true, Ordering::SeqCst);
+            let _ = tokio::time::timeout(ENCODER_STOP_WAIT, encoding).await;
+            return Err(PutError::Cancelled);
+        }
+    };
     let si = encoded.cap.storage_index();
     let started = std::time::Instant::now();
     let writes = encoded.spools.into_iter().enumerate().map(|(i, spool)| {
         let server = encoded.placement[i];
         let store = grid.servers()[server].store().clone();
-        async move { (i, server, store.write(si, ShareNum(i as u8), spool).await) }
+        let cancel = cancel.clone();
+        async move {
+            let write = store.write(si, ShareNum(i as u8), spool);
+            // A directory write is short and cannot stop halfway; a network upload is cut
+            // off (the node discards it) and taken back below in case it had landed.
+            let outcome = if store.is_remote() {
+                tokio::select! {
+                    written = write => Some(written),
+                    () = cancel.cancelled() => None,
+                }
+            } else {
+                Some(write.await)
+            };
+            (i, server, outcome)
+        }
     });
-    let results = futures::future::join_all(writes).await;
+    let results: Vec<Placed> = futures::future::join_all(writes).await;
     debug!(%si, commit_ms = started.elapsed().as_millis(), "shares handed to their stores");
+    if cancel.is_cancelled() {
+        take_back(&grid, si, &results).await;
+        return Err(PutError::Cancelled);
+    }
 
     let mut failed_servers = std::collections::HashSet::new();
     let mut failures = String::new();
     for (share, server, result) in &results {
-        if let Err(e) = result {
+        if let Some(Err(e)) = result {
             failed_servers.insert(*server);
             failures.push_str(&format!(
                 "  share {share} on {}: {e}\n",
@@ -265,9 +389,14 @@ pub async fn put(
     let used: std::collections::HashSet<usize> = encoded.placement.iter().copied().collect();
     let stored = used.len() - failed_servers.len();
     // However few servers must be happy, fewer than k stored shares is no file at all.
-    let shares_stored = results.iter().filter(|(_, _, r)| r.is_ok()).count();
+    let shares_stored = results
+        .iter()
+        .filter(|(_, _, r)| matches!(r, Some(Ok(()))))
+        .count();
     let k = usize::from(options.k);
     if stored < happy || shares_stored < k {
+        // Its cap is never handed out: the shares that were stored are only clutter.
+        take_back(&grid, si, &results).await;
         if shares_stored < k {
             failures.insert_str(
                 0,
@@ -283,6 +412,26 @@ pub async fn put(
     }
     info!(%si, size = encoded.cap.geometry().size(), shares = results.len() - failures.lines().count(), "uploaded");
     Ok(encoded.cap)
+}
+
+/// Removes the shares of an upload whose cap will never be handed out: every share that was
+/// stored, or whose write was cut off and may have landed.
+async fn take_back(grid: &Grid, si: StorageIndex, results: &[Placed]) {
+    let removals = results
+        .iter()
+        .filter(|(_, _, outcome)| !matches!(outcome, Some(Err(_))))
+        .map(|&(share, server, _)| async move {
+            let server = &grid.servers()[server];
+            let removed =
+                tokio::time::timeout(TAKE_BACK_TIMEOUT, server.store().abandon(si, ShareNum(share as u8)))
+                    .await;
+            match removed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(%si, share, server = server.name(), error = %e, "cannot remove a share of an abandoned upload"),
+                Err(_) => warn!(%si, share, server = server.name(), "no answer removing a share of an abandoned upload"),
+            }
+        });
+    futures::future::join_all(removals).await;
 }
 
 struct Encoded {
@@ -302,6 +451,7 @@ fn open_input(
     source: PutSource,
     keystream: &Keystream,
     progress: Option<&Progress>,
+    stop: &AtomicBool,
 ) -> Result<(Box<dyn Read + Send>, u64, bool), PutError> {
     match source {
         PutSource::Path(path) => {
@@ -312,7 +462,12 @@ fn open_input(
         }
         PutSource::Bytes(bytes) => {
             let size = bytes.len() as u64;
-            Ok((Box::new(io::Cursor::new(bytes)), size, false))
+            // Plaintext: wiped when the encoder is done with it.
+            Ok((
+                Box::new(io::Cursor::new(Zeroizing::new(bytes))),
+                size,
+                false,
+            ))
         }
         PutSource::Reader(mut reader) => {
             let dir = grid
@@ -325,6 +480,9 @@ fn open_input(
             let mut buffer = vec![0u8; 1 << 20];
             let mut size = 0u64;
             loop {
+                if stop.load(Ordering::Relaxed) {
+                    return Err(PutError::Cancelled);
+                }
                 let n = match reader.read(&mut buffer) {
                     Ok(0) => break,
                     Ok(n) => n,
@@ -386,15 +544,14 @@ fn encode(
     responsive: &[usize],
     source: PutSource,
     options: &PutOptions,
+    stop: &AtomicBool,
 ) -> Result<Encoded, PutError> {
     let key = FileKey::generate().map_err(|e| PutError::Random(e.to_string()))?;
     let keystream = Keystream::new(&key);
     let si = StorageIndex(key.storage_index());
     let (mut input, size, encrypted) =
-        open_input(grid, source, &keystream, options.progress.as_ref())?;
-    let segment_size = options
-        .segment_size
-        .unwrap_or_else(|| Geometry::choose_segment_size(size));
+        open_input(grid, source, &keystream, options.progress.as_ref(), stop)?;
+    let segment_size = options.segment_size_for(size);
     let geometry = Geometry::new(size, segment_size, options.k, options.n)?;
     let layout = ShareLayout::new(&geometry);
     let placement = grid.placement_among(&si, options.n, responsive);
@@ -419,11 +576,12 @@ fn encode(
         codec: Codec::new(options.k, options.n).map_err(|e| PutError::Internal(e.to_string()))?,
         spools: &spools,
         tamper: options.tamper.as_ref(),
+        stop,
     };
     let started = std::time::Instant::now();
     encoder.encode_all(&mut *input, options)?;
     let encoded = started.elapsed();
-    let ueb_hash = finish_shares(&geometry, &layout, si, &spools, options.threads)?;
+    let ueb_hash = finish_shares(&geometry, &layout, si, &spools, options.threads, stop)?;
     debug!(%si, encode_ms = encoded.as_millis(), trees_ms = (started.elapsed() - encoded).as_millis(), "shares built");
     Ok(Encoded {
         cap: ReadCap::new(key, ueb_hash, geometry),
@@ -440,6 +598,8 @@ struct SegmentEncoder<'a> {
     codec: Codec,
     spools: &'a [SpooledShare],
     tamper: Option<&'a Tamper>,
+    /// Set when the upload is cancelled.
+    stop: &'a AtomicBool,
 }
 
 impl SegmentEncoder<'_> {
@@ -514,6 +674,9 @@ impl SegmentEncoder<'_> {
             }
             drop(leaf_tx);
             for s in 0..g.num_segments() {
+                if self.stop.load(Ordering::Relaxed) {
+                    fail(PutError::Cancelled);
+                }
                 if failed.load(Ordering::SeqCst) {
                     break;
                 }
@@ -685,7 +848,9 @@ fn finish_shares(
     si: StorageIndex,
     spools: &[SpooledShare],
     threads: usize,
+    stop: &AtomicBool,
 ) -> Result<Hash, PutError> {
+    let cancelled = || io::Error::new(io::ErrorKind::Interrupted, "cancelled");
     let shape = geometry.segment_tree();
     let section = |share: usize, range: std::ops::Range<u64>| TreeSection {
         file: spools[share].file(),
@@ -702,7 +867,12 @@ fn finish_shares(
                 scope.spawn(move || {
                     shares
                         .into_iter()
-                        .map(|i| section(i, layout.block_tree_range()).build())
+                        .map(|i| {
+                            if stop.load(Ordering::Relaxed) {
+                                return Err(cancelled());
+                            }
+                            section(i, layout.block_tree_range()).build()
+                        })
                         .collect::<io::Result<Vec<Hash>>>()
                 })
             })
@@ -716,7 +886,7 @@ fn finish_shares(
             .collect::<io::Result<Vec<Vec<Hash>>>>()
             .map(|v| v.into_iter().flatten().collect())
     })
-    .map_err(spool_error("share spools"))?;
+    .map_err(|e| cancelled_or(e, stop))?;
     let ciphertext = section(0, layout.ciphertext_tree_range());
     let ciphertext_root = ciphertext.build().map_err(spool_error("share spools"))?;
     let share_tree = tree::build(&roots);
@@ -743,6 +913,9 @@ fn finish_shares(
             .collect();
         let mut path = Vec::with_capacity(layout.depth() as usize * 64 + share_chain.len());
         for s in 0..geometry.num_segments() {
+            if s % 1024 == 0 && stop.load(Ordering::Relaxed) {
+                return Err(cancelled());
+            }
             path.clear();
             for level in 0..layout.depth() {
                 path.extend_from_slice(&block_chains.sibling(s, level)?.0);
@@ -776,8 +949,17 @@ fn finish_shares(
                 .unwrap_or_else(|_| Err(io::Error::other("share thread panicked")))
         })
     })
-    .map_err(spool_error("share spools"))?;
+    .map_err(|e| cancelled_or(e, stop))?;
     Ok(hash::ueb(&ueb_bytes))
+}
+
+/// A spool error, or the cancellation that caused it.
+fn cancelled_or(error: io::Error, stop: &AtomicBool) -> PutError {
+    if stop.load(Ordering::Relaxed) {
+        PutError::Cancelled
+    } else {
+        spool_error("share spools")(error)
+    }
 }
 
 #[cfg(test)]
@@ -794,7 +976,8 @@ mod tests {
         let key = FileKey::from_bytes([5; 32]);
         let keystream = Keystream::new(&key);
         let source = PutSource::Reader(Box::new(io::Cursor::new(plaintext.clone())));
-        let (mut spool, size, encrypted) = open_input(&grid, source, &keystream, None).unwrap();
+        let (mut spool, size, encrypted) =
+            open_input(&grid, source, &keystream, None, &AtomicBool::new(false)).unwrap();
         assert!(encrypted);
         assert_eq!(size, plaintext.len() as u64);
         let mut stored = Vec::new();

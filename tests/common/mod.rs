@@ -60,6 +60,8 @@ impl Fixture {
                 k,
                 n,
                 segment_size: Some(segment_size),
+                // Small segments exercise segment edges cheaply.
+                unchecked_segment_size: true,
                 ..PutOptions::default()
             },
         )

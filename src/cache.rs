@@ -781,6 +781,37 @@ mod tests {
     }
 
     #[test]
+    fn a_verified_block_arriving_while_its_bad_entry_is_removed_is_cached_once_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = open(dir.path(), 1 << 20, Duration::from_secs(3600));
+        let record =
+            |byte| CiphertextRecord::verified(vec![], Bytes::from(vec![byte; 100]), vec![]);
+        cache.insert(key(0), record(1));
+        assert_eq!(cache.usage().0, 1);
+        // A read found the entry bad; its removal is under way (in `removing`) when the
+        // block, fetched again from the grid, is offered back.
+        {
+            let mut state = cache.lock();
+            let entry = state.lru.pop(&key(0)).unwrap();
+            state.bytes -= entry.bytes;
+            state.removing.insert(key(0));
+        }
+        cache.insert(key(0), record(2));
+        assert_eq!(
+            cache.usage().0,
+            0,
+            "not written while the old file may still go"
+        );
+        cache.remove_files(&[key(0)]);
+        assert_eq!(
+            cache.usage().0,
+            1,
+            "written as soon as the removal finished"
+        );
+        assert_eq!(cache.read(&key(0), 100).as_deref(), Some(&[2u8; 100][..]));
+    }
+
+    #[test]
     fn a_second_process_is_refused_and_partial_files_are_swept() {
         let dir = tempfile::tempdir().unwrap();
         let cache = open(dir.path(), 1 << 20, Duration::from_secs(3600));

@@ -398,7 +398,11 @@ impl StorageNode {
         if length < HEADER_LEN {
             return error(StatusCode::BAD_REQUEST, "too short to be a share");
         }
-        let owner = upload_owner(&request);
+        // From here on the uploader can take the share back, even while it is written.
+        let ticket = self
+            .inner
+            .store
+            .begin_write(si, share, upload_owner(&request));
         let mut body = request.into_body();
         let spool_dir = self
             .inner
@@ -451,7 +455,7 @@ impl StorageNode {
                 &format!("the share's parameters give {expected} bytes, not {length}"),
             );
         }
-        match self.inner.store.write_as(si, share, spool, owner).await {
+        match self.inner.store.write_with(spool, ticket).await {
             Ok(()) => {
                 let mut response = Response::new(empty());
                 *response.status_mut() = StatusCode::CREATED;

@@ -154,6 +154,20 @@ const start = () => {
 start();
 "#;
 
+/// In Chromium's media document (a video opened directly): once metadata is in, seeks to
+/// 5 s and plays (the first time `arguments[0]` is true); reports where it is.
+const MEDIA_DOCUMENT_STATE: &str = r#"
+const v = document.querySelector('video');
+if (!v) return { readyState: -1, html: document.documentElement.outerHTML.slice(0, 200) };
+if (arguments[0] && !v.dataset.started) {
+  v.dataset.started = '1';
+  v.muted = true;
+  v.currentTime = 5;
+  v.play();
+}
+return { readyState: v.readyState, currentTime: v.currentTime, paused: v.paused, error: v.error ? v.error.code : null };
+"#;
+
 #[test]
 fn chromium_seeks_a_stored_mp4_and_plays_from_there() {
     let required = std::env::var_os("SEGVAULT_BROWSER_TESTS").is_some_and(|v| v == "1");
@@ -220,6 +234,43 @@ fn chromium_seeks_a_stored_mp4_and_plays_from_there() {
         (value["duration"].as_f64().unwrap() - 20.0).abs() < 0.5,
         "{outcome}"
     );
+
+    // Opened directly, a stored file is a sandboxed document under the `/uri` policy
+    // (`sandbox; default-src 'none'` with `media-src 'self'`): Chromium's own player still
+    // loads and plays the video from 5 s...
+    let direct = format!("http://{}/uri/{cap}/clip.mp4", server.addr);
+    driver.command("url", &json!({ "url": direct }));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut state = Value::Null;
+    let mut started = false;
+    while Instant::now() < deadline {
+        state = driver.command(
+            "execute/sync",
+            &json!({ "script": MEDIA_DOCUMENT_STATE, "args": [started] }),
+        )["value"]
+            .clone();
+        started |= state["readyState"].as_u64().unwrap_or(0) >= 1;
+        if state["currentTime"].as_f64().unwrap_or(0.0) > 5.5 && state["paused"] == false {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        state["currentTime"].as_f64().unwrap_or(0.0) > 5.5,
+        "the media document did not play under the sandbox policy: {state}"
+    );
+    // ...and a stored page runs no script of its own.
+    let page = b"<!doctype html><title>stored page</title><script>document.title='ran'</script>";
+    let stored = http::request(&server.addr, "PUT", "/uri", &[], page);
+    assert_eq!(stored.status, 201);
+    let page_cap = stored.text().trim().to_owned();
+    let url = format!("http://{}/uri/{page_cap}/page.html", server.addr);
+    driver.command("url", &json!({ "url": url }));
+    let title = driver.command(
+        "execute/sync",
+        &json!({ "script": "return document.title", "args": [] }),
+    );
+    assert_eq!(title["value"], "stored page", "{title}");
 
     // Closing the browser ends its open-ended media requests; stopping the gateway gracefully
     // lets every request's access line be written.

@@ -113,7 +113,8 @@ fn get_output_writes_into_devices_and_fifos_and_follows_links_to_regular_files()
             .unwrap()
             .success()
     );
-    let reader = {
+    let (sender, received) = std::sync::mpsc::channel();
+    {
         let fifo = fifo.clone();
         std::thread::spawn(move || {
             let mut bytes = Vec::new();
@@ -121,19 +122,19 @@ fn get_output_writes_into_devices_and_fifos_and_follows_links_to_regular_files()
                 .unwrap()
                 .read_to_end(&mut bytes)
                 .unwrap();
-            bytes
-        })
-    };
+            let _ = sender.send(bytes);
+        });
+    }
     let output = vault.get_to(&fifo);
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(
-        reader.join().unwrap() == vault.plaintext,
-        "the FIFO's reader got the file"
-    );
+    let read = received
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the FIFO's reader got nothing: the FIFO was replaced");
+    assert!(read == vault.plaintext, "the FIFO's reader got the file");
     assert!(
         std::fs::symlink_metadata(&fifo)
             .unwrap()
@@ -942,7 +943,8 @@ fn errors_say_what_happened() {
         "{stderr}"
     );
 
-    // A node that answers "no space" and closes without reading the upload.
+    // A node that answers "no space" and closes without reading the rest of the upload
+    // (its answer has left before it closes: a reset discards what is still unsent).
     fn no_space(mut stream: TcpStream) {
         let body = r#"{"error":"writing spool: No space left on device (os error 28)"}"#;
         let _ = write!(
@@ -950,6 +952,7 @@ fn errors_say_what_happened() {
             "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
+        std::thread::sleep(Duration::from_millis(200));
     }
     let full = fake_node(no_space);
     let big = vault.path("big");
@@ -982,6 +985,82 @@ fn errors_say_what_happened() {
         !reason.contains(['\u{202e}', '\u{2066}', '\t']),
         "{reason:?}"
     );
+}
+
+/// A small tmpfs, unmounted on drop (mounting needs root; `None` where it is not allowed).
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(path: &Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(path).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then(|| SmallDisk(path.to_owned()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Defect 9: a node whose disk is full answered 500 and closed, and the user read "Broken
+/// pipe".
+#[test]
+fn a_full_disk_on_a_node_reaches_the_user_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&dir.path().join("disk"), "6m") else {
+        eprintln!("skipped: mounting a tmpfs is not allowed here");
+        return;
+    };
+    let node = Node::start(&disk.0.join("node"), None);
+    let put = |size: usize, seed: u64| {
+        let input = dir.path().join(format!("input-{seed}"));
+        std::fs::write(&input, random_bytes(size, seed)).unwrap();
+        segvault(&dir.path().join("data"))
+            .args(["--server", &node.url, "put", "-k", "1", "-n", "1"])
+            .arg(&input)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let failed = |child: Child| {
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(
+            !stderr.contains("Broken pipe")
+                && !stderr.contains("reset")
+                && !stderr.contains("closed"),
+            "{stderr}"
+        );
+        (!output.status.success()).then_some(stderr)
+    };
+    // Larger than the disk: refused before a byte is sent.
+    let stderr = failed(put(8 << 20, 1)).expect("an 8 MiB share on a 6 MiB disk");
+    assert!(
+        stderr.contains("507") && stderr.contains("not enough space"),
+        "{stderr}"
+    );
+    // Two that fit alone but not together: the one that runs out says so.
+    let (a, b) = (put(4 << 20, 2), put(4 << 20, 3));
+    let outcomes = [failed(a), failed(b)];
+    for stderr in outcomes.iter().flatten() {
+        assert!(
+            stderr.contains("No space left on device") || stderr.contains("not enough space"),
+            "{stderr}"
+        );
+    }
+    assert!(
+        outcomes.iter().any(Option::is_some),
+        "two 4 MiB shares fit on 6 MiB?"
+    );
+    drop(node);
 }
 
 /// Defect 11: `get` to a terminal dumped binary into it.

@@ -181,4 +181,35 @@ pub async fn run(store: &dyn ShareStore) {
         let i = i * 1000;
         assert_eq!(&result.expect("concurrent read")[0][..], &bytes[i..i + 500]);
     }
+
+    // An abandoned upload takes back what it wrote, and only that.
+    store
+        .abandon(si, ShareNum(255))
+        .await
+        .expect("take back a share this store wrote");
+    assert_eq!(
+        store.list(si).await.expect("list"),
+        vec![ShareNum(0), share],
+        "the share taken back is gone, the others stay"
+    );
+    store
+        .abandon(si, ShareNum(255))
+        .await
+        .expect("taking back again is done already");
+    store
+        .abandon(fresh_storage_index(), ShareNum(1))
+        .await
+        .expect("nothing to take back");
+    store
+        .abandon(si, ShareNum(0))
+        .await
+        .expect("take back share 0");
+    store
+        .abandon(si, share)
+        .await
+        .expect("take back the last share");
+    assert!(
+        store.list(si).await.expect("list").is_empty(),
+        "every share taken back"
+    );
 }

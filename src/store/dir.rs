@@ -71,9 +71,22 @@ impl UploadOwner {
     /// A new owner no one else can claim to be.
     pub fn random() -> UploadOwner {
         let mut bytes = [0u8; 32];
-        // Without randomness every owner is the same; then only abandoning weakens (an
-        // uploader could take back another's fresh share), never reading or writing.
-        let _ = getrandom::fill(&mut bytes);
+        if getrandom::fill(&mut bytes).is_err() {
+            // No randomness: still distinct per owner in this process and across processes.
+            static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let mut hasher = blake3::Hasher::new_derive_key("segvault 2026 upload owner fallback");
+            hasher.update(&u64::from(std::process::id()).to_le_bytes());
+            hasher.update(
+                &COUNTER
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    .to_le_bytes(),
+            );
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            hasher.update(&now.to_le_bytes());
+            bytes = *hasher.finalize().as_bytes();
+        }
         UploadOwner(bytes)
     }
 
@@ -84,29 +97,45 @@ impl UploadOwner {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum LedgerEntry {
+    /// Being written by this owner (see [`WriteTicket`]).
+    Writing(UploadOwner),
+    /// Abandoned by its owner while being written: removed as soon as it lands.
+    Abandoned(UploadOwner),
     /// Written (newly created) by this owner.
     Created(UploadOwner),
-    /// Abandoned by this owner before its write landed: removed when it does.
-    Abandoned(UploadOwner),
 }
 
-/// Which recent upload wrote which share, in memory only.
+impl LedgerEntry {
+    fn owner(self) -> UploadOwner {
+        match self {
+            LedgerEntry::Writing(o) | LedgerEntry::Abandoned(o) | LedgerEntry::Created(o) => o,
+        }
+    }
+}
+
+type ShareKey = (StorageIndex, ShareNum);
+
+/// Which recent upload wrote which share, in memory only. Writes in progress are kept until
+/// they end; finished ones for [`LEDGER_TTL`], at most [`LEDGER_MAX`] of them.
 #[derive(Debug, Default)]
 struct Ledger {
-    entries: std::collections::HashMap<(StorageIndex, ShareNum), (LedgerEntry, Instant)>,
+    entries: std::collections::HashMap<ShareKey, (LedgerEntry, Instant)>,
 }
 
 impl Ledger {
-    fn insert(&mut self, key: (StorageIndex, ShareNum), entry: LedgerEntry) {
+    fn insert(&mut self, key: ShareKey, entry: LedgerEntry) {
+        let finished = |e: &LedgerEntry| !matches!(e, LedgerEntry::Writing(_));
         if self.entries.len() >= LEDGER_MAX {
-            self.entries.retain(|_, (_, at)| at.elapsed() < LEDGER_TTL);
+            self.entries
+                .retain(|_, (e, at)| !finished(e) || at.elapsed() < LEDGER_TTL);
         }
         if self.entries.len() >= LEDGER_MAX
             && let Some(oldest) = self
                 .entries
                 .iter()
+                .filter(|(_, (e, _))| finished(e))
                 .min_by_key(|(_, (_, at))| *at)
                 .map(|(k, _)| *k)
         {
@@ -115,11 +144,45 @@ impl Ledger {
         self.entries.insert(key, (entry, Instant::now()));
     }
 
-    fn get(&self, key: &(StorageIndex, ShareNum)) -> Option<LedgerEntry> {
+    fn get(&self, key: &ShareKey) -> Option<LedgerEntry> {
         self.entries
             .get(key)
-            .filter(|(_, at)| at.elapsed() < LEDGER_TTL)
+            .filter(|(e, at)| matches!(e, LedgerEntry::Writing(_)) || at.elapsed() < LEDGER_TTL)
             .map(|(entry, _)| *entry)
+    }
+}
+
+/// A write of one share on behalf of an upload, from before its body arrives until it is
+/// stored: abandoning the upload meanwhile removes the share as soon as it lands. Dropped
+/// unused (the upload failed first), it is forgotten.
+pub struct WriteTicket {
+    store: Arc<Inner>,
+    key: ShareKey,
+    owner: UploadOwner,
+    /// Whether this ticket holds the ledger's entry (another upload of the same share may
+    /// already hold it).
+    holds: bool,
+}
+
+impl fmt::Debug for WriteTicket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteTicket")
+            .field("share", &self.key.1)
+            .finish()
+    }
+}
+
+impl Drop for WriteTicket {
+    fn drop(&mut self) {
+        if self.holds {
+            let mut ledger = self.store.lock_ledger();
+            if matches!(
+                ledger.get(&self.key),
+                Some(LedgerEntry::Writing(o) | LedgerEntry::Abandoned(o)) if o == self.owner
+            ) {
+                ledger.entries.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -196,16 +259,25 @@ impl DirectoryStore {
         blocking(move || this.open_share(si, share).map(|opened| opened.1)).await
     }
 
-    /// [`ShareStore::write`] on behalf of `owner` (a storage node writing for a client).
-    pub async fn write_as(
+    /// Starts a write of `share` on behalf of `owner` (a storage node, as soon as an upload
+    /// is accepted and before its body arrives): from now on the owner can abandon it.
+    pub fn begin_write(
         &self,
         si: StorageIndex,
         share: ShareNum,
-        spool: SpooledShare,
         owner: UploadOwner,
+    ) -> WriteTicket {
+        self.inner.begin_write((si, share), owner)
+    }
+
+    /// [`ShareStore::write`] on behalf of the ticket's owner.
+    pub async fn write_with(
+        &self,
+        spool: SpooledShare,
+        ticket: WriteTicket,
     ) -> Result<(), StoreError> {
         let this = self.inner.clone();
-        blocking(move || this.write_blocking(si, share, spool, owner)).await
+        blocking(move || this.write_blocking(spool, ticket)).await
     }
 
     /// [`ShareStore::abandon`] on behalf of `owner`.
@@ -239,7 +311,26 @@ impl Inner {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Removes a share `owner` created, or marks it to be removed when its write lands.
+    fn begin_write(self: &Arc<Self>, key: ShareKey, owner: UploadOwner) -> WriteTicket {
+        let mut ledger = self.lock_ledger();
+        // A share another upload is writing, or wrote, stays theirs to abandon.
+        let holds = match ledger.get(&key) {
+            None => true,
+            Some(entry) => entry.owner() == owner && !matches!(entry, LedgerEntry::Created(_)),
+        };
+        if holds {
+            ledger.insert(key, LedgerEntry::Writing(owner));
+        }
+        WriteTicket {
+            store: self.clone(),
+            key,
+            owner,
+            holds,
+        }
+    }
+
+    /// Removes a share `owner` created, or marks one it is still writing to be removed when
+    /// it lands.
     fn abandon_blocking(
         &self,
         si: StorageIndex,
@@ -253,18 +344,19 @@ impl Inner {
                 ledger.entries.remove(&key);
                 self.remove_share(si, share)
             }
-            Some(LedgerEntry::Created(_)) => Err(StoreError::Forbidden(
-                "another upload wrote this share".into(),
-            )),
-            Some(LedgerEntry::Abandoned(_)) | None => {
-                if self.share_path(&si, share).exists() {
-                    return Err(StoreError::Forbidden(
-                        "this share was not written by this upload".into(),
-                    ));
-                }
+            Some(LedgerEntry::Writing(writer)) if writer == owner => {
                 ledger.insert(key, LedgerEntry::Abandoned(owner));
                 Ok(())
             }
+            Some(LedgerEntry::Abandoned(writer)) if writer == owner => Ok(()),
+            Some(_) => Err(StoreError::Forbidden(
+                "another upload wrote this share".into(),
+            )),
+            None if self.share_path(&si, share).exists() => Err(StoreError::Forbidden(
+                "this share was not written by this upload".into(),
+            )),
+            // Never written, or its write failed: nothing to take back.
+            None => Ok(()),
         }
     }
 
@@ -461,11 +553,10 @@ impl Inner {
 
     fn write_blocking(
         &self,
-        si: StorageIndex,
-        share: ShareNum,
         spool: SpooledShare,
-        owner: UploadOwner,
+        mut ticket: WriteTicket,
     ) -> Result<(), StoreError> {
+        let (si, share) = ticket.key;
         let dir = self.file_dir(&si);
         fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating share directory", e))?;
         if self.durability == Durability::Fsync {
@@ -481,15 +572,18 @@ impl Inner {
         let temp = spool.into_temp_file();
         let created = match self.persist(temp, si, share) {
             Err(Persist::CrossDevice(spool)) => {
-                // Built on another filesystem: copy it beside the shares so the rename is atomic.
-                let mut local = tempfile::Builder::new()
-                    .prefix("spool-")
-                    .suffix(".part")
-                    .tempfile_in(self.root.join("tmp"))
+                // Built on another filesystem: copy it beside the shares so the rename is
+                // atomic (into a spool of our own, locked like any other).
+                let len = spool
+                    .as_file()
+                    .metadata()
+                    .map_err(|e| StoreError::io("reading spool", e))?
+                    .len();
+                let local = SpooledShare::create(&self.root.join("tmp"), len)
                     .map_err(|e| StoreError::io("creating spool", e))?;
-                io::copy(&mut spool.as_file(), local.as_file_mut())
+                io::copy(&mut spool.as_file(), &mut local.file())
                     .map_err(|e| StoreError::io("copying spool", e))?;
-                match self.persist(local, si, share) {
+                match self.persist(local.into_temp_file(), si, share) {
                     Err(Persist::CrossDevice(_)) => Err(StoreError::Io {
                         context: "moving share into place",
                         message: "the store's tmp directory is on another filesystem".into(),
@@ -501,17 +595,23 @@ impl Inner {
             Err(Persist::Failed(e)) => Err(e),
             Ok(created) => Ok(created),
         }?;
-        if created {
-            let key = (si, share);
+        if ticket.holds {
+            let key = ticket.key;
             let mut ledger = self.lock_ledger();
-            if matches!(ledger.get(&key), Some(LedgerEntry::Abandoned(by)) if by == owner) {
+            ticket.holds = false;
+            let abandoned = ledger.get(&key) == Some(LedgerEntry::Abandoned(ticket.owner));
+            if !created {
+                // The same bytes were stored already, by someone: not ours to take back.
+                ledger.entries.remove(&key);
+            } else if abandoned {
                 ledger.entries.remove(&key);
                 self.remove_share(si, share)?;
                 return Err(StoreError::Forbidden(
                     "the upload was abandoned while this share was being written".into(),
                 ));
+            } else {
+                ledger.insert(key, LedgerEntry::Created(ticket.owner));
             }
-            ledger.insert(key, LedgerEntry::Created(owner));
         }
         if self.durability == Durability::Fsync {
             File::open(&dir)
@@ -641,9 +741,9 @@ impl ShareStore for DirectoryStore {
         share: ShareNum,
         spool: SpooledShare,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let ticket = self.inner.begin_write((si, share), self.inner.owner);
         let this = self.inner.clone();
-        let owner = this.owner;
-        blocking(move || this.write_blocking(si, share, spool, owner))
+        blocking(move || this.write_blocking(spool, ticket))
     }
 
     fn abandon(&self, si: StorageIndex, share: ShareNum) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -693,6 +793,81 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = DirectoryStore::open(dir.path()).unwrap();
         crate::store::conformance::run(&store).await;
+    }
+
+    fn spool_of(store: &DirectoryStore, bytes: &[u8]) -> SpooledShare {
+        let spool = SpooledShare::create(&store.root().join("tmp"), bytes.len() as u64).unwrap();
+        spool.file().write_all_at(bytes, 0).unwrap();
+        spool
+    }
+
+    #[tokio::test]
+    async fn only_the_upload_that_wrote_a_share_takes_it_back_even_while_it_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirectoryStore::open(dir.path()).unwrap();
+        let (si, share) = (StorageIndex([3; 16]), ShareNum(1));
+        let (alice, bob) = (UploadOwner::random(), UploadOwner::random());
+        let path = store.share_path(&si, share);
+
+        // Written by Alice: Bob cannot take it back, Alice can.
+        let ticket = store.begin_write(si, share, alice);
+        store
+            .write_with(spool_of(&store, b"alice"), ticket)
+            .await
+            .unwrap();
+        let refused = store.abandon_as(si, share, bob).await;
+        assert!(
+            matches!(refused, Err(StoreError::Forbidden(_))),
+            "{refused:?}"
+        );
+        store.abandon_as(si, share, alice).await.unwrap();
+        assert!(!path.exists() && !path.parent().unwrap().exists());
+
+        // Abandoned while Alice's write is in flight: removed the moment it lands.
+        let ticket = store.begin_write(si, share, alice);
+        store.abandon_as(si, share, alice).await.unwrap();
+        let landed = store.write_with(spool_of(&store, b"alice"), ticket).await;
+        assert!(
+            matches!(landed, Err(StoreError::Forbidden(_))),
+            "{landed:?}"
+        );
+        assert!(!path.exists());
+
+        // Bob writing the same share meanwhile does not let him take Alice's.
+        let ticket = store.begin_write(si, share, alice);
+        let bobs = store.begin_write(si, share, bob);
+        assert!(matches!(
+            store.abandon_as(si, share, bob).await,
+            Err(StoreError::Forbidden(_))
+        ));
+        store
+            .write_with(spool_of(&store, b"same"), ticket)
+            .await
+            .unwrap();
+        store
+            .write_with(spool_of(&store, b"same"), bobs)
+            .await
+            .unwrap();
+        assert!(store.abandon_as(si, share, bob).await.is_err());
+        assert!(path.exists());
+
+        // A share this process never wrote (stored before, or by another process) stays.
+        let other = DirectoryStore::open(dir.path()).unwrap();
+        assert!(matches!(
+            other.abandon(si, share).await,
+            Err(StoreError::Forbidden(_))
+        ));
+        // Abandoning what was never written records nothing (no memory for idle requests).
+        other.abandon(StorageIndex([9; 16]), share).await.unwrap();
+        assert!(other.inner.lock_ledger().entries.is_empty());
+        // A write that fails leaves no record behind.
+        let ticket = store.begin_write(StorageIndex([8; 16]), share, alice);
+        drop(ticket);
+        assert_eq!(
+            store.inner.lock_ledger().entries.len(),
+            1,
+            "only Alice's share"
+        );
     }
 
     #[tokio::test]

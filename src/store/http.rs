@@ -96,6 +96,10 @@ pub struct HttpStore {
 struct Inner {
     name: String,
     base: String,
+    /// `host:port` (for uploads, which open their own connection).
+    authority: String,
+    /// The URL's path prefix (empty, or `/segvault`).
+    prefix: String,
     client: Client<HttpConnector, Body>,
     options: HttpOptions,
     /// Sent with every upload, so that this store (and only it) can take back a share it
@@ -155,15 +159,23 @@ impl HttpStore {
             .pool_idle_timeout(Duration::from_secs(20))
             .pool_max_idle_per_host(64)
             .build(connector);
+        // Without randomness the secret would be guessable: then send none (the node then
+        // never lets anyone take the uploads back).
         let mut secret = zeroize::Zeroizing::new([0u8; 32]);
-        let _ = getrandom::fill(&mut *secret);
+        let random = getrandom::fill(&mut *secret).is_ok();
         Ok(HttpStore {
             inner: Arc::new(Inner {
                 name: base.clone(),
                 base,
+                authority: authority.as_str().to_owned(),
+                prefix: prefix.to_owned(),
                 client,
                 options,
-                upload_secret: zeroize::Zeroizing::new(crate::core::cap::base32_encode(&*secret)),
+                upload_secret: zeroize::Zeroizing::new(if random {
+                    crate::core::cap::base32_encode(&*secret)
+                } else {
+                    String::new()
+                }),
             }),
         })
     }
@@ -308,7 +320,21 @@ impl HttpStore {
             )
         };
         let body = BodyExt::boxed_unsync(StreamBody::new(chunks));
-        let mut request = self.request(Method::PUT, &protocol::share_path(&si, share), body)?;
+        let path = format!("{}{}", self.inner.prefix, protocol::share_path(&si, share));
+        let mut request = Request::builder()
+            .method(Method::PUT)
+            .uri(path)
+            .header(header::HOST, self.inner.authority.as_str())
+            .body(body)
+            .map_err(|e| StoreError::Io {
+                context: "building request",
+                message: e.to_string(),
+            })?;
+        if let Some(token) = &self.inner.options.token {
+            request
+                .headers_mut()
+                .insert(header::AUTHORIZATION, token.header_value());
+        }
         request
             .headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
@@ -316,7 +342,7 @@ impl HttpStore {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/octet-stream"),
         );
-        if let Ok(secret) = HeaderValue::from_str(&self.inner.upload_secret) {
+        if let Some(secret) = self.secret_header() {
             request
                 .headers_mut()
                 .insert(protocol::UPLOAD_SECRET_HEADER, secret);
@@ -324,8 +350,15 @@ impl HttpStore {
         let idle = self.inner.options.upload_idle_timeout;
         // After the last byte the node fsyncs a whole share: allow it longer.
         let commit = idle.max(Duration::from_secs(120));
+        let (mut sender, _connection) = self.upload_connection().await?;
         let mut exchange = pin!(async {
-            let response = self.send(request).await?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| StoreError::Io {
+                    context: "upload",
+                    message: describe_upload_error(&e),
+                })?;
             let status = response.status();
             let body = http_body_util::Limited::new(response.into_body(), protocol::MAX_JSON_BYTES)
                 .collect()
@@ -357,13 +390,55 @@ impl HttpStore {
         }
     }
 
+    /// A connection of its own for one upload (uploads are long; pooling gains nothing).
+    /// Its writes go through [`LenientWrites`], so a node that answers and closes before it
+    /// took the whole body is heard: its answer is read instead of a broken pipe. Dropping
+    /// the returned guard closes the connection.
+    async fn upload_connection(
+        &self,
+    ) -> Result<(hyper::client::conn::http1::SendRequest<Body>, AbortOnDrop), StoreError> {
+        let timeout = self.inner.options.connect_timeout;
+        let authority = self.inner.authority.as_str();
+        let address = if authority.contains(':') && !authority.ends_with(']') {
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        };
+        let connect_error = |message: String| StoreError::Io {
+            context: "connecting",
+            message,
+        };
+        let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&address))
+            .await
+            .map_err(|_| connect_error(format!("no connection within {timeout:?}")))?
+            .map_err(|e| connect_error(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let io = hyper_util::rt::TokioIo::new(LenientWrites::new(stream));
+        let (sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| connect_error(e.to_string()))?;
+        let driver = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upload connection ended");
+            }
+        });
+        Ok((sender, AbortOnDrop(driver)))
+    }
+
+    /// The upload secret as a header value (marked sensitive), if there is one.
+    fn secret_header(&self) -> Option<HeaderValue> {
+        let mut value = HeaderValue::from_str(&self.inner.upload_secret).ok()?;
+        value.set_sensitive(true);
+        (!value.is_empty()).then_some(value)
+    }
+
     async fn take_back(&self, si: StorageIndex, share: ShareNum) -> Result<(), StoreError> {
         let mut request = self.request(
             Method::DELETE,
             &protocol::share_path(&si, share),
             crate::serving::empty(),
         )?;
-        if let Ok(secret) = HeaderValue::from_str(&self.inner.upload_secret) {
+        if let Some(secret) = self.secret_header() {
             request
                 .headers_mut()
                 .insert(protocol::UPLOAD_SECRET_HEADER, secret);
@@ -371,9 +446,6 @@ impl HttpStore {
         let (status, body) = self.exchange(request, protocol::MAX_JSON_BYTES).await?;
         match status {
             StatusCode::NO_CONTENT | StatusCode::OK | StatusCode::NOT_FOUND => Ok(()),
-            StatusCode::FORBIDDEN => Err(StoreError::Forbidden(
-                status_error(status, &body, &[]).to_string(),
-            )),
             _ => Err(status_error(status, &body, &[])),
         }
     }
@@ -458,15 +530,123 @@ fn status_error(status: StatusCode, body: &[u8], ranges: &[Range<u64>]) -> Store
                 len,
             }
         }
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => StoreError::Io {
+        StatusCode::UNAUTHORIZED => StoreError::Io {
             context: "authorization",
             message: format!("{} ({message}): check --token-file", status.as_u16()),
         },
+        // A node refuses with 403 only what no token allows (another upload's share).
+        StatusCode::FORBIDDEN => StoreError::Forbidden(message),
         _ => StoreError::Io {
             context: "storage node",
             message: format!("{}: {message}", status.as_u16()),
         },
     }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A stream whose writes succeed (and are dropped) once the peer has closed: a server may
+/// answer an upload early (a refusal, a full disk) and close without reading the rest, and
+/// its answer, already received, must not be lost to a broken pipe. Reads are untouched,
+/// so a peer that closed without answering is still an error.
+struct LenientWrites<T> {
+    inner: T,
+    peer_closed: bool,
+}
+
+impl<T> LenientWrites<T> {
+    fn new(inner: T) -> LenientWrites<T> {
+        LenientWrites {
+            inner,
+            peer_closed: false,
+        }
+    }
+}
+
+fn peer_gone(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+    )
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for LenientWrites<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for LenientWrites<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        if self.peer_closed {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        match std::pin::Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Ready(Err(e)) if peer_gone(&e) => {
+                self.peer_closed = true;
+                Poll::Ready(Ok(buf.len()))
+            }
+            other => other,
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        if self.peer_closed {
+            return Poll::Ready(Ok(()));
+        }
+        match std::pin::Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Ready(Err(e)) if peer_gone(&e) => {
+                self.peer_closed = true;
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.peer_closed {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// An upload's failure, with its cause; a node that closed without answering says so.
+fn describe_upload_error(e: &hyper::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if e.is_incomplete_message() || e.is_canceled() {
+        text.push_str(" (the node closed the connection without answering the upload)");
+    }
+    text
 }
 
 /// A client error with its cause (hyper's own message is only "client error (Connect)").

@@ -19,7 +19,7 @@ use futures::future::BoxFuture;
 use crate::core::cap::StorageIndex;
 use crate::core::geometry::ShareNum;
 
-pub use dir::{DirectoryStore, Durability, UploadOwner};
+pub use dir::{DirectoryStore, Durability, UploadOwner, WriteTicket};
 pub use http::{HttpOptions, HttpStore, UrlError};
 
 /// Largest number of bytes one `read` call may ask for (bounds what a request can allocate).
@@ -205,7 +205,8 @@ impl SpooledShare {
             .suffix(".part")
             .tempfile_in(dir)?;
         if dir_lock.is_some() {
-            let _ = lock_file(file.as_file(), true, false);
+            // A spool that cannot be locked where locks work would be swept as a dead one.
+            lock_file(file.as_file(), true, false)?;
         }
         drop(dir_lock);
         file.as_file().set_len(len)?;

@@ -264,7 +264,7 @@ pub enum PutError {
 /// use segvault::{PutOptions, PutSource};
 /// let options = PutOptions { k: 2, n: 4, ..PutOptions::default() };
 /// let cap = segvault::put(&grid, PutSource::Path("movie.mp4".into()), &options).await?;
-/// println!("{}", cap.to_secret_string());
+/// println!("{}", cap.to_secret_string().as_str());
 /// # Ok(()) }
 /// ```
 pub async fn put(

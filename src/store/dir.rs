@@ -255,6 +255,10 @@ impl DirectoryStore {
     /// The length of a stored share (a storage node checks ranges against it before
     /// streaming them).
     pub async fn share_len(&self, si: StorageIndex, share: ShareNum) -> Result<u64, StoreError> {
+        // A share already open answers without a trip to the blocking pool.
+        if let Some(opened) = self.inner.cached(si, share) {
+            return Ok(opened.1);
+        }
         let this = self.inner.clone();
         blocking(move || this.open_share(si, share).map(|opened| opened.1)).await
     }

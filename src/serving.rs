@@ -69,6 +69,9 @@ pub struct ConnectionLimits {
     pub max_header_bytes: usize,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
+    /// Largest read and write buffer of a connection (hyper's default, about 400 KiB, when
+    /// `None`; at least 8 KiB): a server whose clients may stall mid-transfer keeps it small.
+    pub connection_buffer_bytes: Option<usize>,
 }
 
 impl Default for ConnectionLimits {
@@ -80,6 +83,7 @@ impl Default for ConnectionLimits {
             write_timeout: Duration::from_secs(120),
             max_header_bytes: 16 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            connection_buffer_bytes: None,
         }
     }
 }
@@ -206,10 +210,9 @@ impl Slots {
     fn admit(&self) -> Option<Arc<Connection>> {
         let mut open = self.lock();
         if open.len() >= self.max {
-            let victim = Self::longest_idle(&open)?;
+            let victim = self.longest_idle(&open)?;
             if let Some(victim) = open.remove(&victim) {
-                victim.evicted.store(true, Ordering::Release);
-                victim.evict.notify_one();
+                close(&victim);
                 debug!(
                     requests = victim.requests.load(Ordering::Relaxed),
                     "all connection slots taken: closing the longest-idle connection"
@@ -230,42 +233,46 @@ impl Slots {
         Some(connection)
     }
 
-    /// Waits until [`admit`](Self::admit) succeeds.
+    /// Waits until [`admit`](Self::admit) succeeds: a slot frees, a connection goes idle,
+    /// or an idle one's grace ends.
     async fn admit_when_possible(&self) -> Arc<Connection> {
         loop {
             let changed = self.changed.notified();
             if let Some(connection) = self.admit() {
                 return connection;
             }
-            changed.await;
+            let _ = tokio::time::timeout(Duration::from_millis(GRACE_MS), changed).await;
         }
     }
 
     /// Which idle connection gives way: one that never completed a request's headers (the
-    /// oldest first), else the keep-alive connection idle longest.
-    fn longest_idle(open: &HashMap<u64, Arc<Connection>>) -> Option<u64> {
+    /// oldest first), else the keep-alive connection idle longest. A connection idle (or
+    /// open) for less than [`GRACE_MS`] is spared: a new client sends its request within a
+    /// round trip, and a response just finished may still be flushing.
+    fn longest_idle(&self, open: &HashMap<u64, Arc<Connection>>) -> Option<u64> {
+        let now = self.now_ms();
         open.values()
             .filter(|c| c.is_idle())
-            .min_by_key(|c| {
+            .filter_map(|c| {
                 let served = c.requests.load(Ordering::Relaxed) > 0;
                 let since = if served {
                     c.idle_since_ms.load(Ordering::Relaxed)
                 } else {
                     c.accepted_ms
                 };
-                (served, since)
+                (now.saturating_sub(since) >= GRACE_MS).then_some(((served, since), c.id))
             })
-            .map(|c| c.id)
+            .min()
+            .map(|(_, id)| id)
     }
 
     /// Closes the longest-idle connection (out of file descriptors). Whether there was one.
     fn evict_one(&self) -> bool {
         let mut open = self.lock();
-        let Some(victim) = Self::longest_idle(&open).and_then(|id| open.remove(&id)) else {
+        let Some(victim) = self.longest_idle(&open).and_then(|id| open.remove(&id)) else {
             return false;
         };
-        victim.evicted.store(true, Ordering::Release);
-        victim.evict.notify_one();
+        close(&victim);
         drop(open);
         self.changed.notify_one();
         true
@@ -274,6 +281,45 @@ impl Slots {
     fn release(&self, connection: &Connection) {
         self.lock().remove(&connection.id);
         self.changed.notify_one();
+    }
+}
+
+/// How long a new connection, or one whose last response just ended, is spared when room is
+/// made for another.
+const GRACE_MS: u64 = 250;
+
+fn close(connection: &Connection) {
+    connection.evicted.store(true, Ordering::Release);
+    connection.evict.notify_one();
+}
+
+/// Gives a connection's slot back when its task ends, however it ends.
+struct SlotGuard {
+    slots: Arc<Slots>,
+    connection: Arc<Connection>,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.slots.release(&self.connection);
+    }
+}
+
+/// Lets a request's handler close its own connection, busy or not: a storage node takes
+/// back memory from a client that stopped reading while others wait for it. Found in each
+/// request's extensions.
+#[derive(Clone, Debug)]
+pub struct ConnectionCloser {
+    slots: Arc<Slots>,
+    connection: Arc<Connection>,
+}
+
+impl ConnectionCloser {
+    /// Closes the connection (at once: a response in flight is cut off) and frees its slot.
+    pub fn close(&self) {
+        self.slots.lock().remove(&self.connection.id);
+        close(&self.connection);
+        self.slots.changed.notify_one();
     }
 }
 
@@ -338,11 +384,7 @@ impl HttpBody for Tracked {
     }
 
     fn is_end_stream(&self) -> bool {
-        let ended = self.inner.is_end_stream();
-        if ended {
-            self.request.finish();
-        }
-        ended
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -368,6 +410,7 @@ where
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let slots = Arc::new(Slots::new(limits.max_connections));
+    let mut last_descriptor_warning: Option<Instant> = None;
     let graceful = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);
     let mut http = http1::Builder::new();
@@ -375,14 +418,19 @@ where
         .header_read_timeout(limits.header_read_timeout)
         .max_header_size(limits.max_header_bytes)
         .keep_alive(true);
+    if let Some(bytes) = limits.connection_buffer_bytes {
+        http.max_buf_size(bytes.max(8192).max(limits.max_header_bytes));
+    }
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) if out_of_descriptors(&e) => {
                     // Make room by closing an idle connection; if none is idle, wait a bit.
-                    if !slots.evict_one() {
+                    let quiet = last_descriptor_warning.is_some_and(|at| at.elapsed() < Duration::from_secs(10));
+                    if !slots.evict_one() && !quiet {
                         warn!(error = %e, "accept failed and no connection is idle");
+                        last_descriptor_warning = Some(Instant::now());
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
@@ -407,8 +455,12 @@ where
         io.set_write_timeout(Some(limits.write_timeout));
         let service = {
             let (handler, slots, connection) = (handler.clone(), slots.clone(), connection.clone());
-            service_fn(move |request| {
+            service_fn(move |mut request: Request<Incoming>| {
                 let in_flight = RequestInFlight::begin(&slots, &connection);
+                request.extensions_mut().insert(ConnectionCloser {
+                    slots: slots.clone(),
+                    connection: connection.clone(),
+                });
                 let response = handler(request, peer);
                 async move {
                     let response = response.await;
@@ -423,6 +475,10 @@ where
         let first_request_timeout = limits.first_request_timeout;
         let slots = slots.clone();
         tokio::spawn(async move {
+            let _slot = SlotGuard {
+                slots,
+                connection: connection.clone(),
+            };
             let first_request = async {
                 tokio::time::sleep(first_request_timeout).await;
                 if connection.requests.load(Ordering::Relaxed) > 0 {
@@ -436,7 +492,6 @@ where
                 () = connection.evicted() => debug!(%peer, "idle connection closed to make room"),
                 () = first_request => debug!(%peer, "no request within {first_request_timeout:?}"),
             }
-            slots.release(&connection);
         });
     }
     drop(listener);
@@ -521,10 +576,17 @@ mod tests {
         // a served a request and is now idle between requests; b is busy; c never sent one.
         drop(RequestInFlight::begin(&slots, &a));
         let busy = RequestInFlight::begin(&slots, &b);
+        assert!(
+            slots.admit().is_none(),
+            "every idle one is within its grace"
+        );
+        let passed = || std::thread::sleep(Duration::from_millis(GRACE_MS + 20));
+        passed();
         let d = slots.admit().unwrap();
         assert!(c.evicted.load(Ordering::Acquire), "never-served goes first");
         assert!(!a.evicted.load(Ordering::Acquire));
         let _busy_d = RequestInFlight::begin(&slots, &d);
+        passed();
         let e = slots.admit().unwrap();
         assert!(
             a.evicted.load(Ordering::Acquire),
@@ -533,6 +595,7 @@ mod tests {
         let _busy_e = RequestInFlight::begin(&slots, &e);
         assert!(slots.admit().is_none(), "every slot busy: wait");
         drop(busy);
+        passed();
         assert!(slots.admit().is_some());
         assert!(b.evicted.load(Ordering::Acquire));
     }

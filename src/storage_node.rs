@@ -33,6 +33,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::budget::ResponseBudget;
 use crate::core::cap::StorageIndex;
 use crate::core::codec::Codec as _;
 use crate::core::geometry::ShareNum;
@@ -40,7 +41,7 @@ use crate::core::layout::{HEADER_LEN, ShareLayout};
 use crate::core::share_header::ShareHeader;
 use crate::core::text;
 use crate::protocol::{self, CorruptionReport, ErrorBody, RequestError, Route, ShareList, Status};
-use crate::serving::{self, Body, ConnectionLimits, empty, full};
+use crate::serving::{self, Body, ConnectionCloser, ConnectionLimits, empty, full};
 use crate::store::{
     DirectoryStore, MAX_READ_BYTES, ShareStore, SpooledShare, StoreError, UploadOwner,
     validate_ranges,
@@ -51,6 +52,10 @@ use crate::token::Token;
 const MAX_REPORTS_FILE: u64 = 16 << 20;
 /// A read response is read from disk in pieces of about this many bytes.
 const READ_PIECE_BYTES: u64 = 256 << 10;
+/// Bytes an upload buffers on their way to its spool.
+const UPLOAD_BUFFER_BYTES: usize = 128 << 10;
+/// An upload's rate is checked over windows of this length.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
 /// After refusing an upload, its body is read (and dropped) for at most this long…
 const DRAIN_TIME: Duration = Duration::from_secs(10);
 /// …and at most this many bytes, so the client sees the answer rather than a reset.
@@ -70,16 +75,28 @@ pub struct NodeConfig {
     /// Bytes of read responses the node holds in memory for all clients together (read
     /// from disk, not yet taken by the socket); more waits until clients take some.
     pub max_response_bytes: u64,
+    /// Uploads received at once; more are answered 503 (each holds a buffer and a spool).
+    pub max_uploads: usize,
+    /// An upload slower than this (bytes per second, over any 10 s) is abandoned: a client
+    /// that trickles bytes must not hold an upload slot for long.
+    pub min_upload_rate: u64,
 }
 
 impl Default for NodeConfig {
     fn default() -> NodeConfig {
         NodeConfig {
-            connections: ConnectionLimits::default(),
+            // Uploads and reads may stall mid-transfer: small connection buffers keep what
+            // each holds small (a read's pieces are counted in the response budget anyway).
+            connections: ConnectionLimits {
+                connection_buffer_bytes: Some(64 << 10),
+                ..ConnectionLimits::default()
+            },
             token: None,
             max_share_bytes: 1 << 40,
             upload_idle_timeout: Duration::from_secs(60),
-            max_response_bytes: 32 << 20,
+            max_response_bytes: 16 << 20,
+            max_uploads: 64,
+            min_upload_rate: 16 << 10,
         }
     }
 }
@@ -95,7 +112,8 @@ struct Inner {
     store: DirectoryStore,
     config: NodeConfig,
     reports: PathBuf,
-    response_budget: Arc<tokio::sync::Semaphore>,
+    response_budget: Arc<ResponseBudget>,
+    uploads: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why a node may not listen where it was asked to.
@@ -127,15 +145,15 @@ impl StorageNode {
     pub fn new(store: DirectoryStore, config: NodeConfig) -> StorageNode {
         let reports = store.root().join("corruption-reports.jsonl");
         // Whatever the budget, one whole piece must fit, or a read could wait forever.
-        let budget = config
-            .max_response_bytes
-            .clamp(READ_PIECE_BYTES, u64::from(u32::MAX));
+        let budget = config.max_response_bytes.max(READ_PIECE_BYTES);
+        let uploads = Arc::new(tokio::sync::Semaphore::new(config.max_uploads.max(1)));
         StorageNode {
             inner: Arc::new(Inner {
                 store,
                 config,
                 reports,
-                response_budget: Arc::new(tokio::sync::Semaphore::new(budget as usize)),
+                response_budget: ResponseBudget::new(budget),
+                uploads,
             }),
         }
     }
@@ -322,7 +340,8 @@ impl StorageNode {
         let body = if request.method() == Method::HEAD {
             empty()
         } else {
-            self.stream_ranges(si, share, ranges)
+            let closer = request.extensions().get::<ConnectionCloser>().cloned();
+            self.stream_ranges(si, share, ranges, closer)
         };
         let mut response = Response::new(body);
         let headers = response.headers_mut();
@@ -336,32 +355,33 @@ impl StorageNode {
 
     /// The bytes of `ranges`, read a piece at a time as the client takes them: a response
     /// holds at most one piece plus what hyper queues for the socket, and every piece
-    /// counts against the node's budget for all responses until the socket has taken it.
-    fn stream_ranges(&self, si: StorageIndex, share: ShareNum, ranges: Vec<Range<u64>>) -> Body {
+    /// counts against the node's budget for all responses until the socket has taken it
+    /// (see [`crate::budget`]: a client that stops reading gives way to others).
+    fn stream_ranges(
+        &self,
+        si: StorageIndex,
+        share: ShareNum,
+        ranges: Vec<Range<u64>>,
+        closer: Option<ConnectionCloser>,
+    ) -> Body {
         let store = self.inner.store.clone();
-        let budget = self.inner.response_budget.clone();
+        let lease = Arc::new(self.inner.response_budget.lease(closer));
         let pieces = stream::iter(read_pieces(&ranges, READ_PIECE_BYTES));
         let frames = pieces
             .then(move |piece| {
-                let (store, budget) = (store.clone(), budget.clone());
+                let (store, lease) = (store.clone(), lease.clone());
                 async move {
                     let bytes: u64 = piece.iter().map(|r| r.end - r.start).sum();
-                    let permit = budget
-                        .acquire_many_owned(bytes.min(u64::from(u32::MAX)) as u32)
-                        .await
-                        .map_err(io::Error::other)?;
+                    let room = lease.take(bytes).await?;
                     let parts = store
                         .read(si, share, piece)
                         .await
                         .map_err(io::Error::other)?;
-                    // The permit goes back when hyper has written (dropped) the last part.
-                    let permit = Arc::new(permit);
-                    Ok::<_, io::Error>(stream::iter(parts.into_iter().map(move |part| {
-                        Ok(Frame::data(Bytes::from_owner(Budgeted {
-                            bytes: part,
-                            _permit: permit.clone(),
-                        })))
-                    })))
+                    let frames: Vec<io::Result<Frame<Bytes>>> = parts
+                        .into_iter()
+                        .map(|part| Ok(Frame::data(room.wrap(part))))
+                        .collect();
+                    Ok::<_, io::Error>(stream::iter(frames))
                 }
             })
             .try_flatten();
@@ -398,6 +418,19 @@ impl StorageNode {
         if length < HEADER_LEN {
             return error(StatusCode::BAD_REQUEST, "too short to be a share");
         }
+        let Ok(_upload_slot) = self.inner.uploads.clone().try_acquire_owned() else {
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "too many uploads in progress ({}); try again shortly",
+                    config.max_uploads
+                ),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return self.refuse_upload(request.into_body(), length, response);
+        };
         // From here on the uploader can take the share back, even while it is written.
         let ticket = self
             .inner
@@ -505,15 +538,23 @@ impl StorageNode {
         spool: &SpooledShare,
         length: u64,
     ) -> Result<Vec<u8>, (Response<Body>, u64)> {
-        let idle = self.inner.config.upload_idle_timeout;
+        // No bytes for a whole rate window is a rate of zero.
+        let idle = match self.inner.config.min_upload_rate {
+            0 => self.inner.config.upload_idle_timeout,
+            _ => self.inner.config.upload_idle_timeout.min(RATE_WINDOW),
+        };
         let file = spool
             .file()
             .try_clone()
             .map_err(|e| (store_error(StoreError::io("opening spool", e)), 0))?;
-        let mut writer =
-            tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
+        // The file buffers what it writes in the background: 128 KiB, not tokio's 2 MiB,
+        // so that every upload slot together holds little (64 × 128 KiB).
+        let mut writer = tokio::fs::File::from_std(file);
+        writer.set_max_buf_size(UPLOAD_BUFFER_BYTES);
         let mut header = Vec::with_capacity(HEADER_LEN as usize);
         let mut received = 0u64;
+        let min_rate = self.inner.config.min_upload_rate;
+        let (mut window_start, mut window_bytes) = (Instant::now(), 0u64);
         loop {
             let frame = match tokio::time::timeout(idle, body.frame()).await {
                 Err(_) => {
@@ -534,6 +575,18 @@ impl StorageNode {
             if received > length {
                 let message = "the body is longer than its Content-Length";
                 return Err((error(StatusCode::BAD_REQUEST, message), received));
+            }
+            window_bytes += data.len() as u64;
+            let window = window_start.elapsed();
+            if window >= RATE_WINDOW {
+                if window_bytes < min_rate.saturating_mul(window.as_secs()) {
+                    let message = format!(
+                        "the upload is too slow: {window_bytes} bytes in {}s, under {min_rate} bytes/s",
+                        window.as_secs()
+                    );
+                    return Err((error(StatusCode::REQUEST_TIMEOUT, &message), received));
+                }
+                (window_start, window_bytes) = (Instant::now(), 0);
             }
             let wanted = (HEADER_LEN as usize)
                 .saturating_sub(header.len())
@@ -625,18 +678,6 @@ impl StorageNode {
         let mut response = Response::new(empty());
         *response.status_mut() = StatusCode::NO_CONTENT;
         response
-    }
-}
-
-/// A piece of a read response, with its share of the node's response budget.
-struct Budgeted {
-    bytes: Bytes,
-    _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
-}
-
-impl AsRef<[u8]> for Budgeted {
-    fn as_ref(&self) -> &[u8] {
-        &self.bytes
     }
 }
 

@@ -266,11 +266,14 @@ fn chromium_seeks_a_stored_mp4_and_plays_from_there() {
     let page_cap = stored.text().trim().to_owned();
     let url = format!("http://{}/uri/{page_cap}/page.html", server.addr);
     driver.command("url", &json!({ "url": url }));
-    let title = driver.command(
+    let seen = driver.command(
         "execute/sync",
-        &json!({ "script": "return document.title", "args": [] }),
+        &json!({ "script": "return [document.title, window.origin]", "args": [] }),
     );
-    assert_eq!(title["value"], "stored page", "{title}");
+    assert_eq!(seen["value"][0], "stored page", "{seen}");
+    // The sandbox, not only the missing script source, is what isolates it: its origin is
+    // opaque, so it could not reach the gateway's pages or storage even with script.
+    assert_eq!(seen["value"][1], "null", "{seen}");
 
     // Closing the browser ends its open-ended media requests; stopping the gateway gracefully
     // lets every request's access line be written.

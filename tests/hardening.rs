@@ -244,6 +244,52 @@ fn get_output_writes_into_devices_and_fifos_and_follows_links_to_regular_files()
     assert!(String::from_utf8_lossy(&output.stderr).contains("is a directory"));
 }
 
+/// Defect 1: in a shared directory like /tmp, `get -o` must not follow another user's link
+/// or write into another user's FIFO (the kernel's protected_symlinks/fifos rules, enforced
+/// whatever the sysctls say).
+#[test]
+fn get_output_refuses_what_another_user_planted_in_a_shared_directory() {
+    if !is_root() {
+        eprintln!("skipped: planting files as another user needs root");
+        return;
+    }
+    let vault = Vault::new(20_000);
+    let shared = vault.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let victim = vault.path("victim");
+    std::fs::write(&victim, b"root's file").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let link = shared.join("out");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
+    let fifo = shared.join("out2");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::os::unix::fs::chown(&fifo, Some(65534), Some(65534)).unwrap();
+    let planted = shared.join("out3");
+    std::fs::write(&planted, b"").unwrap();
+    std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
+    for target in [&link, &fifo, &planted] {
+        let output = vault.get_to(target);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{}", target.display());
+        assert!(stderr.contains("belongs to another user"), "{stderr}");
+    }
+    assert_eq!(std::fs::read(&victim).unwrap(), b"root's file");
+    assert!(std::fs::read(&planted).unwrap().is_empty());
+    // Our own link there is followed as usual.
+    let own = shared.join("mine");
+    std::os::unix::fs::symlink(vault.path("mine.bin"), &own).unwrap();
+    assert!(vault.get_to(&own).status.success());
+    assert!(std::fs::read(vault.path("mine.bin")).unwrap() == vault.plaintext);
+}
+
 /// Defect 2: stored files ran as pages of the gateway's origin.
 #[test]
 fn every_uri_response_is_sandboxed_and_upload_replies_are_escaped() {
@@ -317,6 +363,22 @@ fn every_uri_response_is_sandboxed_and_upload_replies_are_escaped() {
         );
     }
 
+    // Nor is a stored file ever loaded as a script, style or worker, by any page.
+    for destination in ["script", "style", "worker", "serviceworker"] {
+        let response = http::get(
+            &gateway.addr,
+            &format!("/uri/{html_cap}/x.js"),
+            &[("Sec-Fetch-Dest", destination)],
+        );
+        assert_eq!(response.status, 403, "{destination}");
+    }
+    let media = http::get(
+        &gateway.addr,
+        &format!("/uri/{}/clip.mp4", vault.cap),
+        &[("Sec-Fetch-Dest", "video")],
+    );
+    assert_eq!(media.status, 200);
+
     // The reply to a form upload quotes the file name escaped, under the page's policy.
     let name = "<img src=x onerror=alert(1)>.txt";
     let boundary = "segvault-test-boundary";
@@ -383,8 +445,8 @@ fn names_that_are_not_one_segment_are_refused_and_downloads_get_safe_names() {
     }
 }
 
-/// Raises this process's open-file limit (the servers it starts inherit it).
-fn allow_many_files() {
+/// Raises this process's open-file limit (the servers it starts inherit it) to `needed`.
+fn allow_many_files(needed: u64) {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
     let _ = setrlimit(
@@ -394,30 +456,52 @@ fn allow_many_files() {
             maximum: limit.maximum,
         },
     );
+    let now = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    assert!(
+        now >= needed,
+        "this test needs {needed} open files and the hard limit is {now}"
+    );
 }
 
-/// Opens `count` connections that never send a byte.
-fn idle_sockets(addr: &str, count: usize) -> Vec<TcpStream> {
+/// `count` connections that never complete a request: a third send nothing, a third send
+/// part of a request head and stop, and a third complete one request (`request`, answered
+/// and read) and then sit idle on the kept-alive connection.
+fn idle_sockets(addr: &str, count: usize, request: &str) -> Vec<TcpStream> {
     (0..count)
-        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .map(|i| {
+            let mut stream = TcpStream::connect(addr).expect("connect");
+            match i % 3 {
+                0 => {}
+                1 => stream
+                    .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                    .unwrap(),
+                _ => {
+                    stream.write_all(request.as_bytes()).unwrap();
+                    let answer = http::parse(&http::read_all(&mut stream));
+                    assert_eq!(answer.status, 200, "{}", answer.text());
+                }
+            }
+            stream
+        })
         .collect()
 }
 
 /// Defect 3: sockets that never send a byte held every slot.
 #[test]
 fn idle_sockets_cannot_lock_requests_out_of_the_gateway_or_a_node() {
-    allow_many_files();
+    allow_many_files(2 * 1100 + 500);
     let vault = Vault::new(50_000);
     let gateway = Server::start(&vault.data(), &[]);
-    let idle = idle_sockets(&gateway.addr, 1100);
+    let served = format!("GET /app.css HTTP/1.1\r\nHost: {}\r\n\r\n", gateway.addr);
+    let idle = idle_sockets(&gateway.addr, 1100, &served);
     let started = Instant::now();
     let response = http::get(&gateway.addr, &format!("/uri/{}", vault.cap), &[]);
     let waited = started.elapsed();
     assert_eq!(response.status, 200);
     assert!(response.body == vault.plaintext);
     assert!(waited < Duration::from_secs(1), "answered after {waited:?}");
-    // A connection that sends nothing is closed soon (5 s), not after 30 s.
-    let mut sample = idle.into_iter().last().unwrap();
+    // A connection that never completes a request is closed soon (5 s), not after 30 s.
+    let mut sample = idle.into_iter().nth(1098).unwrap();
     sample
         .set_read_timeout(Some(Duration::from_secs(15)))
         .unwrap();
@@ -434,7 +518,12 @@ fn idle_sockets_cannot_lock_requests_out_of_the_gateway_or_a_node() {
     let token = dir.path().join("token");
     std::fs::write(&token, "idle-sockets-test-token-0123456789\n").unwrap();
     let node = Node::start(&dir.path().join("node"), Some(&token));
-    let _idle = idle_sockets(node.addr(), 1100);
+    let authorised = "Authorization: Bearer idle-sockets-test-token-0123456789";
+    let served = format!(
+        "GET /v1/status HTTP/1.1\r\nHost: {}\r\n{authorised}\r\n\r\n",
+        node.addr()
+    );
+    let _idle = idle_sockets(node.addr(), 1100, &served);
     let started = Instant::now();
     let response = http::get(
         node.addr(),
@@ -494,29 +583,59 @@ fn a_token_holder_cannot_push_a_node_to_gigabytes() {
     let (small, _) = put(1 << 20, 2);
     let pid = node.child.id();
 
-    // 40 slow readers of a 40 MiB share each.
+    // 140 readers of a 40 MiB share each that never read: more than the node's response
+    // budget can hold for them.
     let big_len = ShareLayout::new(big.geometry()).share_len();
     let path = format!("/v1/shares/{}/0?ranges=0-{big_len}", big.storage_index());
-    let slow = unread_requests(node.addr(), &path, TOKEN, 40);
+    let slow = unread_requests(node.addr(), &path, TOKEN, 140);
     // 40 readers of a 1 MiB share asking for it 64 times over.
     let small_len = ShareLayout::new(small.geometry()).share_len();
     let ranges = vec![format!("0-{small_len}"); 64].join(",");
-    let path = format!("/v1/shares/{}/0?ranges={ranges}", small.storage_index());
-    let overlapping = unread_requests(node.addr(), &path, TOKEN, 40);
+    let overlapping_path = format!("/v1/shares/{}/0?ranges={ranges}", small.storage_index());
+    let overlapping = unread_requests(node.addr(), &overlapping_path, TOKEN, 40);
+    // 100 uploads announcing 64 MiB that trickle 1 MiB and stop.
+    let upload_path = format!("/v1/shares/{}/0", big.storage_index());
+    let trickling: Vec<TcpStream> = (0..100)
+        .map(|_| {
+            let mut stream = TcpStream::connect(node.addr()).unwrap();
+            let head = format!(
+                "PUT {upload_path} HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n",
+                64 << 20
+            );
+            stream.write_all(head.as_bytes()).unwrap();
+            let _ = stream.write_all(&vec![0u8; 1 << 20]);
+            stream
+        })
+        .collect();
     std::thread::sleep(Duration::from_secs(3));
+
+    // An honest read is answered while all of them hold on...
+    let started = Instant::now();
+    let response = http::get(
+        node.addr(),
+        &format!("/v1/shares/{}/0?ranges=0-100", small.storage_index()),
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+    );
+    let waited = started.elapsed();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(
+        waited < Duration::from_secs(5),
+        "an honest read waited {waited:?} behind clients that stopped reading"
+    );
+    // ...and the node never held more than a bounded amount.
     let peak = status_field(pid, "VmHWM:");
     assert!(peak > 0, "no VmHWM for the node");
     assert!(
         peak < 64 << 10,
-        "the node peaked at {} MiB with 80 unread answers",
+        "the node peaked at {} MiB with 180 unread answers and 100 stalled uploads",
         peak >> 10
     );
-    drop((slow, overlapping));
+    drop((slow, overlapping, trickling));
 
-    // Honest reads still work, and the overlapping list was refused, not half served.
+    // The overlapping list was refused, not half served; honest reads still work.
     let response = http::get(
         node.addr(),
-        &path,
+        &overlapping_path,
         &[("Authorization", &format!("Bearer {TOKEN}"))],
     );
     assert_eq!(response.status, 400, "{}", response.text());
@@ -550,6 +669,10 @@ fn dump_facts(pid: u32) -> (String, u32) {
 /// /proc can tell a non-dumpable process from a dumpable one), printing its URL.
 fn start_node_as_user(dir: &Path, allow_dumps: bool) -> (Child, u32) {
     let mut command = if is_root() {
+        assert!(
+            Command::new("setpriv").arg("--version").output().is_ok(),
+            "running as root, this test needs setpriv (util-linux) to start a node as nobody"
+        );
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
         c.arg(env!("CARGO_BIN_EXE_segvault"));
@@ -762,6 +885,71 @@ fn an_interrupted_put_leaves_no_spool_and_no_share_behind() {
         spools_in(&data.join("spool")).is_empty(),
         "the dead put's spool was swept"
     );
+}
+
+/// Defect 6: Ctrl-C on `put -` reading a pipe that sends nothing more must still end the
+/// process.
+#[test]
+fn an_interrupted_put_from_a_silent_pipe_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = segvault(&dir.path().join("data"))
+        .args(["put", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(&random_bytes(1 << 20, 5)).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&child, "INT");
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "put - did not exit after SIGINT while its input stayed open"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130));
+    assert!(output.stdout.is_empty());
+    drop(input);
+}
+
+/// Defect 3 and 4 at the gateway: clients that trickle their uploads neither hold every
+/// upload slot for long nor stop reads (their encoders wait on threads of their own, not
+/// on the pool every read needs).
+#[test]
+fn trickling_uploads_do_not_stop_reads_at_the_gateway() {
+    let vault = Vault::new(100_000);
+    let gateway = Server::start(&vault.data(), &[]);
+    let trickling: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut stream = TcpStream::connect(&gateway.addr).unwrap();
+            let head = format!(
+                "PUT /uri HTTP/1.1\r\nHost: {}\r\nContent-Length: 1000000\r\n\r\nx",
+                gateway.addr
+            );
+            stream.write_all(head.as_bytes()).unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let response = http::get(&gateway.addr, &format!("/uri/{}", vault.cap), &[]);
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(response.body == vault.plaintext);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a read waited {:?} behind trickling uploads",
+        started.elapsed()
+    );
+    // Beyond the upload slots, an upload is told to come back, not queued.
+    let busy = http::request(&gateway.addr, "PUT", "/uri", &[], b"hello");
+    assert_eq!(busy.status, 503, "{}", busy.text());
+    assert!(busy.header("retry-after").is_some());
+    drop(trickling);
 }
 
 /// Defect 6: spools held by a live process stay; those of dead ones go, at the start of

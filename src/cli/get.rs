@@ -68,8 +68,29 @@ enum Sink {
     },
 }
 
+/// An open descriptor named by path: our own stdout or stderr as they are (reopening one
+/// that is a socket fails), any other by its path.
+fn descriptor(path: PathBuf) -> Destination {
+    let own = path
+        .parent()
+        .and_then(|dir| std::fs::canonicalize(dir).ok())
+        == std::fs::canonicalize("/proc/self/fd").ok();
+    match path.file_name().and_then(|n| n.to_str()) {
+        Some("1") if own => Destination::Stdout,
+        Some("2") if own => Destination::Stderr,
+        _ => Destination::Direct {
+            path,
+            socket: false,
+        },
+    }
+}
+
 /// What `-o PATH` names, once symbolic links are followed.
 enum Destination {
+    /// This process's stdout (`-`, `/dev/stdout`).
+    Stdout,
+    /// This process's stderr (`/dev/stderr`).
+    Stderr,
     /// A regular file, or nothing yet: replaced by rename once complete.
     File {
         path: PathBuf,
@@ -91,6 +112,41 @@ fn is_descriptor_link(path: &Path) -> bool {
         .is_some_and(|dir| dir.starts_with("/proc") && dir.file_name().is_some_and(|n| n == "fd"))
 }
 
+/// Refuses what the kernel's `protected_symlinks`, `protected_fifos` and
+/// `protected_regular` refuse, whatever those settings are: in a shared directory (sticky and
+/// world-writable, like `/tmp`), an entry that belongs neither to us nor to the directory's
+/// owner was put there by someone else, and following it or writing into it would hand the
+/// plaintext to them (a link to a file of ours, a FIFO they read, a file they can read).
+fn check_not_planted(path: &Path, meta: &std::fs::Metadata) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(dir) = path.parent().map(|d| {
+        if d.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            d
+        }
+    }) else {
+        return Ok(());
+    };
+    let Ok(dir_meta) = std::fs::metadata(dir) else {
+        return Ok(());
+    };
+    let shared = dir_meta.mode() & 0o1002 == 0o1002;
+    #[cfg(target_os = "linux")]
+    let me = rustix::process::geteuid().as_raw();
+    #[cfg(not(target_os = "linux"))]
+    let me = meta.uid();
+    if shared && meta.uid() != me && meta.uid() != dir_meta.uid() {
+        return Err(anyhow!(
+            "{} belongs to another user in a shared directory ({}); refusing to follow or \
+             write into it: choose another path",
+            path.display(),
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
 fn resolve(target: &Path) -> anyhow::Result<Destination> {
     let mut path = target.to_path_buf();
     for _ in 0..MAX_LINKS {
@@ -104,13 +160,11 @@ fn resolve(target: &Path) -> anyhow::Result<Destination> {
             }
             Err(e) => return Err(anyhow!(e).context(format!("cannot write {}", path.display()))),
         };
+        check_not_planted(&path, &meta)?;
         let kind = meta.file_type();
         if kind.is_symlink() {
             if is_descriptor_link(&path) {
-                return Ok(Destination::Direct {
-                    path,
-                    socket: false,
-                });
+                return Ok(descriptor(path));
             }
             let link = std::fs::read_link(&path)
                 .with_context(|| format!("cannot follow the link {}", path.display()))?;
@@ -152,6 +206,8 @@ impl Sink {
             Some(path) => path,
         };
         let (target, existing) = match resolve(target)? {
+            Destination::Stdout => return Ok(Sink::Stdout),
+            Destination::Stderr => return Ok(Sink::Direct(Box::new(io::stderr()))),
             Destination::Direct { path, socket: true } => {
                 let stream = std::os::unix::net::UnixStream::connect(&path)
                     .with_context(|| format!("cannot write to the socket {}", path.display()))?;

@@ -356,6 +356,9 @@ pub(crate) fn main() -> ExitCode {
             Command::StorageServer(args) => storage_server::run(&cli, args).await,
         }
     });
+    // Work still running now is abandoned (an encoder blocked reading a pipe after Ctrl-C):
+    // exiting must not wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match outcome {
         Ok(code) => code,
         Err(e) => {

@@ -101,9 +101,23 @@ pub(crate) async fn run(cli: &Cli, args: &PutArgs) -> anyhow::Result<ExitCode> {
             eprintln!("segvault: {signal}: removing what the upload had written…");
             cancel.cancel();
             // A second signal does not wait for the clean-up.
-            tokio::select! {
-                _ = tokio::time::timeout(CLEAN_UP_TIME, &mut put) => {}
-                _ = interrupted() => {}
+            let finished = tokio::select! {
+                finished = tokio::time::timeout(CLEAN_UP_TIME, &mut put) => finished.ok(),
+                _ = interrupted() => None,
+            };
+            match finished {
+                // It had finished before the cancellation reached it: the file is stored,
+                // so its cap must not be lost.
+                Some(Ok(cap)) => {
+                    eprintln!("segvault: the upload had already finished");
+                    println!("{}", cap.to_secret_string().as_str());
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Some(Err(e @ segvault::PutError::Cancelled { .. })) => {
+                    eprintln!("segvault: {e}");
+                }
+                Some(Err(e)) => eprintln!("segvault: error: {e}"),
+                None => eprintln!("segvault: stopped before the clean-up finished"),
             }
             return Ok(ExitCode::from(128 + signal.number()));
         }

@@ -27,9 +27,12 @@ pub(crate) struct ServeArgs {
     /// Largest upload accepted, e.g. 4GiB
     #[arg(long, value_name = "SIZE", value_parser = segvault::size::parse, default_value = "64GiB")]
     max_upload: u64,
-    /// Connections served at once
+    /// Connections served at once (idle ones give way to new clients)
     #[arg(long, value_name = "N", default_value_t = 1024)]
     max_connections: usize,
+    /// Uploads received at once; more are answered 503
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    max_uploads: usize,
     /// Memory for per-file metadata kept between requests (verified hash-tree nodes, share maps); the least recently opened files are dropped beyond it
     #[arg(long, value_name = "SIZE", value_parser = segvault::size::parse, default_value = "64MiB")]
     metadata_size: u64,
@@ -59,6 +62,7 @@ pub(crate) async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode>
             ..ConnectionLimits::default()
         },
         max_upload_bytes: args.max_upload,
+        max_uploads: args.max_uploads,
         reader: ReaderConfig {
             metadata_bytes: args.metadata_size,
             ..ReaderConfig::default()

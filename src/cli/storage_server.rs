@@ -37,7 +37,7 @@ pub(crate) async fn run(cli: &Cli, args: &StorageServerArgs) -> anyhow::Result<E
     let config = NodeConfig {
         connections: ConnectionLimits {
             max_connections: args.max_connections,
-            ..ConnectionLimits::default()
+            ..NodeConfig::default().connections
         },
         token,
         max_share_bytes: args.max_share_size,

@@ -21,8 +21,11 @@ pub fn is_hidden_control(c: char) -> bool {
             | '\u{200b}'..='\u{200f}'  // zero-width spaces and joiners, LRM, RLM
             | '\u{2028}'..='\u{202e}'  // line and paragraph separators, embeddings, overrides
             | '\u{2060}'..='\u{206f}'  // word joiner, invisible operators, isolates
+            | '\u{034f}'               // combining grapheme joiner
+            | '\u{115f}' | '\u{1160}' | '\u{3164}' | '\u{ffa0}' // Hangul fillers
             | '\u{feff}'               // zero-width no-break space
-            | '\u{fff9}'..='\u{fffb}') // interlinear annotations
+            | '\u{fff9}'..='\u{fffb}'  // interlinear annotations
+            | '\u{e0000}'..='\u{e007f}') // tag characters
 }
 
 /// Free text from a peer, fit for one log line: hidden controls become spaces, and at most
@@ -156,10 +159,21 @@ pub fn download_name(name: &str) -> String {
     }
     out.truncate(out.trim_end_matches(edge).len());
     if out.is_empty() {
-        "download".to_owned()
-    } else {
-        out
+        return "download".to_owned();
     }
+    // Names Windows reserves for devices, with any extension (`con.txt` opens the console).
+    let stem = out.split('.').next().unwrap_or("").to_ascii_uppercase();
+    let reserved = matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL")
+        || ((stem.starts_with("COM") || stem.starts_with("LPT"))
+            && stem.len() == 4
+            && stem.as_bytes()[3].is_ascii_digit());
+    if reserved {
+        out.insert(0, '_');
+        if out.len() > MAX_NAME_BYTES {
+            out.pop();
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -192,9 +206,31 @@ mod tests {
         assert_eq!(parse_name("a+b c").unwrap(), "a+b c");
     }
 
+    /// Any characters, with the troublesome ones (dots, separators, overrides, spaces) often.
+    fn any_name() -> impl Strategy<Value = String> {
+        let tricky = prop_oneof![
+            Just('.'),
+            Just('/'),
+            Just('\\'),
+            Just(' '),
+            Just('\u{202e}'),
+            Just('\u{200b}'),
+            Just('\u{e0041}'),
+        ];
+        proptest::collection::vec(prop_oneof![any::<char>(), tricky], 0..300)
+            .prop_map(|chars| chars.into_iter().collect())
+    }
+
+    #[test]
+    fn windows_device_names_are_not_offered() {
+        assert_eq!(download_name("con.txt"), "_con.txt");
+        assert_eq!(download_name("LPT1"), "_LPT1");
+        assert_eq!(download_name("console.txt"), "console.txt");
+    }
+
     proptest! {
         #[test]
-        fn download_names_are_safe_base_names(name in "\\PC{0,300}") {
+        fn download_names_are_safe_base_names(name in any_name()) {
             let safe = download_name(&name);
             prop_assert!(!safe.is_empty() && safe.len() <= MAX_NAME_BYTES);
             prop_assert!(!safe.starts_with('.') && !safe.ends_with('.'));

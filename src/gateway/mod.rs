@@ -61,6 +61,11 @@ pub struct GatewayConfig {
     pub connections: ConnectionLimits,
     /// An upload that sends no bytes for this long is abandoned.
     pub upload_idle_timeout: Duration,
+    /// Uploads received at once; more are answered 503 (each runs an encoder).
+    pub max_uploads: usize,
+    /// An upload slower than this (bytes per second, over any 10 s) is abandoned, so a
+    /// client that trickles bytes cannot hold an upload slot for long.
+    pub min_upload_rate: u64,
     /// Largest upload; more gets 413.
     pub max_upload_bytes: u64,
     /// Limits on range requests.
@@ -76,6 +81,8 @@ impl Default for GatewayConfig {
         GatewayConfig {
             connections: ConnectionLimits::default(),
             upload_idle_timeout: Duration::from_secs(60),
+            max_uploads: 16,
+            min_upload_rate: 16 << 10,
             max_upload_bytes: 64 << 30,
             ranges: RangeLimits::default(),
             put: PutOptions::default(),
@@ -94,6 +101,7 @@ pub struct Gateway {
 struct Inner {
     client: Client,
     config: GatewayConfig,
+    uploads: Arc<tokio::sync::Semaphore>,
 }
 
 impl Gateway {
@@ -105,8 +113,13 @@ impl Gateway {
     /// A gateway reading through `client` (its grid, disk cache and metrics; `config.reader`
     /// is not used) and writing to the client's grid.
     pub fn with_client(client: Client, config: GatewayConfig) -> Gateway {
+        let uploads = Arc::new(tokio::sync::Semaphore::new(config.max_uploads.max(1)));
         Gateway {
-            inner: Arc::new(Inner { client, config }),
+            inner: Arc::new(Inner {
+                client,
+                config,
+                uploads,
+            }),
         }
     }
 

@@ -215,6 +215,27 @@ impl Gateway {
         if method != Method::GET && method != Method::HEAD {
             return method_not_allowed("GET, HEAD");
         }
+        // A stored file is data: never code or style for a page, ours or another site's,
+        // even if an injection ever slipped past the page's policy (`script-src 'self'`
+        // would otherwise admit an uploaded `.js`).
+        if let Some(destination) = request.headers().get("sec-fetch-dest")
+            && matches!(
+                destination.as_bytes(),
+                b"script"
+                    | b"style"
+                    | b"worker"
+                    | b"sharedworker"
+                    | b"serviceworker"
+                    | b"audioworklet"
+                    | b"paintworklet"
+                    | b"xslt"
+            )
+        {
+            return text(
+                StatusCode::FORBIDDEN,
+                "stored files are not served as scripts, styles or workers",
+            );
+        }
         let query = parse_query(request.uri().query());
         let Ok(cap_text) = percent_decode_str(cap_text).decode_utf8() else {
             return text(StatusCode::BAD_REQUEST, "invalid cap: not UTF-8");

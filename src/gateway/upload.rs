@@ -38,24 +38,39 @@ impl fmt::Display for TooLarge {
 
 impl std::error::Error for TooLarge {}
 
+/// An upload's rate is checked over windows of this length.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+
 /// Passes chunks through while counting them against a limit, and fails if none arrives
-/// within the idle timeout.
+/// within the idle timeout or the upload runs slower than the minimum rate.
 struct Guarded<S> {
     inner: S,
     remaining: u64,
     limit: u64,
     idle: Duration,
     timer: Pin<Box<Sleep>>,
+    min_rate: u64,
+    window_start: tokio::time::Instant,
+    window_bytes: u64,
 }
 
 impl<S> Guarded<S> {
-    fn new(inner: S, limit: u64, idle: Duration) -> Guarded<S> {
+    fn new(inner: S, limit: u64, idle: Duration, min_rate: u64) -> Guarded<S> {
+        // No bytes for a whole rate window is a rate of zero.
+        let idle = if min_rate > 0 {
+            idle.min(RATE_WINDOW)
+        } else {
+            idle
+        };
         Guarded {
             inner,
             remaining: limit,
             limit,
             idle,
             timer: Box::pin(sleep(idle)),
+            min_rate,
+            window_start: tokio::time::Instant::now(),
+            window_bytes: 0,
         }
     }
 }
@@ -67,8 +82,24 @@ impl<S: Stream<Item = io::Result<Bytes>> + Unpin> Stream for Guarded<S> {
         let this = &mut *self;
         match this.inner.poll_next_unpin(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
-                let deadline = tokio::time::Instant::now() + this.idle;
-                this.timer.as_mut().reset(deadline);
+                let now = tokio::time::Instant::now();
+                this.timer.as_mut().reset(now + this.idle);
+                this.window_bytes += chunk.len() as u64;
+                let window = now - this.window_start;
+                if window >= RATE_WINDOW {
+                    if this.window_bytes < this.min_rate.saturating_mul(window.as_secs()) {
+                        return Poll::Ready(Some(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "the upload is too slow: {} bytes in {}s, under {} bytes/s",
+                                this.window_bytes,
+                                window.as_secs(),
+                                this.min_rate
+                            ),
+                        ))));
+                    }
+                    (this.window_start, this.window_bytes) = (now, 0);
+                }
                 match this.remaining.checked_sub(chunk.len() as u64) {
                     Some(left) => {
                         this.remaining = left;
@@ -109,7 +140,12 @@ where
     S: Stream<Item = io::Result<Bytes>> + Send + Unpin + 'static,
 {
     let config = &gateway.inner.config;
-    let guarded = Guarded::new(data, config.max_upload_bytes, config.upload_idle_timeout);
+    let guarded = Guarded::new(
+        data,
+        config.max_upload_bytes,
+        config.upload_idle_timeout,
+        config.min_upload_rate,
+    );
     let reader = SyncIoBridge::new(StreamReader::new(guarded));
     let grid = gateway.client().grid().clone();
     match crate::put(&grid, PutSource::Reader(Box::new(reader)), &config.put).await {
@@ -151,12 +187,36 @@ fn location(cap: &ReadCap, name: Option<&str>) -> String {
     }
 }
 
+/// An upload slot, if one is free.
+fn upload_slot(gateway: &Gateway) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    gateway.inner.uploads.clone().try_acquire_owned().ok()
+}
+
+/// The answer when every upload slot is taken.
+fn busy(gateway: &Gateway) -> Response<Body> {
+    let mut response = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "too many uploads in progress ({}); try again shortly",
+            gateway.inner.config.max_uploads
+        ),
+    );
+    let headers = response.headers_mut();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    // The body is not read: the connection cannot be reused.
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 /// `PUT /uri`: the body is the file; the answer is 201 with the cap.
 pub(super) async fn put(
     gateway: &Gateway,
     request: Request<Incoming>,
     access: &mut Access,
 ) -> Response<Body> {
+    let Some(_slot) = upload_slot(gateway) else {
+        return busy(gateway);
+    };
     let limit = gateway.inner.config.max_upload_bytes;
     if declared_length(&request).is_some_and(|len| len > limit) {
         return too_large(limit);
@@ -245,6 +305,9 @@ pub(super) async fn post_form(
     request: Request<Incoming>,
     access: &mut Access,
 ) -> Response<Body> {
+    let Some(_slot) = upload_slot(gateway) else {
+        return busy(gateway);
+    };
     let limit = gateway.inner.config.max_upload_bytes;
     let content_type = request
         .headers()

@@ -97,58 +97,67 @@ impl UploadOwner {
     }
 }
 
+/// A write in progress, in the ledger.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum LedgerEntry {
+enum InFlight {
     /// Being written by this owner (see [`WriteTicket`]).
     Writing(UploadOwner),
     /// Abandoned by its owner while being written: removed as soon as it lands.
     Abandoned(UploadOwner),
-    /// Written (newly created) by this owner.
-    Created(UploadOwner),
-}
-
-impl LedgerEntry {
-    fn owner(self) -> UploadOwner {
-        match self {
-            LedgerEntry::Writing(o) | LedgerEntry::Abandoned(o) | LedgerEntry::Created(o) => o,
-        }
-    }
 }
 
 type ShareKey = (StorageIndex, ShareNum);
 
-/// Which recent upload wrote which share, in memory only. Writes in progress are kept until
-/// they end; finished ones for [`LEDGER_TTL`], at most [`LEDGER_MAX`] of them.
-#[derive(Debug, Default)]
+/// Take-backs remembered for writes that had not begun (a PUT still on its way).
+const EARLY_MAX: usize = 10_000;
+/// How long such a take-back waits for its write.
+const EARLY_TTL: Duration = Duration::from_secs(600);
+
+/// Which recent upload wrote which share, in memory only.
+#[derive(Debug)]
 struct Ledger {
-    entries: std::collections::HashMap<ShareKey, (LedgerEntry, Instant)>,
+    /// Writes in progress: as many as uploads being received.
+    in_flight: std::collections::HashMap<ShareKey, InFlight>,
+    /// Shares created, and by whom: the most recent [`LEDGER_MAX`], for [`LEDGER_TTL`].
+    created: LruCache<ShareKey, (UploadOwner, Instant)>,
+    /// Take-backs of shares not (yet) written, kept apart so they cannot push out the
+    /// records of created shares.
+    early: LruCache<ShareKey, (UploadOwner, Instant)>,
+}
+
+impl Default for Ledger {
+    fn default() -> Ledger {
+        let capacity = |n: usize| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
+        Ledger {
+            in_flight: std::collections::HashMap::new(),
+            created: LruCache::new(capacity(LEDGER_MAX)),
+            early: LruCache::new(capacity(EARLY_MAX)),
+        }
+    }
 }
 
 impl Ledger {
-    fn insert(&mut self, key: ShareKey, entry: LedgerEntry) {
-        let finished = |e: &LedgerEntry| !matches!(e, LedgerEntry::Writing(_));
-        if self.entries.len() >= LEDGER_MAX {
-            self.entries
-                .retain(|_, (e, at)| !finished(e) || at.elapsed() < LEDGER_TTL);
+    /// Who created `key`, if that was recent enough to be remembered.
+    fn creator(&mut self, key: &ShareKey) -> Option<UploadOwner> {
+        match self.created.peek(key) {
+            Some((owner, at)) if at.elapsed() < LEDGER_TTL => Some(*owner),
+            Some(_) => {
+                self.created.pop(key);
+                None
+            }
+            None => None,
         }
-        if self.entries.len() >= LEDGER_MAX
-            && let Some(oldest) = self
-                .entries
-                .iter()
-                .filter(|(_, (e, _))| finished(e))
-                .min_by_key(|(_, (_, at))| *at)
-                .map(|(k, _)| *k)
-        {
-            self.entries.remove(&oldest);
-        }
-        self.entries.insert(key, (entry, Instant::now()));
     }
 
-    fn get(&self, key: &ShareKey) -> Option<LedgerEntry> {
-        self.entries
-            .get(key)
-            .filter(|(e, at)| matches!(e, LedgerEntry::Writing(_)) || at.elapsed() < LEDGER_TTL)
-            .map(|(entry, _)| *entry)
+    /// Takes an early take-back of `key` by `owner`, if there is a fresh one.
+    fn take_early(&mut self, key: &ShareKey, owner: UploadOwner) -> bool {
+        match self.early.peek(key) {
+            Some((by, at)) if *by == owner && at.elapsed() < EARLY_TTL => {
+                self.early.pop(key);
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -175,13 +184,7 @@ impl fmt::Debug for WriteTicket {
 impl Drop for WriteTicket {
     fn drop(&mut self) {
         if self.holds {
-            let mut ledger = self.store.lock_ledger();
-            if matches!(
-                ledger.get(&self.key),
-                Some(LedgerEntry::Writing(o) | LedgerEntry::Abandoned(o)) if o == self.owner
-            ) {
-                ledger.entries.remove(&self.key);
-            }
+            self.store.lock_ledger().in_flight.remove(&self.key);
         }
     }
 }
@@ -317,13 +320,15 @@ impl Inner {
 
     fn begin_write(self: &Arc<Self>, key: ShareKey, owner: UploadOwner) -> WriteTicket {
         let mut ledger = self.lock_ledger();
-        // A share another upload is writing, or wrote, stays theirs to abandon.
-        let holds = match ledger.get(&key) {
-            None => true,
-            Some(entry) => entry.owner() == owner && !matches!(entry, LedgerEntry::Created(_)),
-        };
+        // A share another write is landing stays with that write.
+        let holds = !ledger.in_flight.contains_key(&key);
         if holds {
-            ledger.insert(key, LedgerEntry::Writing(owner));
+            let state = if ledger.take_early(&key, owner) {
+                InFlight::Abandoned(owner)
+            } else {
+                InFlight::Writing(owner)
+            };
+            ledger.in_flight.insert(key, state);
         }
         WriteTicket {
             store: self.clone(),
@@ -333,8 +338,8 @@ impl Inner {
         }
     }
 
-    /// Removes a share `owner` created, or marks one it is still writing to be removed when
-    /// it lands.
+    /// Removes a share `owner` created, or marks one it is still writing (or has not begun
+    /// writing) to be removed when it lands.
     fn abandon_blocking(
         &self,
         si: StorageIndex,
@@ -343,24 +348,35 @@ impl Inner {
     ) -> Result<(), StoreError> {
         let key = (si, share);
         let mut ledger = self.lock_ledger();
-        match ledger.get(&key) {
-            Some(LedgerEntry::Created(creator)) if creator == owner => {
-                ledger.entries.remove(&key);
+        match ledger.in_flight.get(&key).copied() {
+            Some(InFlight::Writing(writer)) if writer == owner => {
+                ledger.in_flight.insert(key, InFlight::Abandoned(owner));
+                return Ok(());
+            }
+            Some(InFlight::Abandoned(writer)) if writer == owner => return Ok(()),
+            Some(_) => {
+                return Err(StoreError::Forbidden(
+                    "another upload is writing this share".into(),
+                ));
+            }
+            None => {}
+        }
+        match ledger.creator(&key) {
+            Some(creator) if creator == owner => {
+                ledger.created.pop(&key);
                 self.remove_share(si, share)
             }
-            Some(LedgerEntry::Writing(writer)) if writer == owner => {
-                ledger.insert(key, LedgerEntry::Abandoned(owner));
-                Ok(())
-            }
-            Some(LedgerEntry::Abandoned(writer)) if writer == owner => Ok(()),
             Some(_) => Err(StoreError::Forbidden(
                 "another upload wrote this share".into(),
             )),
             None if self.share_path(&si, share).exists() => Err(StoreError::Forbidden(
                 "this share was not written by this upload".into(),
             )),
-            // Never written, or its write failed: nothing to take back.
-            None => Ok(()),
+            None => {
+                // Not written (yet): its write may still be on its way.
+                ledger.early.put(key, (owner, Instant::now()));
+                Ok(())
+            }
         }
     }
 
@@ -599,22 +615,28 @@ impl Inner {
             Err(Persist::Failed(e)) => Err(e),
             Ok(created) => Ok(created),
         }?;
-        if ticket.holds {
+        {
             let key = ticket.key;
             let mut ledger = self.lock_ledger();
-            ticket.holds = false;
-            let abandoned = ledger.get(&key) == Some(LedgerEntry::Abandoned(ticket.owner));
+            let state = if ticket.holds {
+                ticket.holds = false;
+                ledger.in_flight.remove(&key)
+            } else {
+                None
+            };
             if !created {
-                // The same bytes were stored already, by someone: not ours to take back.
-                ledger.entries.remove(&key);
-            } else if abandoned {
-                ledger.entries.remove(&key);
+                // The same bytes were stored already. If another upload wrote them, two
+                // uploads now rely on this share, and neither may take it back.
+                if ledger.creator(&key) != Some(ticket.owner) {
+                    ledger.created.pop(&key);
+                }
+            } else if state == Some(InFlight::Abandoned(ticket.owner)) {
                 self.remove_share(si, share)?;
                 return Err(StoreError::Forbidden(
                     "the upload was abandoned while this share was being written".into(),
                 ));
-            } else {
-                ledger.insert(key, LedgerEntry::Created(ticket.owner));
+            } else if state.is_some() {
+                ledger.created.put(key, (ticket.owner, Instant::now()));
             }
         }
         if self.durability == Durability::Fsync {
@@ -861,17 +883,32 @@ mod tests {
             other.abandon(si, share).await,
             Err(StoreError::Forbidden(_))
         ));
-        // Abandoning what was never written records nothing (no memory for idle requests).
-        other.abandon(StorageIndex([9; 16]), share).await.unwrap();
-        assert!(other.inner.lock_ledger().entries.is_empty());
+        // A take-back that overtook its write removes the share when the write lands.
+        let early = StorageIndex([9; 16]);
+        store.abandon_as(early, share, alice).await.unwrap();
+        let ticket = store.begin_write(early, share, alice);
+        let landed = store.write_with(spool_of(&store, b"late"), ticket).await;
+        assert!(matches!(landed, Err(StoreError::Forbidden(_))));
+        assert!(!store.share_path(&early, share).exists());
         // A write that fails leaves no record behind.
         let ticket = store.begin_write(StorageIndex([8; 16]), share, alice);
         drop(ticket);
-        assert_eq!(
-            store.inner.lock_ledger().entries.len(),
-            1,
-            "only Alice's share"
-        );
+        assert!(store.inner.lock_ledger().in_flight.is_empty());
+
+        // Stored again by Bob with the same bytes, Alice's share is no longer hers alone.
+        let twice = StorageIndex([7; 16]);
+        let ticket = store.begin_write(twice, share, alice);
+        store
+            .write_with(spool_of(&store, b"twin"), ticket)
+            .await
+            .unwrap();
+        let ticket = store.begin_write(twice, share, bob);
+        store
+            .write_with(spool_of(&store, b"twin"), ticket)
+            .await
+            .unwrap();
+        assert!(store.abandon_as(twice, share, alice).await.is_err());
+        assert!(store.share_path(&twice, share).exists());
     }
 
     #[tokio::test]

@@ -180,15 +180,37 @@ impl HttpStore {
         })
     }
 
+    /// A request for the pooled client (absolute URL), with the token.
     fn request(&self, method: Method, path: &str, body: Body) -> Result<Request<Body>, StoreError> {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.inner.base))
-            .body(body)
-            .map_err(|e| StoreError::Io {
-                context: "building request",
-                message: e.to_string(),
-            })?;
+        self.build(method, format!("{}{path}", self.inner.base), None, body)
+    }
+
+    /// A request on a connection of its own (origin-form target and `Host`), with the token.
+    fn direct_request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body,
+    ) -> Result<Request<Body>, StoreError> {
+        let target = format!("{}{path}", self.inner.prefix);
+        self.build(method, target, Some(&self.inner.authority), body)
+    }
+
+    fn build(
+        &self,
+        method: Method,
+        target: String,
+        host: Option<&str>,
+        body: Body,
+    ) -> Result<Request<Body>, StoreError> {
+        let mut builder = Request::builder().method(method).uri(target);
+        if let Some(host) = host {
+            builder = builder.header(header::HOST, host);
+        }
+        let mut request = builder.body(body).map_err(|e| StoreError::Io {
+            context: "building request",
+            message: e.to_string(),
+        })?;
         if let Some(token) = &self.inner.options.token {
             request
                 .headers_mut()
@@ -320,21 +342,8 @@ impl HttpStore {
             )
         };
         let body = BodyExt::boxed_unsync(StreamBody::new(chunks));
-        let path = format!("{}{}", self.inner.prefix, protocol::share_path(&si, share));
-        let mut request = Request::builder()
-            .method(Method::PUT)
-            .uri(path)
-            .header(header::HOST, self.inner.authority.as_str())
-            .body(body)
-            .map_err(|e| StoreError::Io {
-                context: "building request",
-                message: e.to_string(),
-            })?;
-        if let Some(token) = &self.inner.options.token {
-            request
-                .headers_mut()
-                .insert(header::AUTHORIZATION, token.header_value());
-        }
+        let mut request =
+            self.direct_request(Method::PUT, &protocol::share_path(&si, share), body)?;
         request
             .headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
@@ -535,7 +544,12 @@ fn status_error(status: StatusCode, body: &[u8], ranges: &[Range<u64>]) -> Store
             message: format!("{} ({message}): check --token-file", status.as_u16()),
         },
         // A node refuses with 403 only what no token allows (another upload's share).
-        StatusCode::FORBIDDEN => StoreError::Forbidden(message),
+        StatusCode::FORBIDDEN => StoreError::Forbidden(
+            message
+                .strip_prefix("refused: ")
+                .unwrap_or(&message)
+                .to_owned(),
+        ),
         _ => StoreError::Io {
             context: "storage node",
             message: format!("{}: {message}", status.as_u16()),

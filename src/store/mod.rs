@@ -198,8 +198,18 @@ impl SpooledShare {
     pub fn create(dir: &Path, len: u64) -> io::Result<SpooledShare> {
         std::fs::create_dir_all(dir)?;
         // Without locks (some network filesystems) spools still work; only the sweep of a
-        // dead process's spools waits for their age.
-        let dir_lock = spool_dir_lock(dir, false).ok();
+        // dead process's spools waits for their age. In a directory shared with other users
+        // (`/tmp`) the lock file could be anyone's, held to make us wait, and nothing sweeps
+        // there anyway: no directory lock.
+        let shared = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(dir).is_ok_and(|m| m.mode() & 0o1002 == 0o1002)
+        };
+        let dir_lock = if shared {
+            None
+        } else {
+            spool_dir_lock(dir, false).ok()
+        };
         let file = tempfile::Builder::new()
             .prefix("spool-")
             .suffix(".part")
@@ -289,15 +299,17 @@ pub trait ShareStore: Send + Sync + fmt::Debug {
     /// Removes a share that this store handle itself wrote (and nobody else had written
     /// before), for an upload abandoned before its cap was handed out. A write still in
     /// flight is removed as soon as it lands. Removing a share that is not there succeeds;
-    /// one written by anyone else is refused with [`StoreError::Forbidden`]. The default
-    /// (stores that cannot remove) does nothing.
+    /// one written by anyone else is refused with [`StoreError::Forbidden`]. The default is
+    /// for stores that cannot remove anything: it says so.
     fn abandon(
         &self,
         storage_index: StorageIndex,
         share: ShareNum,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         let _ = (storage_index, share);
-        Box::pin(std::future::ready(Ok(())))
+        Box::pin(std::future::ready(Err(StoreError::InvalidRequest(
+            "this store cannot take shares back".into(),
+        ))))
     }
 
     /// Tells the store that a share failed verification (why, in `reason`: never a secret),

@@ -189,9 +189,13 @@ pub enum PutError {
         /// Shares needed.
         k: u16,
     },
-    /// The upload was cancelled; nothing of it is left on the servers.
-    #[error("the upload was cancelled; its spools and any shares already stored were removed")]
-    Cancelled,
+    /// The upload was cancelled: its spools are gone, and the shares it had stored were
+    /// taken back except those listed.
+    #[error("the upload was cancelled{}", cancelled_detail(.left_behind))]
+    Cancelled {
+        /// One line per share stored that could not be taken back (empty: none is left).
+        left_behind: String,
+    },
     /// `happy` outside `1..=n`.
     #[error("happy ({happy}) must be between 1 and n ({n})")]
     Happy {
@@ -257,6 +261,14 @@ pub enum PutError {
     Internal(String),
 }
 
+fn cancelled_detail(left_behind: &str) -> String {
+    if left_behind.is_empty() {
+        "; nothing of it is left on the servers".into()
+    } else {
+        format!("; these shares it stored could not be taken back:\n{left_behind}")
+    }
+}
+
 /// Encodes `source` onto `grid` and returns its read cap.
 ///
 /// ```no_run
@@ -319,7 +331,7 @@ async fn upload(
     // not be happy fails before any encoding.
     let (responsive, unreachable) = tokio::select! {
         checked = preflight(&grid) => checked,
-        () = cancel.cancelled() => return Err(PutError::Cancelled),
+        () = cancel.cancelled() => return Err(PutError::Cancelled { left_behind: String::new() }),
     };
     let happy = options
         .happy
@@ -334,17 +346,28 @@ async fn upload(
         });
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let mut encoding = {
+    // A thread of its own, not the runtime's blocking pool: the encoder may wait long on its
+    // input (a slow uploader, a pipe), and the pool's threads are what every store's file I/O
+    // needs; twenty slow uploads must not stop reads.
+    let (done, mut encoding) = tokio::sync::oneshot::channel();
+    {
         let (grid, options, stop) = (grid.clone(), options.clone(), stop.clone());
-        tokio::task::spawn_blocking(move || encode(&grid, &responsive, source, &options, &stop))
-    };
+        std::thread::Builder::new()
+            .name("segvault-encode".into())
+            .spawn(move || {
+                let _ = done.send(encode(&grid, &responsive, source, &options, &stop));
+            })
+            .map_err(|e| PutError::Internal(format!("cannot start the encoder: {e}")))?;
+    }
     let encoded = tokio::select! {
-        joined = &mut encoding => joined
-            .map_err(|e| PutError::Internal(format!("encoder task failed: {e}")))??,
+        encoded = &mut encoding => encoded
+            .map_err(|_| PutError::Internal("the encoder thread died".into()))??,
         () = cancel.cancelled() => {
             stop.store(true, Ordering::SeqCst);
             let _ = tokio::time::timeout(ENCODER_STOP_WAIT, encoding).await;
-            return Err(PutError::Cancelled);
+            return Err(PutError::Cancelled {
+                left_behind: String::new(),
+            });
         }
     };
     let si = encoded.cap.storage_index();
@@ -371,8 +394,8 @@ async fn upload(
     let results: Vec<Placed> = futures::future::join_all(writes).await;
     debug!(%si, commit_ms = started.elapsed().as_millis(), "shares handed to their stores");
     if cancel.is_cancelled() {
-        take_back(&grid, si, &results).await;
-        return Err(PutError::Cancelled);
+        let left_behind = take_back(&grid, si, &results).await;
+        return Err(PutError::Cancelled { left_behind });
     }
 
     let mut failed_servers = std::collections::HashSet::new();
@@ -396,7 +419,11 @@ async fn upload(
     let k = usize::from(options.k);
     if stored < happy || shares_stored < k {
         // Its cap is never handed out: the shares that were stored are only clutter.
-        take_back(&grid, si, &results).await;
+        let left_behind = take_back(&grid, si, &results).await;
+        if !left_behind.is_empty() {
+            failures.push_str("  and these shares, stored, could not be taken back:\n");
+            failures.push_str(&left_behind);
+        }
         if shares_stored < k {
             failures.insert_str(
                 0,
@@ -416,22 +443,34 @@ async fn upload(
 
 /// Removes the shares of an upload whose cap will never be handed out: every share that was
 /// stored, or whose write was cut off and may have landed.
-async fn take_back(grid: &Grid, si: StorageIndex, results: &[Placed]) {
-    let removals = results
-        .iter()
-        .filter(|(_, _, outcome)| !matches!(outcome, Some(Err(_))))
-        .map(|&(share, server, _)| async move {
-            let server = &grid.servers()[server];
-            let removed =
-                tokio::time::timeout(TAKE_BACK_TIMEOUT, server.store().abandon(si, ShareNum(share as u8)))
-                    .await;
-            match removed {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => warn!(%si, share, server = server.name(), error = %e, "cannot remove a share of an abandoned upload"),
-                Err(_) => warn!(%si, share, server = server.name(), "no answer removing a share of an abandoned upload"),
-            }
-        });
-    futures::future::join_all(removals).await;
+/// Removes the shares of an upload whose cap will never be handed out: every share whose
+/// write was attempted (even one that failed: it may have landed before the answer was
+/// lost; taking back what is not there costs a request). Returns a line for each share that
+/// was or may have been stored and could not be taken back.
+async fn take_back(grid: &Grid, si: StorageIndex, results: &[Placed]) -> String {
+    let removals = results.iter().map(|(share, server, outcome)| async move {
+        let server = &grid.servers()[*server];
+        let share = ShareNum(*share as u8);
+        let removed =
+            tokio::time::timeout(TAKE_BACK_TIMEOUT, server.store().abandon(si, share)).await;
+        let why = match removed {
+            Ok(Ok(())) => return None,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {TAKE_BACK_TIMEOUT:?}"),
+        };
+        if matches!(outcome, Some(Err(_))) {
+            // Its write failed: most likely nothing is there to take back.
+            debug!(%si, %share, server = server.name(), %why, "not taken back");
+            return None;
+        }
+        warn!(%si, %share, server = server.name(), %why, "cannot take back a share of an abandoned upload");
+        Some(format!("  share {share} on {}: {why}\n", server.name()))
+    });
+    futures::future::join_all(removals)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 struct Encoded {
@@ -481,7 +520,9 @@ fn open_input(
             let mut size = 0u64;
             loop {
                 if stop.load(Ordering::Relaxed) {
-                    return Err(PutError::Cancelled);
+                    return Err(PutError::Cancelled {
+                        left_behind: String::new(),
+                    });
                 }
                 let n = match reader.read(&mut buffer) {
                     Ok(0) => break,
@@ -675,7 +716,9 @@ impl SegmentEncoder<'_> {
             drop(leaf_tx);
             for s in 0..g.num_segments() {
                 if self.stop.load(Ordering::Relaxed) {
-                    fail(PutError::Cancelled);
+                    fail(PutError::Cancelled {
+                        left_behind: String::new(),
+                    });
                 }
                 if failed.load(Ordering::SeqCst) {
                     break;
@@ -956,7 +999,9 @@ fn finish_shares(
 /// A spool error, or the cancellation that caused it.
 fn cancelled_or(error: io::Error, stop: &AtomicBool) -> PutError {
     if stop.load(Ordering::Relaxed) {
-        PutError::Cancelled
+        PutError::Cancelled {
+            left_behind: String::new(),
+        }
     } else {
         spool_error("share spools")(error)
     }

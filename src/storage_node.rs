@@ -58,8 +58,10 @@ const UPLOAD_BUFFER_BYTES: usize = 128 << 10;
 const RATE_WINDOW: Duration = Duration::from_secs(10);
 /// After refusing an upload, its body is read (and dropped) for at most this long…
 const DRAIN_TIME: Duration = Duration::from_secs(10);
-/// …and at most this many bytes, so the client sees the answer rather than a reset.
+/// …and at most this many bytes, so the client sees the answer rather than a reset…
 const MAX_DRAIN_BYTES: u64 = 1 << 30;
+/// …and at most this many at once.
+const MAX_DRAINS: usize = 8;
 
 /// How a storage node behaves.
 #[derive(Debug, Clone)]
@@ -85,17 +87,12 @@ pub struct NodeConfig {
 impl Default for NodeConfig {
     fn default() -> NodeConfig {
         NodeConfig {
-            // Uploads and reads may stall mid-transfer: small connection buffers keep what
-            // each holds small (a read's pieces are counted in the response budget anyway).
-            connections: ConnectionLimits {
-                connection_buffer_bytes: Some(64 << 10),
-                ..ConnectionLimits::default()
-            },
+            connections: ConnectionLimits::default(),
             token: None,
             max_share_bytes: 1 << 40,
             upload_idle_timeout: Duration::from_secs(60),
             max_response_bytes: 16 << 20,
-            max_uploads: 64,
+            max_uploads: 16,
             min_upload_rate: 16 << 10,
         }
     }
@@ -114,6 +111,8 @@ struct Inner {
     reports: PathBuf,
     response_budget: Arc<ResponseBudget>,
     uploads: Arc<tokio::sync::Semaphore>,
+    /// Refused uploads whose bodies are being read and dropped.
+    drains: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why a node may not listen where it was asked to.
@@ -154,6 +153,7 @@ impl StorageNode {
                 reports,
                 response_budget: ResponseBudget::new(budget),
                 uploads,
+                drains: Arc::new(tokio::sync::Semaphore::new(MAX_DRAINS)),
             }),
         }
     }
@@ -511,8 +511,14 @@ impl StorageNode {
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        // Each drain holds a connection's read buffer: only a few at once (beyond them the
+        // answer still goes out, and usually arrives before the reset).
+        let Ok(draining) = self.inner.drains.clone().try_acquire_owned() else {
+            return response;
+        };
         let idle = self.inner.config.upload_idle_timeout.min(DRAIN_TIME);
         tokio::spawn(async move {
+            let _draining = draining;
             let drain = async {
                 let mut left = remaining.min(MAX_DRAIN_BYTES);
                 while left > 0 {
@@ -548,7 +554,8 @@ impl StorageNode {
             .try_clone()
             .map_err(|e| (store_error(StoreError::io("opening spool", e)), 0))?;
         // The file buffers what it writes in the background: 128 KiB, not tokio's 2 MiB,
-        // so that every upload slot together holds little (64 × 128 KiB).
+        // so that every upload slot together holds little (16 × 128 KiB, plus each connection's
+        // read buffer).
         let mut writer = tokio::fs::File::from_std(file);
         writer.set_max_buf_size(UPLOAD_BUFFER_BYTES);
         let mut header = Vec::with_capacity(HEADER_LEN as usize);

@@ -24,9 +24,12 @@ pub(crate) struct StorageServerArgs {
     /// Largest share accepted, e.g. 64GiB
     #[arg(long, value_name = "SIZE", value_parser = segvault::size::parse, default_value = "1TiB")]
     max_share_size: u64,
-    /// Connections served at once
+    /// Connections served at once (idle ones give way to new clients)
     #[arg(long, value_name = "N", default_value_t = 1024)]
     max_connections: usize,
+    /// Uploads received at once; more are answered 503 with Retry-After
+    #[arg(long, value_name = "N", default_value_t = NodeConfig::default().max_uploads)]
+    max_uploads: usize,
 }
 
 pub(crate) async fn run(cli: &Cli, args: &StorageServerArgs) -> anyhow::Result<ExitCode> {
@@ -41,6 +44,7 @@ pub(crate) async fn run(cli: &Cli, args: &StorageServerArgs) -> anyhow::Result<E
         },
         token,
         max_share_bytes: args.max_share_size,
+        max_uploads: args.max_uploads,
         ..NodeConfig::default()
     };
     let listener = tokio::net::TcpListener::bind(args.listen)

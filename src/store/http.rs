@@ -105,6 +105,8 @@ struct Inner {
     /// Sent with every upload, so that this store (and only it) can take back a share it
     /// wrote if the upload is abandoned (in memory only; never logged).
     upload_secret: zeroize::Zeroizing<String>,
+    /// Uploads to this node at once.
+    uploads: tokio::sync::Semaphore,
 }
 
 impl fmt::Debug for HttpStore {
@@ -171,6 +173,7 @@ impl HttpStore {
                 prefix: prefix.to_owned(),
                 client,
                 options,
+                uploads: tokio::sync::Semaphore::new(UPLOADS_PER_NODE),
                 upload_secret: zeroize::Zeroizing::new(if random {
                     crate::core::cap::base32_encode(&*secret)
                 } else {
@@ -316,9 +319,58 @@ impl HttpStore {
         share: ShareNum,
         spool: SpooledShare,
     ) -> Result<(), StoreError> {
-        let file = spool
+        // A node takes a limited number of uploads at once: this client sends it a few at
+        // a time (an upload of more shares than nodes queues here, not in 503s), and waits
+        // as told when the node is busy with others' uploads.
+        let _slot = self
+            .inner
+            .uploads
+            .acquire()
+            .await
+            .map_err(|e| StoreError::Io {
+                context: "upload",
+                message: e.to_string(),
+            })?;
+        let mut waited = Duration::ZERO;
+        let (status, body) = loop {
+            let (status, body, retry_after) = self.upload_once(si, share, &spool).await?;
+            match retry_after {
+                Some(delay)
+                    if status == StatusCode::SERVICE_UNAVAILABLE && waited < BUSY_PATIENCE =>
+                {
+                    let delay = delay.clamp(Duration::from_millis(100), Duration::from_secs(5));
+                    tokio::time::sleep(delay).await;
+                    waited += delay;
+                }
+                _ => break (status, body),
+            }
+        };
+        drop(spool);
+        match status {
+            StatusCode::CREATED | StatusCode::OK | StatusCode::NO_CONTENT => Ok(()),
+            StatusCode::CONFLICT => Err(StoreError::Conflict {
+                storage_index: si,
+                share,
+            }),
+            _ => Err(status_error(status, &body, &[])),
+        }
+    }
+
+    /// One attempt at an upload: the node's status, its answer's body, and how long it
+    /// asked us to wait before trying again (`Retry-After`, in seconds), if it did.
+    async fn upload_once(
+        &self,
+        si: StorageIndex,
+        share: ShareNum,
+        spool: &SpooledShare,
+    ) -> Result<(StatusCode, Bytes, Option<Duration>), StoreError> {
+        use std::io::Seek;
+        // Clones share the file offset: each attempt starts from the beginning.
+        let mut file = spool
             .file()
             .try_clone()
+            .map_err(|e| StoreError::io("opening spool", e))?;
+        file.rewind()
             .map_err(|e| StoreError::io("opening spool", e))?;
         let length = spool.len();
         // Progress is when hyper takes another chunk of the body; a node that stops taking
@@ -369,16 +421,21 @@ impl HttpStore {
                     message: describe_upload_error(&e),
                 })?;
             let status = response.status();
+            let retry_after = response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
             let body = http_body_util::Limited::new(response.into_body(), protocol::MAX_JSON_BYTES)
                 .collect()
                 .await
                 .map(|c| c.to_bytes())
                 .unwrap_or_default();
-            Ok::<_, StoreError>((status, body))
+            Ok::<_, StoreError>((status, body, retry_after))
         });
-        let (status, body) = loop {
+        loop {
             tokio::select! {
-                outcome = &mut exchange => break outcome?,
+                outcome = &mut exchange => return outcome,
                 () = tokio::time::sleep(Duration::from_millis(500)) => {
                     let quiet = epoch.elapsed().saturating_sub(Duration::from_millis(last_progress.load(Ordering::Relaxed)));
                     let limit = if sent_all.load(Ordering::Relaxed) { commit } else { idle };
@@ -387,15 +444,6 @@ impl HttpStore {
                     }
                 }
             }
-        };
-        drop(spool);
-        match status {
-            StatusCode::CREATED | StatusCode::OK | StatusCode::NO_CONTENT => Ok(()),
-            StatusCode::CONFLICT => Err(StoreError::Conflict {
-                storage_index: si,
-                share,
-            }),
-            _ => Err(status_error(status, &body, &[])),
         }
     }
 
@@ -556,6 +604,11 @@ fn status_error(status: StatusCode, body: &[u8], ranges: &[Range<u64>]) -> Store
         },
     }
 }
+
+/// Uploads one client sends a node at once (a node takes 16 by default from everyone).
+const UPLOADS_PER_NODE: usize = 4;
+/// How long an upload waits, in all, for a node that answers 503 with `Retry-After`.
+const BUSY_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Aborts a task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -128,6 +128,12 @@ fn lock_file(file: &File, exclusive: bool, wait: bool) -> io::Result<()> {
     }
 }
 
+/// Whether `dir` is shared with other users: sticky and world-writable, like `/tmp`.
+fn is_shared(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).is_ok_and(|m| m.mode() & 0o1002 == 0o1002)
+}
+
 fn spool_dir_lock(dir: &Path, exclusive: bool) -> io::Result<File> {
     let mut options = std::fs::OpenOptions::new();
     options.read(true).write(true).create(true).truncate(false);
@@ -143,6 +149,11 @@ fn spool_dir_lock(dir: &Path, exclusive: bool) -> io::Result<File> {
 /// that was killed, whatever its age. Where locks do not work, only spools older than a day
 /// are removed. Returns how many were removed. Blocking.
 pub fn sweep_spools(dir: &Path) -> usize {
+    // A directory shared with other users (`/tmp`) holds their files, and its lock file
+    // could be anyone's: never swept.
+    if is_shared(dir) {
+        return 0;
+    }
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -201,11 +212,7 @@ impl SpooledShare {
         // dead process's spools waits for their age. In a directory shared with other users
         // (`/tmp`) the lock file could be anyone's, held to make us wait, and nothing sweeps
         // there anyway: no directory lock.
-        let shared = {
-            use std::os::unix::fs::MetadataExt;
-            std::fs::metadata(dir).is_ok_and(|m| m.mode() & 0o1002 == 0o1002)
-        };
-        let dir_lock = if shared {
+        let dir_lock = if is_shared(dir) {
             None
         } else {
             spool_dir_lock(dir, false).ok()

@@ -476,6 +476,10 @@ fn idle_sockets(addr: &str, count: usize, request: &str) -> Vec<TcpStream> {
                     .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
                     .unwrap(),
                 _ => {
+                    // Each is answered at once, however many idle ones came before it.
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(5)))
+                        .unwrap();
                     stream.write_all(request.as_bytes()).unwrap();
                     let answer = http::parse(&http::read_all(&mut stream));
                     assert_eq!(answer.status, 200, "{}", answer.text());

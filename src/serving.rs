@@ -246,9 +246,8 @@ impl Slots {
     }
 
     /// Which idle connection gives way: one that never completed a request's headers (the
-    /// oldest first), else the keep-alive connection idle longest. A connection idle (or
-    /// open) for less than [`GRACE_MS`] is spared: a new client sends its request within a
-    /// round trip, and a response just finished may still be flushing.
+    /// oldest first), else the keep-alive connection idle longest. A new connection is spared
+    /// for [`GRACE_MS`], one whose response just ended for [`SERVED_GRACE_MS`].
     fn longest_idle(&self, open: &HashMap<u64, Arc<Connection>>) -> Option<u64> {
         let now = self.now_ms();
         open.values()
@@ -260,7 +259,8 @@ impl Slots {
                 } else {
                     c.accepted_ms
                 };
-                (now.saturating_sub(since) >= GRACE_MS).then_some(((served, since), c.id))
+                let grace = if served { SERVED_GRACE_MS } else { GRACE_MS };
+                (now.saturating_sub(since) >= grace).then_some(((served, since), c.id))
             })
             .min()
             .map(|(_, id)| id)
@@ -284,9 +284,12 @@ impl Slots {
     }
 }
 
-/// How long a new connection, or one whose last response just ended, is spared when room is
-/// made for another.
+/// How long a new connection is spared when room is made for another (a client sends its
+/// request within a round trip).
 const GRACE_MS: u64 = 250;
+/// How long a connection whose response ended is spared: the response's last bytes may still
+/// be on their way out of hyper's and the kernel's buffers to a slow client.
+const SERVED_GRACE_MS: u64 = 2_000;
 
 fn close(connection: &Connection) {
     connection.evicted.store(true, Ordering::Release);
@@ -315,6 +318,20 @@ pub struct ConnectionCloser {
 }
 
 impl ConnectionCloser {
+    /// A closer of a connection of a server of one slot, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_test() -> ConnectionCloser {
+        let slots = Arc::new(Slots::new(1));
+        let connection = slots.admit().expect("an empty server has room");
+        ConnectionCloser { slots, connection }
+    }
+
+    /// Whether [`close`](Self::close) was called, for tests.
+    #[cfg(test)]
+    pub(crate) fn is_closed(&self) -> bool {
+        self.connection.evicted.load(Ordering::Acquire)
+    }
+
     /// Closes the connection (at once: a response in flight is cut off) and frees its slot.
     pub fn close(&self) {
         self.slots.lock().remove(&self.connection.id);
@@ -586,7 +603,7 @@ mod tests {
         assert!(c.evicted.load(Ordering::Acquire), "never-served goes first");
         assert!(!a.evicted.load(Ordering::Acquire));
         let _busy_d = RequestInFlight::begin(&slots, &d);
-        passed();
+        std::thread::sleep(Duration::from_millis(SERVED_GRACE_MS));
         let e = slots.admit().unwrap();
         assert!(
             a.evicted.load(Ordering::Acquire),
@@ -596,6 +613,11 @@ mod tests {
         assert!(slots.admit().is_none(), "every slot busy: wait");
         drop(busy);
         passed();
+        assert!(
+            slots.admit().is_none(),
+            "a response just ended: its connection is spared"
+        );
+        std::thread::sleep(Duration::from_millis(SERVED_GRACE_MS));
         assert!(slots.admit().is_some());
         assert!(b.evicted.load(Ordering::Acquire));
     }

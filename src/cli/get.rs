@@ -147,9 +147,26 @@ fn check_not_planted(path: &Path, meta: &std::fs::Metadata) -> anyhow::Result<()
     Ok(())
 }
 
+/// [`check_not_planted`] for every directory on the way to `path` that is a symbolic link:
+/// a link planted in a shared directory must not lead the output elsewhere either.
+fn check_directories_on_the_way(path: &Path) -> anyhow::Result<()> {
+    for dir in path.ancestors().skip(1) {
+        if dir.as_os_str().is_empty() {
+            break;
+        }
+        if let Ok(meta) = std::fs::symlink_metadata(dir)
+            && meta.file_type().is_symlink()
+        {
+            check_not_planted(dir, &meta)?;
+        }
+    }
+    Ok(())
+}
+
 fn resolve(target: &Path) -> anyhow::Result<Destination> {
     let mut path = target.to_path_buf();
     for _ in 0..MAX_LINKS {
+        check_directories_on_the_way(&path)?;
         let meta = match std::fs::symlink_metadata(&path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {

@@ -356,8 +356,9 @@ pub(crate) fn main() -> ExitCode {
             Command::StorageServer(args) => storage_server::run(&cli, args).await,
         }
     });
-    // Work still running now is abandoned (an encoder blocked reading a pipe after Ctrl-C):
-    // exiting must not wait for it.
+    // Blocking work still running now is abandoned rather than waited for (a store read or
+    // write a cancelled command no longer needs); everything a command must finish, it
+    // awaits before returning.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match outcome {
         Ok(code) => code,

@@ -624,17 +624,21 @@ impl Inner {
             } else {
                 None
             };
-            if !created {
-                // The same bytes were stored already. If another upload wrote them, two
-                // uploads now rely on this share, and neither may take it back.
-                if ledger.creator(&key) != Some(ticket.owner) {
-                    ledger.created.pop(&key);
-                }
-            } else if state == Some(InFlight::Abandoned(ticket.owner)) {
+            let ours = created || ledger.creator(&key) == Some(ticket.owner);
+            if state == Some(InFlight::Abandoned(ticket.owner)) && ours {
+                // Taken back while this write (or a repeat of one that had landed) ran.
+                ledger.created.pop(&key);
                 self.remove_share(si, share)?;
                 return Err(StoreError::Forbidden(
                     "the upload was abandoned while this share was being written".into(),
                 ));
+            }
+            if !created {
+                // The same bytes were stored already. If another upload wrote them, two
+                // uploads now rely on this share, and neither may take it back.
+                if !ours {
+                    ledger.created.pop(&key);
+                }
             } else if state.is_some() {
                 ledger.created.put(key, (ticket.owner, Instant::now()));
             }

@@ -364,14 +364,10 @@ impl HttpStore {
         share: ShareNum,
         spool: &SpooledShare,
     ) -> Result<(StatusCode, Bytes, Option<Duration>), StoreError> {
-        use std::io::Seek;
-        // Clones share the file offset: each attempt starts from the beginning.
-        let mut file = spool
-            .file()
-            .try_clone()
-            .map_err(|e| StoreError::io("opening spool", e))?;
-        file.rewind()
-            .map_err(|e| StoreError::io("opening spool", e))?;
+        // A fresh open file for each attempt: a clone would share its offset with a read
+        // an earlier, abandoned attempt may still have in flight.
+        let file =
+            std::fs::File::open(spool.path()).map_err(|e| StoreError::io("opening spool", e))?;
         let length = spool.len();
         // Progress is when hyper takes another chunk of the body; a node that stops taking
         // them (stalled, SIGSTOPped) is given up on after the idle timeout.

@@ -86,11 +86,28 @@ impl Vault {
         self.dir.path().join(name)
     }
 
+    /// `get -o output` under a shell that set `umask` first.
+    fn get_with_umask(&self, umask: &str, output: &Path) -> std::process::ExitStatus {
+        let script = format!("umask {umask}; exec \"$0\" --data \"$1\" get \"$2\" -o \"$3\"");
+        Command::new("sh")
+            .args(["-c", &script, env!("CARGO_BIN_EXE_segvault")])
+            .arg(self.data())
+            .arg(&self.cap)
+            .arg(output)
+            .status()
+            .unwrap()
+    }
+
     fn get_to(&self, output: &Path) -> Output {
         run(segvault(&self.data())
             .args(["get", &self.cap, "-o"])
             .arg(output))
     }
+}
+
+/// What is at `path` itself (a link is not followed).
+fn kind(path: &Path) -> std::fs::FileType {
+    std::fs::symlink_metadata(path).unwrap().file_type()
 }
 
 fn is_root() -> bool {
@@ -135,12 +152,7 @@ fn get_output_writes_into_devices_and_fifos_and_follows_links_to_regular_files()
         .recv_timeout(Duration::from_secs(20))
         .expect("the FIFO's reader got nothing: the FIFO was replaced");
     assert!(read == vault.plaintext, "the FIFO's reader got the file");
-    assert!(
-        std::fs::symlink_metadata(&fifo)
-            .unwrap()
-            .file_type()
-            .is_fifo()
-    );
+    assert!(kind(&fifo).is_fifo());
 
     // A character device (as root, where mknod is allowed) is written to, never replaced.
     let device = vault.path("null");
@@ -158,9 +170,8 @@ fn get_output_writes_into_devices_and_fifos_and_follows_links_to_regular_files()
             "{}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let meta = std::fs::symlink_metadata(&device).unwrap();
         assert!(
-            meta.file_type().is_char_device(),
+            kind(&device).is_char_device(),
             "the device node is still one"
         );
     } else {
@@ -180,48 +191,22 @@ fn get_output_writes_into_devices_and_fifos_and_follows_links_to_regular_files()
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(
-        std::fs::symlink_metadata(&link)
-            .unwrap()
-            .file_type()
-            .is_symlink()
-    );
+    assert!(kind(&link).is_symlink());
     assert!(std::fs::read(&real).unwrap() == vault.plaintext);
     assert_eq!(std::fs::metadata(&real).unwrap().mode() & 0o777, 0o640);
 
     // A dangling link: its target is created, with 0666 less the umask.
     let dangling = vault.path("dangling");
     std::os::unix::fs::symlink("created.bin", &dangling).unwrap();
-    let get = "umask 027; exec \"$0\" --data \"$1\" get \"$2\" -o \"$3\"";
-    let status = Command::new("sh")
-        .args(["-c", get, env!("CARGO_BIN_EXE_segvault")])
-        .arg(vault.data())
-        .arg(&vault.cap)
-        .arg(&dangling)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(
-        std::fs::symlink_metadata(&dangling)
-            .unwrap()
-            .file_type()
-            .is_symlink()
-    );
+    assert!(vault.get_with_umask("027", &dangling).success());
+    assert!(kind(&dangling).is_symlink());
     let created = vault.path("created.bin");
     assert!(std::fs::read(&created).unwrap() == vault.plaintext);
     assert_eq!(std::fs::metadata(&created).unwrap().mode() & 0o777, 0o640);
 
     // A new file: 0666 less the umask, like every other tool.
     let new = vault.path("new.bin");
-    let get = "umask 022; exec \"$0\" --data \"$1\" get \"$2\" -o \"$3\"";
-    let status = Command::new("sh")
-        .args(["-c", get, env!("CARGO_BIN_EXE_segvault")])
-        .arg(vault.data())
-        .arg(&vault.cap)
-        .arg(&new)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    assert!(vault.get_with_umask("022", &new).success());
     assert_eq!(std::fs::metadata(&new).unwrap().mode() & 0o777, 0o644);
 
     // An open descriptor (`/dev/fd/1`, as `/dev/stdout` is) and `-` are stdout.

@@ -45,10 +45,6 @@ pub(super) fn serve(method: &Method, asset: Asset) -> Response<Body> {
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(content.len()));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );

@@ -303,10 +303,6 @@ impl Gateway {
             header::REFERRER_POLICY,
             HeaderValue::from_static("no-referrer"),
         );
-        headers.insert(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        );
         if query.save {
             headers.insert(header::CONTENT_DISPOSITION, attachment(name.as_deref()));
         }

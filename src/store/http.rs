@@ -633,6 +633,23 @@ impl<T> LenientWrites<T> {
     }
 }
 
+impl<T> LenientWrites<T> {
+    /// `polled`, except that the peer having gone counts as `done` from now on.
+    fn lenient<R>(
+        &mut self,
+        polled: std::task::Poll<std::io::Result<R>>,
+        done: R,
+    ) -> std::task::Poll<std::io::Result<R>> {
+        match polled {
+            std::task::Poll::Ready(Err(e)) if peer_gone(&e) => {
+                self.peer_closed = true;
+                std::task::Poll::Ready(Ok(done))
+            }
+            other => other,
+        }
+    }
+}
+
 fn peer_gone(error: &std::io::Error) -> bool {
     matches!(
         error.kind(),
@@ -656,34 +673,22 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for LenientWrites<T
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        use std::task::Poll;
         if self.peer_closed {
-            return Poll::Ready(Ok(buf.len()));
+            return std::task::Poll::Ready(Ok(buf.len()));
         }
-        match std::pin::Pin::new(&mut self.inner).poll_write(cx, buf) {
-            Poll::Ready(Err(e)) if peer_gone(&e) => {
-                self.peer_closed = true;
-                Poll::Ready(Ok(buf.len()))
-            }
-            other => other,
-        }
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.lenient(polled, buf.len())
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        use std::task::Poll;
         if self.peer_closed {
-            return Poll::Ready(Ok(()));
+            return std::task::Poll::Ready(Ok(()));
         }
-        match std::pin::Pin::new(&mut self.inner).poll_flush(cx) {
-            Poll::Ready(Err(e)) if peer_gone(&e) => {
-                self.peer_closed = true;
-                Poll::Ready(Ok(()))
-            }
-            other => other,
-        }
+        let polled = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.lenient(polled, ())
     }
 
     fn poll_shutdown(
@@ -699,13 +704,7 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for LenientWrites<T
 
 /// An upload's failure, with its cause; a node that closed without answering says so.
 fn describe_upload_error(e: &hyper::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
+    let mut text = with_causes(e);
     if e.is_incomplete_message() || e.is_canceled() {
         text.push_str(" (the node closed the connection without answering the upload)");
     }
@@ -714,6 +713,11 @@ fn describe_upload_error(e: &hyper::Error) -> String {
 
 /// A client error with its cause (hyper's own message is only "client error (Connect)").
 fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
+    with_causes(e)
+}
+
+/// An error's message followed by each of its causes'.
+fn with_causes(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {

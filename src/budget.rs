@@ -160,16 +160,23 @@ impl Lease {
             .ok()
             .filter(|b| *b <= self.budget.total)
             .ok_or_else(|| io::Error::other("a piece larger than the whole budget"))?;
-        // One acquire for the whole wait: the semaphore is fair, and a waiter keeps its
-        // place in line while it asks stalled clients to make room.
-        let acquire = self.budget.bytes.clone().acquire_many_owned(bytes);
-        let mut acquire = std::pin::pin!(acquire);
-        let mut ticks =
-            tokio::time::interval_at(tokio::time::Instant::now() + RECLAIM_AFTER, RECLAIM_AFTER);
-        let permit = loop {
-            tokio::select! {
-                permit = &mut acquire => break permit.map_err(io::Error::other)?,
-                _ = ticks.tick() => self.budget.reclaim(&self.holder),
+        let permit = match self.budget.bytes.clone().try_acquire_many_owned(bytes) {
+            // Room at once, the usual case: no timer.
+            Ok(permit) => permit,
+            Err(_) => {
+                // One acquire for the whole wait: the semaphore is fair, and a waiter keeps
+                // its place in line while it asks stalled clients to make room.
+                let acquire = self.budget.bytes.clone().acquire_many_owned(bytes);
+                let mut acquire = std::pin::pin!(acquire);
+                let start = tokio::time::Instant::now() + RECLAIM_AFTER;
+                let mut ticks = tokio::time::interval_at(start, RECLAIM_AFTER);
+                loop {
+                    tokio::select! {
+                        biased;
+                        permit = &mut acquire => break permit.map_err(io::Error::other)?,
+                        _ = ticks.tick() => self.budget.reclaim(&self.holder),
+                    }
+                }
             }
         };
         // Room after holding none starts the clock on its client anew: waiting for room is

@@ -69,9 +69,6 @@ pub struct ConnectionLimits {
     pub max_header_bytes: usize,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
-    /// Largest read and write buffer of a connection (hyper's default, about 400 KiB, when
-    /// `None`; at least 8 KiB): a server whose clients may stall mid-transfer keeps it small.
-    pub connection_buffer_bytes: Option<usize>,
 }
 
 impl Default for ConnectionLimits {
@@ -83,7 +80,6 @@ impl Default for ConnectionLimits {
             write_timeout: Duration::from_secs(120),
             max_header_bytes: 16 * 1024,
             shutdown_grace: Duration::from_secs(10),
-            connection_buffer_bytes: None,
         }
     }
 }
@@ -435,9 +431,6 @@ where
         .header_read_timeout(limits.header_read_timeout)
         .max_header_size(limits.max_header_bytes)
         .keep_alive(true);
-    if let Some(bytes) = limits.connection_buffer_bytes {
-        http.max_buf_size(bytes.max(8192).max(limits.max_header_bytes));
-    }
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -359,7 +359,7 @@ pub fn range_decision(
 /// that parses to the same ranges; a routed share path names a share below 256 and a storage
 /// index that prints back into the path.
 pub fn storage_request(data: &[u8]) {
-    use crate::protocol::{self, Route};
+    use crate::store::http::protocol::{self, Route};
     let text = String::from_utf8_lossy(data);
     let (method_byte, rest) = match text.char_indices().nth(1) {
         Some((i, _)) => (data.first().copied().unwrap_or(0), &text[i..]),

@@ -21,21 +21,17 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
-pub mod budget;
+mod body;
 pub mod cache;
 pub mod core;
 pub mod engine;
 pub mod fuzzing;
 pub mod gateway;
 pub mod grid;
-pub mod health;
 pub mod metrics;
-pub mod protocol;
-pub mod serving;
-pub mod size;
-pub mod storage_node;
+pub mod node;
+pub mod server;
 pub mod store;
-pub mod token;
 pub mod upload;
 
 pub use crate::core::cap::{Cap, ReadCap, StorageIndex, VerifyCap};

@@ -9,7 +9,7 @@ use std::io::SeekFrom;
 
 use common::Fixture;
 use futures::StreamExt;
-use segvault::store::fault::Faults;
+use segvault::store::testing::fault::Faults;
 use segvault::{Client, FileHandle, ReaderConfig};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 

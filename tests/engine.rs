@@ -13,7 +13,7 @@ use segvault::core::geometry::{SegmentIndex, ShareNum};
 use segvault::core::layout::ShareLayout;
 use segvault::engine::verify;
 use segvault::store::ShareStore;
-use segvault::store::fault::Faults;
+use segvault::store::testing::fault::Faults;
 use segvault::{Client, PutOptions, ReadError, ReaderConfig};
 
 fn client(fixture: &Fixture) -> Client {

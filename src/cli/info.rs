@@ -2,11 +2,11 @@
 
 use std::process::ExitCode;
 
+use crate::cli::size;
 use segvault::ReaderConfig;
 use segvault::core::cap::Cap;
 use segvault::core::layout::ShareLayout;
 use segvault::engine::verify;
-use segvault::size;
 
 use super::{CapArgs, Cli, read_cap_argument};
 

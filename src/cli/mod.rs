@@ -4,6 +4,7 @@ mod get;
 mod info;
 mod put;
 mod serve;
+mod size;
 mod storage_server;
 
 use std::io::IsTerminal;
@@ -15,8 +16,8 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use segvault::core::cap::Cap;
 use segvault::grid::{Grid, GridFile};
+use segvault::store::http::token::Token;
 use segvault::store::{Durability, HttpOptions};
-use segvault::token::Token;
 
 /// Store files encrypted and erasure-coded across storage servers; read any byte range back.
 #[derive(Parser, Debug)]
@@ -69,7 +70,7 @@ pub(crate) struct CacheArgs {
     #[arg(long, value_name = "DIR", env = "SEGVAULT_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
     /// Most bytes the cache directory holds; the least recently used blocks go first
-    #[arg(long, value_name = "SIZE", value_parser = segvault::size::parse, default_value = "1GiB", requires = "cache_dir")]
+    #[arg(long, value_name = "SIZE", value_parser = crate::cli::size::parse, default_value = "1GiB", requires = "cache_dir")]
     cache_size: u64,
     /// Remove cached blocks unused this long, e.g. 90s, 30m, 1h
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1h", requires = "cache_dir")]

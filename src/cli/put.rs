@@ -22,7 +22,7 @@ pub(crate) struct PutArgs {
     #[arg(short = 'n', default_value_t = 10)]
     n: u16,
     /// Segment size, e.g. 128KiB or 1MiB [default: 128KiB, larger for files over 8 GiB]
-    #[arg(long, value_name = "SIZE", value_parser = segvault::size::parse)]
+    #[arg(long, value_name = "SIZE", value_parser = crate::cli::size::parse)]
     segment_size: Option<u64>,
     /// Servers that must take their shares for the upload to succeed [default: min(n, servers)]; servers that do not answer get none
     #[arg(long, value_name = "H")]

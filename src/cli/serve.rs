@@ -25,7 +25,7 @@ pub(crate) struct ServeArgs {
     #[arg(short = 'n', default_value_t = 10)]
     n: u16,
     /// Largest upload accepted, e.g. 4GiB
-    #[arg(long, value_name = "SIZE", value_parser = segvault::size::parse, default_value = "64GiB")]
+    #[arg(long, value_name = "SIZE", value_parser = crate::cli::size::parse, default_value = "64GiB")]
     max_upload: u64,
     /// Connections served at once (idle ones give way to new clients)
     #[arg(long, value_name = "N", default_value_t = 1024)]
@@ -34,7 +34,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 16)]
     max_uploads: usize,
     /// Memory for per-file metadata kept between requests (verified hash-tree nodes, share maps); the least recently opened files are dropped beyond it
-    #[arg(long, value_name = "SIZE", value_parser = segvault::size::parse, default_value = "64MiB")]
+    #[arg(long, value_name = "SIZE", value_parser = crate::cli::size::parse, default_value = "64MiB")]
     metadata_size: u64,
     /// Seconds a client has to send a request's headers (also the keep-alive idle time)
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use segvault::serving::{ConnectionLimits, shutdown_signal};
-use segvault::storage_node::{NodeConfig, StorageNode, check_listen_address};
+use segvault::node::{NodeConfig, StorageNode, check_listen_address};
+use segvault::server::{ConnectionLimits, shutdown_signal};
 use segvault::store::{DirectoryStore, Durability};
 
 use super::Cli;
@@ -22,7 +22,7 @@ pub(crate) struct StorageServerArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7000")]
     listen: SocketAddr,
     /// Largest share accepted, e.g. 64GiB
-    #[arg(long, value_name = "SIZE", value_parser = segvault::size::parse, default_value = "1TiB")]
+    #[arg(long, value_name = "SIZE", value_parser = crate::cli::size::parse, default_value = "1TiB")]
     max_share_size: u64,
     /// Connections served at once (idle ones give way to new clients)
     #[arg(long, value_name = "N", default_value_t = 1024)]

@@ -18,7 +18,7 @@ use std::time::Duration;
 use lru::LruCache;
 use tokio::sync::OnceCell;
 
-pub use crate::health::{HealthSnapshot, ServerHealth};
+pub use crate::grid::health::{HealthSnapshot, ServerHealth};
 pub use error::{ReadError, ReportLine, ShareReport};
 pub use handle::{ByteStream, FileHandle};
 pub use node::FileNode;

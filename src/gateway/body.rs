@@ -17,7 +17,7 @@ use futures::Stream;
 
 use crate::engine::{ByteStream, FileHandle, ReadError};
 
-pub use crate::serving::{Body, empty, full};
+pub use crate::server::{Body, empty, full};
 
 /// Bytes `range` of `file`, verified and decrypted as they are sent. The first chunk is
 /// fetched before this returns, so a file that cannot be read at all is an error the caller
@@ -112,105 +112,5 @@ impl Multipart {
         Ok(BodyExt::boxed_unsync(StreamBody::new(
             payload.map_ok(Frame::data),
         )))
-    }
-}
-
-/// One access-log line per request, written when its body ends: how many bytes went out and
-/// whether the transfer completed, was aborted (an error after the headers), or was cut short
-/// by the client. Never the path: it may hold a cap.
-pub(super) struct AccessLog {
-    pub(super) started: std::time::Instant,
-    pub(super) peer: std::net::SocketAddr,
-    pub(super) method: hyper::Method,
-    pub(super) route: &'static str,
-    pub(super) storage_index: Option<crate::core::cap::StorageIndex>,
-    pub(super) status: u16,
-    pub(super) metrics: std::sync::Arc<crate::metrics::Metrics>,
-}
-
-impl AccessLog {
-    fn write(&self, sent: u64, outcome: &str) {
-        self.metrics.http_response(self.status, sent);
-        tracing::info!(
-            target: "segvault::access",
-            peer = %self.peer,
-            method = %self.method,
-            route = self.route,
-            si = self.storage_index.map(|si| si.to_string()).unwrap_or_default(),
-            status = self.status,
-            bytes = sent,
-            micros = self.started.elapsed().as_micros() as u64,
-            outcome,
-        );
-    }
-}
-
-/// A body that counts what it sends and writes the access log when it ends.
-pub(super) struct Logged {
-    inner: Body,
-    sent: u64,
-    log: Option<AccessLog>,
-}
-
-impl Logged {
-    pub(super) fn wrap(inner: Body, log: AccessLog) -> Body {
-        BodyExt::boxed_unsync(Logged {
-            inner,
-            sent: 0,
-            log: Some(log),
-        })
-    }
-}
-
-impl hyper::body::Body for Logged {
-    type Data = Bytes;
-    type Error = io::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        let this = &mut *self;
-        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            std::task::Poll::Ready(Some(Ok(frame))) => {
-                this.sent += frame.data_ref().map_or(0, |d| d.len() as u64);
-            }
-            std::task::Poll::Ready(Some(Err(e))) => {
-                if let Some(log) = this.log.take() {
-                    log.write(this.sent, &format!("aborted: {e}"));
-                }
-            }
-            std::task::Poll::Ready(None) => {
-                if let Some(log) = this.log.take() {
-                    log.write(this.sent, "complete");
-                }
-            }
-            std::task::Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Logged {
-    fn drop(&mut self) {
-        if let Some(log) = self.log.take() {
-            // Bodyless responses (HEAD, 304) end without being polled to the end.
-            let ended = hyper::body::Body::is_end_stream(&self.inner);
-            let outcome = if ended {
-                "complete"
-            } else {
-                "client went away"
-            };
-            log.write(self.sent, outcome);
-        }
     }
 }

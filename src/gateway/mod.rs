@@ -17,6 +17,7 @@
 pub mod body;
 mod page;
 pub mod ranges;
+mod response;
 mod routes;
 mod upload;
 
@@ -30,8 +31,8 @@ use tokio::net::TcpListener;
 
 use crate::engine::{Client, ReaderConfig};
 use crate::grid::Grid;
-use crate::serving;
-pub use crate::serving::{ConnectionLimits, shutdown_signal};
+use crate::server;
+pub use crate::server::{ConnectionLimits, shutdown_signal};
 use crate::upload::PutOptions;
 pub use ranges::RangeLimits;
 
@@ -136,7 +137,7 @@ impl Gateway {
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
         let gateway = self.clone();
-        serving::serve(
+        server::serve(
             listener,
             &self.inner.config.connections,
             shutdown,

@@ -2,10 +2,10 @@
 //! compiled in; the script is a separate file so a strict Content-Security-Policy applies.
 
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Response, StatusCode};
+use hyper::{Method, Response};
 
 use super::body::{self, Body};
-use super::routes::text;
+use super::response::method_not_allowed;
 
 /// The page's files.
 #[derive(Clone, Copy, Debug)]
@@ -21,14 +21,7 @@ const STYLE: &str = include_str!("page/app.css");
 
 pub(super) fn serve(method: &Method, asset: Asset) -> Response<Body> {
     if method != Method::GET && method != Method::HEAD {
-        let mut response = text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed; use GET",
-        );
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return response;
+        return method_not_allowed("GET, HEAD");
     }
     let (content, content_type) = match asset {
         Asset::Index => (INDEX, "text/html; charset=utf-8"),

@@ -1,7 +1,6 @@
 //! Routing and the file handler.
 
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use headers::{ETag, HeaderMapExt};
 use hyper::body::Incoming;
@@ -10,66 +9,13 @@ use hyper::{Method, Request, Response, StatusCode};
 use percent_encoding::{percent_decode_str, utf8_percent_encode};
 use serde::Serialize;
 
-use super::body::{self, AccessLog, Body, Logged, Multipart};
+use super::body::{self, Body, Multipart};
 use super::ranges::{self, Decision};
+use super::response::{method_not_allowed, read_error, text};
 use super::{Gateway, page, upload};
-use crate::core::cap::{Cap, StorageIndex, VerifyCap};
+use crate::core::cap::{Cap, VerifyCap};
 use crate::core::text;
-use crate::engine::ReadError;
-
-/// What the access log records about a request (never the path: it may hold a cap).
-#[derive(Default)]
-pub(super) struct Access {
-    pub(super) route: &'static str,
-    pub(super) storage_index: Option<StorageIndex>,
-}
-
-/// A plain-text response (errors and short answers).
-pub(super) fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
-    let mut message = message.into();
-    if !message.ends_with('\n') {
-        message.push('\n');
-    }
-    let mut response = Response::new(body::full(message));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
-fn method_not_allowed(allow: &'static str) -> Response<Body> {
-    let mut response = text(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("method not allowed; use {allow}"),
-    );
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
-    response
-}
-
-/// How a read error reads to an HTTP client.
-pub(super) fn read_error(error: &ReadError) -> Response<Body> {
-    match error {
-        ReadError::NoShares { .. } => text(
-            StatusCode::NOT_FOUND,
-            "file not found: no storage server holds any of its shares",
-        ),
-        ReadError::NotEnoughShares { .. } | ReadError::Inconsistent { .. } => {
-            text(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
-        }
-        ReadError::AlteredCap { .. } => {
-            text(StatusCode::BAD_REQUEST, format!("invalid cap: {error}"))
-        }
-        ReadError::TooLarge { .. } | ReadError::Internal(_) => {
-            text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
-        }
-    }
-}
+use crate::server::access::{Access, OnEnd, Started};
 
 /// The file's strong ETag: its public identity (storage index and UEB hash), never the cap.
 fn etag_for(cap: &VerifyCap) -> ETag {
@@ -115,8 +61,7 @@ impl Gateway {
         request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<Body> {
-        let started = Instant::now();
-        let method = request.method().clone();
+        let started = Started::new(peer, request.method().clone());
         let mut access = Access::default();
         let mut response = self.route(request, &mut access).await;
         let headers = response.headers_mut();
@@ -132,20 +77,13 @@ impl Gateway {
                 HeaderValue::from_static(super::FILE_CSP),
             );
         }
-        let log = AccessLog {
-            started,
-            peer,
-            method,
-            route: access.route,
-            storage_index: access.storage_index,
-            status: response.status().as_u16(),
-            metrics: self.client().metrics().clone(),
-        };
-        response.map(|body| Logged::wrap(body, log))
+        let metrics = self.client().metrics().clone();
+        let on_end: OnEnd = Box::new(move |status, sent| metrics.http_response(status, sent));
+        started.log(access, response, Some(on_end))
     }
 
     async fn route(&self, request: Request<Incoming>, access: &mut Access) -> Response<Body> {
-        if let Some(refused) = crate::serving::refuse_bad_host(&request) {
+        if let Some(refused) = crate::server::refuse_bad_host(&request) {
             access.route = "invalid";
             return refused;
         }

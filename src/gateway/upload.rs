@@ -22,8 +22,9 @@ use tracing::warn;
 
 use super::Gateway;
 use super::body::{self, Body};
-use super::routes::{Access, text};
+use super::response::text;
 use crate::core::cap::ReadCap;
+use crate::server::access::Access;
 use crate::upload::{PutError, PutSource};
 
 /// The upload exceeded the configured limit.

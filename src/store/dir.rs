@@ -822,7 +822,7 @@ mod tests {
     async fn passes_the_conformance_suite() {
         let dir = tempfile::tempdir().unwrap();
         let store = DirectoryStore::open(dir.path()).unwrap();
-        crate::store::conformance::run(&store).await;
+        crate::store::testing::conformance::run(&store).await;
     }
 
     fn spool_of(store: &DirectoryStore, bytes: &[u8]) -> SpooledShare {

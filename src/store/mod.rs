@@ -2,10 +2,9 @@
 //! HTTP storage nodes later), test doubles that inject faults, and one conformance suite
 //! every backend passes.
 
-pub mod conformance;
 pub mod dir;
-pub mod fault;
 pub mod http;
+pub mod testing;
 
 use std::fmt;
 use std::fs::File;

@@ -8,7 +8,7 @@ pub mod http;
 use std::sync::Arc;
 
 use segvault::core::geometry::ShareNum;
-use segvault::store::fault::{Faults, FaultyStore};
+use segvault::store::testing::fault::{Faults, FaultyStore};
 use segvault::store::{DirectoryStore, ShareStore};
 use segvault::{Grid, PutOptions, PutSource, ReadCap};
 

@@ -13,9 +13,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 
-use super::{ShareStore, SpooledShare, StoreError};
 use crate::core::cap::StorageIndex;
 use crate::core::geometry::ShareNum;
+use crate::store::{ShareStore, SpooledShare, StoreError};
 
 /// Which faults to inject. The default injects none.
 #[derive(Debug, Clone, Default)]

@@ -4,18 +4,18 @@
 //! # async fn demo() {
 //! let dir = tempfile::tempdir().unwrap();
 //! let store = segvault::store::DirectoryStore::open(dir.path()).unwrap();
-//! segvault::store::conformance::run(&store).await;
+//! segvault::store::testing::conformance::run(&store).await;
 //! # }
 //! ```
 
 use std::os::unix::fs::FileExt;
 
-use super::{ShareStore, SpooledShare, StoreError};
 use crate::core::cap::StorageIndex;
 use crate::core::codec::Codec as _;
 use crate::core::geometry::{Geometry, ShareNum};
 use crate::core::layout::{HEADER_LEN, ShareLayout};
 use crate::core::share_header::ShareHeader;
+use crate::store::{ShareStore, SpooledShare, StoreError};
 
 /// Share-shaped bytes: a valid header naming (`si`, `share`) and a filler pattern, as long as
 /// a share of a `size`-byte file is (storage nodes check both).

@@ -3,6 +3,9 @@
 //! answers with the wrong number of bytes or garbage gets a [`StoreError::Protocol`], never
 //! a short or long buffer.
 
+pub mod protocol;
+pub mod token;
+
 use std::fmt;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -24,11 +27,11 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_util::io::ReaderStream;
 
 use super::{ShareStore, SpooledShare, StoreError, validate_ranges};
+use crate::body::{Body, empty};
 use crate::core::cap::StorageIndex;
 use crate::core::geometry::ShareNum;
-use crate::protocol::{self, CorruptionReport, ErrorBody, ShareList, Status};
-use crate::serving::Body;
-use crate::token::Token;
+use protocol::{CorruptionReport, ErrorBody, ShareList, Status};
+use token::Token;
 
 /// How an [`HttpStore`] talks to its node.
 #[derive(Debug, Clone)]
@@ -277,7 +280,7 @@ impl HttpStore {
         let merged = coalesce(&ranges);
         let total: u64 = merged.iter().map(|r| r.end - r.start).sum();
         let path = protocol::read_path(&si, share, &merged);
-        let request = self.request(Method::GET, &path, crate::serving::empty())?;
+        let request = self.request(Method::GET, &path, empty())?;
         let response = self.send(request).await?;
         let status = response.status();
         if status != StatusCode::OK {
@@ -486,11 +489,8 @@ impl HttpStore {
     }
 
     async fn take_back(&self, si: StorageIndex, share: ShareNum) -> Result<(), StoreError> {
-        let mut request = self.request(
-            Method::DELETE,
-            &protocol::share_path(&si, share),
-            crate::serving::empty(),
-        )?;
+        let mut request =
+            self.request(Method::DELETE, &protocol::share_path(&si, share), empty())?;
         if let Some(secret) = self.secret_header() {
             request
                 .headers_mut()
@@ -735,11 +735,7 @@ impl ShareStore for HttpStore {
 
     fn list(&self, si: StorageIndex) -> BoxFuture<'_, Result<Vec<ShareNum>, StoreError>> {
         Box::pin(async move {
-            let request = self.request(
-                Method::GET,
-                &protocol::list_path(&si),
-                crate::serving::empty(),
-            )?;
+            let request = self.request(Method::GET, &protocol::list_path(&si), empty())?;
             let (status, body) = self.exchange(request, protocol::MAX_JSON_BYTES).await?;
             if status != StatusCode::OK {
                 return Err(status_error(status, &body, &[]));
@@ -790,7 +786,7 @@ impl ShareStore for HttpStore {
 
     fn check(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let request = self.request(Method::GET, "/v1/status", crate::serving::empty())?;
+            let request = self.request(Method::GET, "/v1/status", empty())?;
             let (status, body) = self.exchange(request, protocol::MAX_JSON_BYTES).await?;
             if status != StatusCode::OK {
                 return Err(status_error(status, &body, &[]));
@@ -845,7 +841,7 @@ impl ShareStore for HttpStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage_node::{NodeConfig, StorageNode};
+    use crate::node::{NodeConfig, StorageNode};
     use crate::store::DirectoryStore;
 
     async fn node(config: NodeConfig) -> (String, tempfile::TempDir) {
@@ -863,7 +859,7 @@ mod tests {
         let (url, _dir) = node(NodeConfig::default()).await;
         let store = HttpStore::new(&url, HttpOptions::default()).unwrap();
         store.check().await.unwrap();
-        crate::store::conformance::run(&store).await;
+        crate::store::testing::conformance::run(&store).await;
         // With a path prefix ending in a slash, and the same node.
         let store = HttpStore::new(&format!("{url}/"), HttpOptions::default()).unwrap();
         assert_eq!(store.name(), url);
@@ -953,6 +949,6 @@ mod tests {
         )
         .unwrap();
         with.check().await.unwrap();
-        crate::store::conformance::run(&with).await;
+        crate::store::testing::conformance::run(&with).await;
     }
 }

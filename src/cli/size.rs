@@ -3,18 +3,14 @@
 /// Parses a size. Binary suffixes (KiB, MiB, GiB) are powers of 1024; SI suffixes (KB, MB)
 /// powers of 1000; a bare number is bytes.
 ///
-/// ```
-/// assert_eq!(segvault::size::parse("128KiB"), Ok(131072));
-/// assert_eq!(segvault::size::parse("4096"), Ok(4096));
-/// assert!(segvault::size::parse("lots").is_err());
-/// ```
-pub fn parse(text: &str) -> Result<u64, String> {
+/// `parse("128KiB") == Ok(131072)`, `parse("4096") == Ok(4096)`; `parse("lots")` is an error.
+pub(crate) fn parse(text: &str) -> Result<u64, String> {
     parse_size::parse_size(text)
         .map_err(|e| format!("invalid size {text:?}: {e} (examples: 4096, 128KiB, 1MiB)"))
 }
 
 /// Formats a byte count with a binary suffix, e.g. `128 KiB`, `1.50 GiB`.
-pub fn format(bytes: u64) -> String {
+pub(crate) fn format(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut value = bytes as f64;
     let mut unit = 0;

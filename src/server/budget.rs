@@ -19,7 +19,7 @@ use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::info;
 
-use crate::serving::ConnectionCloser;
+use crate::server::ConnectionCloser;
 
 /// How long a response waits for room before it takes some back from a stalled client.
 pub const RECLAIM_AFTER: Duration = Duration::from_millis(500);

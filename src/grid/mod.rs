@@ -4,6 +4,8 @@
 //! (`<data>/grid/server-00`, `server-01`, …), ten by default, more when a file asks for more
 //! shares than there are servers.
 
+pub mod health;
+
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use std::sync::Arc;
 
 use crate::core::cap::StorageIndex;
 use crate::core::hash;
-use crate::health::ServerHealth;
+use crate::grid::health::ServerHealth;
 use crate::store::{DirectoryStore, Durability, HttpOptions, HttpStore, ShareStore, UrlError};
 
 /// Servers in a new embedded grid.

@@ -28,7 +28,7 @@ fn io(c: &mut Criterion) {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let grid = Grid::embedded(dir.path(), 10).unwrap();
+    let grid = Grid::embedded(dir.path()).unwrap();
     let data = plaintext();
     let input = dir.path().join("input");
     std::fs::write(&input, &data).unwrap();

@@ -21,15 +21,19 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
-mod body;
+pub mod body;
 pub mod cache;
 pub mod core;
 pub mod engine;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+#[cfg(feature = "gateway")]
 pub mod gateway;
 pub mod grid;
 pub mod metrics;
+#[cfg(feature = "node")]
 pub mod node;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod store;
 pub mod upload;

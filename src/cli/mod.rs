@@ -3,8 +3,10 @@
 mod get;
 mod info;
 mod put;
+#[cfg(feature = "gateway")]
 mod serve;
 mod size;
+#[cfg(feature = "node")]
 mod storage_server;
 
 use std::io::IsTerminal;
@@ -58,8 +60,10 @@ enum Command {
     /// Show a file's parameters and where its shares are.
     Info(CapArgs),
     /// Serve files over HTTP, with Range requests, uploads and a small page at `/`.
+    #[cfg(feature = "gateway")]
     Serve(serve::ServeArgs),
     /// Run a storage node: keep shares in a directory and serve them to clients over HTTP.
+    #[cfg(feature = "node")]
     StorageServer(storage_server::StorageServerArgs),
 }
 
@@ -184,7 +188,13 @@ impl Cli {
                 spool_dir,
                 ..HttpOptions::default()
             };
-            return Ok(Grid::from_specs(&specs, for_upload, durability, &http)?);
+            return Ok(specs
+                .iter()
+                .fold(Grid::builder(), |grid, spec| grid.spec(spec))
+                .attach_only(!for_upload)
+                .durability(durability)
+                .http_options(http)
+                .build()?);
         }
         let dir = self.data_dir()?;
         let grid = Grid::embedded_with(&dir, min_servers, durability)
@@ -328,14 +338,24 @@ fn describe(error: &anyhow::Error) -> String {
     text
 }
 
+impl Command {
+    /// Whether the command runs a server (which logs more by default).
+    fn is_server(&self) -> bool {
+        match self {
+            #[cfg(feature = "gateway")]
+            Command::Serve(_) => true,
+            #[cfg(feature = "node")]
+            Command::StorageServer(_) => true,
+            _ => false,
+        }
+    }
+}
+
 /// Runs the command line; the exit status says whether it worked.
 pub(crate) fn main() -> ExitCode {
     protect_process();
     let cli = Cli::parse();
-    init_logging(
-        cli.verbose,
-        matches!(cli.command, Command::Serve(_) | Command::StorageServer(_)),
-    );
+    init_logging(cli.verbose, cli.command.is_server());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
@@ -353,7 +373,9 @@ pub(crate) fn main() -> ExitCode {
             Command::Get(args) => get::run(&cli, args).await,
             Command::Verify(args) => info::verify(&cli, args).await,
             Command::Info(args) => info::info(&cli, args).await,
+            #[cfg(feature = "gateway")]
             Command::Serve(args) => serve::run(&cli, args).await,
+            #[cfg(feature = "node")]
             Command::StorageServer(args) => storage_server::run(&cli, args).await,
         }
     });

@@ -183,6 +183,7 @@ impl Client {
 
     /// Every counter in the OpenMetrics text format, with the open-file gauges brought up to
     /// date.
+    #[cfg(feature = "metrics")]
     pub fn render_metrics(&self) -> String {
         let (files, bytes) = self.metadata();
         self.inner.metrics.open_files(files, bytes);

@@ -4,7 +4,14 @@
 //! (`<data>/grid/server-00`, `server-01`, …), ten by default, more when a file asks for more
 //! shares than there are servers.
 
+mod builder;
+#[cfg(feature = "grid-file")]
+mod file;
 pub mod health;
+
+pub use builder::GridBuilder;
+#[cfg(feature = "grid-file")]
+pub use file::GridFile;
 
 use std::fmt;
 use std::io;
@@ -14,7 +21,7 @@ use std::sync::Arc;
 use crate::core::cap::StorageIndex;
 use crate::core::hash;
 use crate::grid::health::ServerHealth;
-use crate::store::{DirectoryStore, Durability, HttpOptions, HttpStore, ShareStore, UrlError};
+use crate::store::{DirectoryStore, Durability, ShareStore, UrlError};
 
 /// Servers in a new embedded grid.
 pub const EMBEDDED_SERVERS: usize = 10;
@@ -82,64 +89,6 @@ pub enum GridError {
     },
 }
 
-/// A grid file (`--grid FILE`): the servers to use, and optionally the token file for them.
-///
-/// ```
-/// # use std::path::Path;
-/// # use segvault::grid::GridFile;
-/// let text = r#"
-/// ## Storage servers, in order: storage-node URLs or directories (relative to this file).
-/// servers = ["http://10.0.0.5:7000", "http://10.0.0.6:7000", "disks/local"]
-/// ## The nodes' access token, in a file of its own (relative to this file).
-/// token_file = "token"
-/// "#;
-/// let grid = GridFile::parse(text, Path::new("/etc/segvault")).unwrap();
-/// assert_eq!(grid.servers[2], "/etc/segvault/disks/local");
-/// assert_eq!(grid.token_file.unwrap(), Path::new("/etc/segvault/token"));
-/// assert!(GridFile::parse("servers = 3", Path::new("/")).is_err());
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GridFile {
-    /// Server specs, as `--server` takes them.
-    pub servers: Vec<String>,
-    /// File holding the storage nodes' token.
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
-}
-
-impl GridFile {
-    /// Parses a grid file's text; relative paths are taken from `base` (the file's directory).
-    pub fn parse(text: &str, base: &Path) -> Result<GridFile, GridError> {
-        let mut file: GridFile =
-            toml::from_str(text).map_err(|e| GridError::GridFile(e.message().to_owned()))?;
-        for spec in &mut file.servers {
-            if !spec.contains("://") && Path::new(spec.as_str()).is_relative() {
-                *spec = base.join(&*spec).to_string_lossy().into_owned();
-            }
-        }
-        if let Some(token) = &mut file.token_file
-            && token.is_relative()
-        {
-            *token = base.join(&*token);
-        }
-        Ok(file)
-    }
-
-    /// Reads and parses a grid file.
-    pub fn load(path: &Path) -> Result<GridFile, GridError> {
-        let text = std::fs::read_to_string(path).map_err(|source| GridError::Directory {
-            path: path.to_owned(),
-            source,
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        GridFile::parse(&text, base).map_err(|e| match e {
-            GridError::GridFile(why) => GridError::GridFile(format!("{}: {why}", path.display())),
-            other => other,
-        })
-    }
-}
-
 /// An ordered set of servers. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Grid {
@@ -154,13 +103,50 @@ impl Grid {
         }
     }
 
-    /// The embedded grid in `data_dir`, with at least `min_servers` directories (created as
-    /// needed; pass 0 to only attach what exists). Writes are durable.
-    pub fn embedded(data_dir: &Path, min_servers: usize) -> Result<Grid, GridError> {
-        Grid::embedded_with(data_dir, min_servers, Durability::Fsync)
+    /// Builds a grid server by server ([`GridBuilder`]).
+    pub fn builder() -> GridBuilder {
+        GridBuilder::default()
     }
 
-    /// [`embedded`](Self::embedded) with a choice of durability.
+    /// A grid of directory stores, created as needed; writes are durable.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), segvault::grid::GridError> {
+    /// let root = tempfile::tempdir().unwrap();
+    /// let grid = segvault::Grid::directories((0..4).map(|i| root.path().join(format!("disk{i}"))))?;
+    /// assert_eq!(grid.len(), 4);
+    /// # Ok(()) }
+    /// ```
+    pub fn directories<P: AsRef<Path>>(
+        paths: impl IntoIterator<Item = P>,
+    ) -> Result<Grid, GridError> {
+        paths
+            .into_iter()
+            .fold(Grid::builder(), |grid, path| grid.directory(path))
+            .build()
+    }
+
+    /// A grid of storage nodes (`http://host:port`), reached with default [`HttpOptions`](crate::store::HttpOptions).
+    ///
+    /// ```
+    /// let grid = segvault::Grid::from_urls(["http://127.0.0.1:7001", "http://127.0.0.1:7002"]).unwrap();
+    /// assert!(grid.is_remote());
+    /// assert!(segvault::Grid::from_urls(["ftp://x"]).is_err());
+    /// ```
+    pub fn from_urls<U: AsRef<str>>(urls: impl IntoIterator<Item = U>) -> Result<Grid, GridError> {
+        urls.into_iter()
+            .fold(Grid::builder(), |grid, url| grid.url(url))
+            .build()
+    }
+
+    /// The embedded grid in `data_dir`: the directories `grid/server-NN` there, at least
+    /// [`EMBEDDED_SERVERS`] of them (created as needed). Writes are durable.
+    pub fn embedded(data_dir: impl AsRef<Path>) -> Result<Grid, GridError> {
+        Grid::embedded_with(data_dir.as_ref(), EMBEDDED_SERVERS, Durability::Fsync)
+    }
+
+    /// [`embedded`](Self::embedded) with at least `min_servers` directories (pass 0 to only
+    /// attach what exists) and a choice of durability.
     pub fn embedded_with(
         data_dir: &Path,
         min_servers: usize,
@@ -195,46 +181,6 @@ impl Grid {
             let store = DirectoryStore::open_with(&path, durability)
                 .map_err(|source| GridError::Directory { path, source })?;
             stores.push(Arc::new(store));
-        }
-        Ok(Grid::new(stores))
-    }
-
-    /// A grid from `--server` arguments: each a directory path (created for uploads when
-    /// `create`) or a storage node's `http://host:port` URL (reached with `http`).
-    ///
-    /// ```
-    /// # use segvault::grid::Grid;
-    /// # use segvault::store::{Durability, HttpOptions};
-    /// let specs = ["http://127.0.0.1:7001".to_string(), "http://127.0.0.1:7002".to_string()];
-    /// let grid = Grid::from_specs(&specs, false, Durability::Fsync, &HttpOptions::default()).unwrap();
-    /// assert_eq!(grid.len(), 2);
-    /// assert!(Grid::from_specs(&["ftp://x".into()], false, Durability::Fsync, &HttpOptions::default()).is_err());
-    /// ```
-    pub fn from_specs(
-        specs: &[String],
-        create: bool,
-        durability: Durability,
-        http: &HttpOptions,
-    ) -> Result<Grid, GridError> {
-        let mut stores: Vec<Arc<dyn ShareStore>> = Vec::with_capacity(specs.len());
-        for spec in specs {
-            if spec.contains("://") {
-                stores.push(Arc::new(HttpStore::new(spec, http.clone())?));
-                continue;
-            }
-            let path = PathBuf::from(spec);
-            let store = if create || path.is_dir() {
-                DirectoryStore::open_with(&path, durability)
-                    .map_err(|source| GridError::Directory { path, source })?
-            } else {
-                DirectoryStore::detached(path)
-            };
-            stores.push(Arc::new(store));
-        }
-        let mut names: Vec<&str> = stores.iter().map(|s| s.name()).collect();
-        names.sort_unstable();
-        if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
-            return Err(GridError::Duplicate(pair[0].to_owned()));
         }
         Ok(Grid::new(stores))
     }

@@ -46,9 +46,11 @@ type OpenShare = Arc<(File, u64, std::sync::atomic::AtomicU64)>;
 const RECHECK_MS: u64 = 1000;
 
 /// When a written share counts as stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Durability {
     /// After the share and its directory are fsynced: it survives a power failure.
+    #[default]
     Fsync,
     /// After the rename: it survives a crash of the process, and a power failure may lose
     /// it (never corrupt a read: readers verify every byte). Much faster on one disk, where

@@ -4,6 +4,7 @@
 
 pub mod dir;
 pub mod http;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 use std::fmt;

@@ -1016,7 +1016,7 @@ mod tests {
     #[test]
     fn the_stdin_spool_holds_only_ciphertext() {
         let dir = tempfile::tempdir().unwrap();
-        let grid = Grid::embedded(dir.path(), 1).unwrap();
+        let grid = Grid::embedded_with(dir.path(), 1, crate::store::Durability::Fsync).unwrap();
         let plaintext: Vec<u8> = (0..200_000u32).map(|i| (i * 31 % 251) as u8).collect();
         let key = FileKey::from_bytes([5; 32]);
         let keystream = Keystream::new(&key);

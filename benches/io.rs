@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures::StreamExt;
+use segvault::GetRange;
 use segvault::{Client, Grid, PutOptions, PutSource, ReaderConfig};
 
 const FILE: usize = 64 << 20;
@@ -41,11 +42,11 @@ fn io(c: &mut Criterion) {
     let options = PutOptions::default();
     group.bench_function("put 64 MiB file", |b| {
         b.to_async(&runtime)
-            .iter(|| segvault::put(&grid, PutSource::Path(input.clone()), &options))
+            .iter(|| segvault::upload::put(&grid, PutSource::Path(input.clone()), &options))
     });
 
     let cap = runtime
-        .block_on(segvault::put(
+        .block_on(segvault::upload::put(
             &grid,
             PutSource::Path(input.clone()),
             &PutOptions::default(),
@@ -75,7 +76,7 @@ fn io(c: &mut Criterion) {
                 .wrapping_add(1_442_695_040_888_963_407);
             let offset = (state >> 20) % (FILE as u64 - 65_536);
             let file = file.clone();
-            async move { file.read(offset, 65_536).await.unwrap() }
+            async move { file.read(GetRange::at(offset, 65_536)).await.unwrap() }
         })
     });
     group.finish();
@@ -85,7 +86,9 @@ fn io(c: &mut Criterion) {
         .map(|i| {
             let offset = (i.wrapping_mul(2_654_435_761) << 7) % (FILE as u64 - 65_536);
             let started = Instant::now();
-            runtime.block_on(file.read(offset, 65_536)).unwrap();
+            runtime
+                .block_on(file.read(GetRange::at(offset, 65_536)))
+                .unwrap();
             started.elapsed()
         })
         .collect();

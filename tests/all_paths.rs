@@ -9,6 +9,7 @@ use std::io::SeekFrom;
 
 use common::Fixture;
 use futures::StreamExt;
+use segvault::GetRange;
 use segvault::store::testing::fault::Faults;
 use segvault::{Client, FileHandle, ReaderConfig};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -31,7 +32,11 @@ const PATHS: [Path; 4] = [
 async fn read_via(path: Path, file: &FileHandle, offset: u64, len: u64) -> Vec<u8> {
     let end = offset.saturating_add(len);
     match path {
-        Path::Read => file.read(offset, len).await.expect("read").to_vec(),
+        Path::Read => file
+            .read(GetRange::at(offset, len))
+            .await
+            .expect("read")
+            .to_vec(),
         Path::Stream | Path::SlowStartStream => {
             let mut stream = match path {
                 Path::Stream => file.stream(offset..end),

@@ -6,9 +6,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::Fixture;
+use common::{Fixture, small_segments};
 use futures::StreamExt;
-use segvault::core::choice::Policy;
+use segvault::GetRange;
 use segvault::core::geometry::{SegmentIndex, ShareNum};
 use segvault::core::layout::ShareLayout;
 use segvault::engine::verify;
@@ -23,15 +23,11 @@ fn client(fixture: &Fixture) -> Client {
 /// A configuration under which no request counts as late and primaries always win: for
 /// tests that count requests, whatever latencies the machine shows.
 fn fixed_choice() -> ReaderConfig {
-    ReaderConfig {
-        share_choice: Policy {
-            hedge_floor: Duration::from_secs(3600),
-            parity_cost: Duration::from_secs(3600),
-            ..Policy::default()
-        },
-        primary_grace: Duration::from_secs(3600),
-        ..ReaderConfig::default()
-    }
+    let mut config = ReaderConfig::default();
+    config.share_choice.hedge_floor = Duration::from_secs(3600);
+    config.share_choice.parity_cost = Duration::from_secs(3600);
+    config.primary_grace = Duration::from_secs(3600);
+    config
 }
 
 fn fixed_client(fixture: &Fixture) -> Client {
@@ -47,7 +43,7 @@ async fn a_cold_segment_costs_one_request_per_share_and_a_warm_one_no_hash_bytes
         store.start_log();
     }
     assert_eq!(
-        &file.read(7_500, 10).await.unwrap()[..],
+        &file.read(7_500..7_510).await.unwrap()[..],
         fixture.expected(7_500, 10)
     );
     let cold: Vec<_> = fixture.stores.iter().flat_map(|s| s.take_log()).collect();
@@ -64,7 +60,7 @@ async fn a_cold_segment_costs_one_request_per_share_and_a_warm_one_no_hash_bytes
         store.start_log();
     }
     assert_eq!(
-        &file.read(7_000, 1000).await.unwrap()[..],
+        &file.read(7_000..8_000).await.unwrap()[..],
         fixture.expected(7_000, 1000)
     );
     let requests: Vec<_> = fixture.stores.iter().flat_map(|s| s.take_log()).collect();
@@ -86,7 +82,7 @@ async fn sequential_reads_fetch_about_one_new_hash_level_per_segment() {
     for store in &fixture.stores {
         store.start_log();
     }
-    file.read(0, 64_000).await.unwrap();
+    file.read(0..64_000).await.unwrap();
     let hash_bytes: u64 = fixture
         .stores
         .iter()
@@ -113,7 +109,7 @@ async fn concurrent_readers_of_a_segment_share_one_fetch() {
         ..Faults::default()
     });
     let before = fixture.reads();
-    let reads = (0..8).map(|i| file.read(4_000 + i * 100, 100));
+    let reads = (0..8).map(|i| file.read(GetRange::at(4_000 + i * 100, 100)));
     for (i, result) in futures::future::join_all(reads)
         .await
         .into_iter()
@@ -136,7 +132,7 @@ async fn dropping_a_read_cancels_its_fetches() {
         stall: true,
         ..Faults::default()
     });
-    let read = tokio::time::timeout(Duration::from_millis(100), file.read(0, 100_000)).await;
+    let read = tokio::time::timeout(Duration::from_millis(100), file.read(0..100_000)).await;
     assert!(read.is_err(), "a stalled grid cannot finish the read");
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
@@ -201,7 +197,7 @@ async fn corrupt_and_lying_shares_are_routed_around() {
     }
     let file = client(&fixture).open(&fixture.cap).await.unwrap();
     assert_eq!(
-        &file.read(0, 50_000).await.unwrap()[..],
+        &file.read(0..50_000).await.unwrap()[..],
         &fixture.plaintext[..]
     );
     let report = file.node().report().to_string();
@@ -211,10 +207,8 @@ async fn corrupt_and_lying_shares_are_routed_around() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_servers_are_hedged_long_before_the_request_timeout() {
     let fixture = Fixture::new(20_000, 1000, 2, 4).await;
-    let config = ReaderConfig {
-        request_timeout: Duration::from_secs(600),
-        ..ReaderConfig::default()
-    };
+    let mut config = ReaderConfig::default();
+    config.request_timeout = Duration::from_secs(600);
     let client = Client::new(fixture.grid.clone(), config);
     let file = client.open(&fixture.cap).await.unwrap();
     // The primaries' servers stop answering, as if SIGSTOPped, after the file was opened.
@@ -230,7 +224,7 @@ async fn stalled_servers_are_hedged_long_before_the_request_timeout() {
         });
     }
     // Without hedging this waits for the ten-minute request timeout.
-    let read = tokio::time::timeout(Duration::from_secs(60), file.read(0, 20_000)).await;
+    let read = tokio::time::timeout(Duration::from_secs(60), file.read(0..20_000)).await;
     assert_eq!(&read.expect("hedged").unwrap()[..], &fixture.plaintext[..]);
     let hedged: u64 = client
         .grid()
@@ -254,7 +248,7 @@ async fn stalled_servers_are_hedged_long_before_the_request_timeout() {
     // with the answers it has.
     let fresh = Client::new(fixture.grid.clone(), ReaderConfig::default());
     let read = tokio::time::timeout(Duration::from_secs(60), async {
-        fresh.open(&fixture.cap).await?.read(0, 20_000).await
+        fresh.open(&fixture.cap).await?.read(0..20_000).await
     })
     .await;
     assert_eq!(
@@ -266,14 +260,9 @@ async fn stalled_servers_are_hedged_long_before_the_request_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_ahead_spreads_over_more_than_k_servers_when_they_are_slow() {
     let fixture = Fixture::new(60_000, 1000, 3, 10).await;
-    let no_hedging = ReaderConfig {
-        share_choice: Policy {
-            hedge_floor: Duration::from_secs(3600),
-            ..Policy::default()
-        },
-        primary_grace: Duration::from_secs(3600),
-        ..ReaderConfig::default()
-    };
+    let mut no_hedging = ReaderConfig::default();
+    no_hedging.share_choice.hedge_floor = Duration::from_secs(3600);
+    no_hedging.primary_grace = Duration::from_secs(3600);
     let file = Client::new(fixture.grid.clone(), no_hedging)
         .open(&fixture.cap)
         .await
@@ -303,10 +292,8 @@ async fn read_ahead_spreads_over_more_than_k_servers_when_they_are_slow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_marks_expire() {
     let fixture = Fixture::new(3_000, 1000, 2, 2).await;
-    let config = ReaderConfig {
-        failure_ttl: Duration::from_millis(300),
-        ..ReaderConfig::default()
-    };
+    let mut config = ReaderConfig::default();
+    config.failure_ttl = Duration::from_millis(300);
     let file = Client::new(fixture.grid.clone(), config)
         .open(&fixture.cap)
         .await
@@ -316,7 +303,7 @@ async fn failure_marks_expire() {
         error: Some("network down".into()),
         ..Faults::default()
     });
-    let err = file.read(0, 10).await.unwrap_err();
+    let err = file.read(0..10).await.unwrap_err();
     assert!(matches!(err, ReadError::NotEnoughShares { .. }), "{err}");
     assert!(
         err.to_string().contains("network down"),
@@ -327,7 +314,7 @@ async fn failure_marks_expire() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(file.node().healthy_shares(), 2, "the marks expired");
     assert_eq!(
-        &file.read(0, 3_000).await.unwrap()[..],
+        &file.read(0..3_000).await.unwrap()[..],
         &fixture.plaintext[..],
         "the same node reads again"
     );
@@ -371,19 +358,13 @@ async fn missing_files_and_too_few_shares_are_explained() {
 }
 
 fn tamper_parity(parity_share: u8, segment: u64) -> PutOptions {
-    PutOptions {
-        k: 3,
-        n: 6,
-        segment_size: Some(1000),
-        // Small segments exercise segment edges cheaply.
-        unchecked_segment_size: true,
-        tamper: Some(Arc::new(move |share, s, block| {
-            if share.0 == parity_share && s.0 == segment {
-                block[0] ^= 0x55;
-            }
-        })),
-        ..PutOptions::default()
-    }
+    let mut options = small_segments(3, 6, 1000);
+    options.tamper = Some(Arc::new(move |share, s, block| {
+        if share.0 == parity_share && s.0 == segment {
+            block[0] ^= 0x55;
+        }
+    }));
+    options
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,7 +377,7 @@ async fn a_decode_that_fails_the_ciphertext_check_is_retried_with_other_shares()
     });
     let file = client(&fixture).open(&fixture.cap).await.unwrap();
     assert_eq!(
-        &file.read(0, 5_000).await.unwrap()[..],
+        &file.read(0..5_000).await.unwrap()[..],
         &fixture.plaintext[..]
     );
 
@@ -420,19 +401,12 @@ async fn a_decode_that_fails_the_ciphertext_check_is_retried_with_other_shares()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shares_that_never_agree_fail_with_an_explanation_not_wrong_bytes() {
-    let options = PutOptions {
-        k: 2,
-        n: 4,
-        segment_size: Some(1000),
-        // Small segments exercise segment edges cheaply.
-        unchecked_segment_size: true,
-        tamper: Some(Arc::new(|share, _, block| {
-            if share.0 >= 2 {
-                block[0] ^= 1;
-            }
-        })),
-        ..PutOptions::default()
-    };
+    let mut options = small_segments(2, 4, 1000);
+    options.tamper = Some(Arc::new(|share, _, block| {
+        if share.0 >= 2 {
+            block[0] ^= 1;
+        }
+    }));
     let fixture = Fixture::with_options(3_000, options).await;
     fixture.set_faults(&Faults {
         hidden: [ShareNum(0)].into(),
@@ -442,7 +416,7 @@ async fn shares_that_never_agree_fail_with_an_explanation_not_wrong_bytes() {
         .open(&fixture.cap)
         .await
         .unwrap()
-        .read(0, 10)
+        .read(0..10)
         .await
         .unwrap_err();
     assert!(matches!(err, ReadError::Inconsistent { .. }), "{err}");
@@ -452,7 +426,7 @@ async fn shares_that_never_agree_fail_with_an_explanation_not_wrong_bytes() {
 async fn the_node_keeps_tree_memory_proportional_to_what_was_read() {
     let fixture = Fixture::new(1_000_000, 100, 3, 10).await;
     let file = client(&fixture).open(&fixture.cap).await.unwrap();
-    file.read(500_000, 100).await.unwrap();
+    file.read(500_000..500_100).await.unwrap();
     let (nodes, _) = file.node().tree_memory();
     // 10,000 segments (depth 14): one read learns a few chains, not whole trees.
     assert!(nodes < 200, "{nodes} nodes after one read");
@@ -461,44 +435,35 @@ async fn the_node_keeps_tree_memory_proportional_to_what_was_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_file_metadata_is_bounded_by_bytes_and_evicted_least_recent_first() {
     let fixture = Fixture::new(50_000, 100, 3, 10).await;
-    let options = PutOptions {
-        k: 3,
-        n: 10,
-        segment_size: Some(100),
-        // Small segments exercise segment edges cheaply.
-        unchecked_segment_size: true,
-        ..PutOptions::default()
-    };
+    let options = small_segments(3, 10, 100);
     let mut caps = vec![fixture.cap.clone()];
     for seed in 1..6 {
         let bytes = common::random_bytes(50_000, seed);
         let source = segvault::PutSource::Bytes(bytes);
         caps.push(
-            segvault::put(&fixture.grid, source, &options)
+            segvault::upload::put(&fixture.grid, source, &options)
                 .await
                 .unwrap(),
         );
     }
     // What one fully read file holds.
     let probe = client(&fixture).open(&caps[0]).await.unwrap();
-    probe.read(0, 50_000).await.unwrap();
+    probe.read(0..50_000).await.unwrap();
     let one = probe.node().memory_bytes();
     drop(probe);
 
     let budget = one * 5 / 2;
-    let client = Client::new(
-        fixture.grid.clone(),
-        ReaderConfig {
-            metadata_bytes: budget,
-            ..ReaderConfig::default()
-        },
-    );
+    let client = Client::new(fixture.grid.clone(), {
+        let mut config = ReaderConfig::default();
+        config.metadata_bytes = budget;
+        config
+    });
     for cap in &caps {
         let file = client.open(cap).await.unwrap();
         let (_, bytes) = client.metadata();
         // Trimmed when opening; the file just opened is read after.
         assert!(bytes <= budget, "{bytes} bytes held, budget {budget}");
-        assert_eq!(file.read(0, 50_000).await.unwrap().len(), 50_000);
+        assert_eq!(file.read(0..50_000).await.unwrap().len(), 50_000);
     }
     let (nodes, bytes) = client.metadata();
     assert!(nodes < caps.len(), "{nodes} nodes kept");
@@ -579,7 +544,7 @@ async fn share_numbers_beyond_n_are_ignored_not_fatal() {
     });
     let file = client(&fixture).open(&fixture.cap).await.unwrap();
     assert_eq!(
-        &file.read(0, 4_000).await.unwrap()[..],
+        &file.read(0..4_000).await.unwrap()[..],
         &fixture.plaintext[..]
     );
     let report = verify::verify(
@@ -596,23 +561,16 @@ async fn share_numbers_beyond_n_are_ignored_not_fatal() {
 async fn a_bad_share_among_many_is_found_within_the_retry_budget() {
     // k = 16 and primary share 0 disagrees with the rest. Every set of 16 that keeps it
     // fails; a reader that tries sets in plain lexicographic order needs 17 decodes.
-    let options = PutOptions {
-        k: 16,
-        n: 20,
-        segment_size: Some(16 * 64),
-        // Small segments exercise segment edges cheaply.
-        unchecked_segment_size: true,
-        tamper: Some(Arc::new(|share, s, block| {
-            if share.0 == 0 && s.0 == 0 {
-                block[0] ^= 0x80;
-            }
-        })),
-        ..PutOptions::default()
-    };
+    let mut options = small_segments(16, 20, 16 * 64);
+    options.tamper = Some(Arc::new(|share, s, block| {
+        if share.0 == 0 && s.0 == 0 {
+            block[0] ^= 0x80;
+        }
+    }));
     let fixture = Fixture::with_options(3_000, options).await;
     let file = client(&fixture).open(&fixture.cap).await.unwrap();
     assert_eq!(
-        &file.read(0, 3_000).await.unwrap()[..],
+        &file.read(0..3_000).await.unwrap()[..],
         &fixture.plaintext[..]
     );
     let report = verify::verify(
@@ -651,10 +609,8 @@ async fn a_share_listed_after_opening_rescues_a_stalled_fetch() {
             ..Faults::default()
         });
     }
-    let config = ReaderConfig {
-        request_timeout: Duration::from_secs(600),
-        ..ReaderConfig::default()
-    };
+    let mut config = ReaderConfig::default();
+    config.request_timeout = Duration::from_secs(600);
     let client = Client::new(fixture.grid.clone(), config);
     let file = client.open(&fixture.cap).await.unwrap();
     a.set_faults(Faults {
@@ -663,7 +619,7 @@ async fn a_share_listed_after_opening_rescues_a_stalled_fetch() {
     });
     // Share 0 stalls and its hedge finds no other share until the parity listings arrive;
     // then the fetch must move on, not wait out the ten-minute request timeout.
-    let read = tokio::time::timeout(Duration::from_secs(60), file.read(0, 4_000)).await;
+    let read = tokio::time::timeout(Duration::from_secs(60), file.read(0..4_000)).await;
     assert_eq!(
         &read.expect("rescued by the late listing").unwrap()[..],
         &fixture.plaintext[..]
@@ -682,7 +638,7 @@ async fn across_a_network_sequential_reads_fetch_segments_in_batches() {
         store.start_log();
     }
     assert_eq!(
-        &file.read(0, 64_000).await.unwrap()[..],
+        &file.read(0..64_000).await.unwrap()[..],
         &fixture.plaintext[..]
     );
     let requests: Vec<_> = fixture.stores.iter().flat_map(|s| s.take_log()).collect();
@@ -717,10 +673,8 @@ async fn a_header_read_that_stalls_is_hedged_and_its_server_marked_slow() {
         stall_reads: true,
         ..Faults::default()
     });
-    let config = ReaderConfig {
-        request_timeout: Duration::from_secs(600),
-        ..ReaderConfig::default()
-    };
+    let mut config = ReaderConfig::default();
+    config.request_timeout = Duration::from_secs(600);
     let client = Client::new(fixture.grid.clone(), config);
     let file = tokio::time::timeout(Duration::from_secs(60), client.open(&fixture.cap))
         .await
@@ -741,7 +695,7 @@ async fn a_header_read_that_stalls_is_hedged_and_its_server_marked_slow() {
         "its late header read marked the stalled server slow, and only it"
     );
     // So the first segment goes elsewhere at once.
-    let read = tokio::time::timeout(Duration::from_millis(200), file.read(0, 4_000)).await;
+    let read = tokio::time::timeout(Duration::from_millis(200), file.read(0..4_000)).await;
     assert_eq!(
         &read.expect("no wait for the slow server").unwrap()[..],
         &fixture.plaintext[..]

@@ -56,6 +56,7 @@ const MAX_PENDING_WRITE_BYTES: u64 = 32 << 20;
 
 /// Where and how much to cache.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct CacheConfig {
     /// The cache directory (created 0700 if missing).
     pub dir: PathBuf,
@@ -65,8 +66,25 @@ pub struct CacheConfig {
     pub ttl: Duration,
 }
 
+impl CacheConfig {
+    /// A cache in `dir` of at most `max_bytes`, entries kept a day after their last use.
+    ///
+    /// ```
+    /// let config = segvault::cache::CacheConfig::new("/var/cache/segvault", 1 << 30);
+    /// assert_eq!(config.ttl, std::time::Duration::from_secs(86_400));
+    /// ```
+    pub fn new(dir: impl Into<PathBuf>, max_bytes: u64) -> CacheConfig {
+        CacheConfig {
+            dir: dir.into(),
+            max_bytes,
+            ttl: Duration::from_secs(86_400),
+        }
+    }
+}
+
 /// Why the cache could not be opened.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CacheError {
     /// The directory holds other things: the cache removes files in its directory, so it
     /// only takes a new, empty, or already tagged one.

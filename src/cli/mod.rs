@@ -101,11 +101,8 @@ impl CacheArgs {
         let Some(dir) = &self.cache_dir else {
             return Ok(segvault::Client::new(grid, config));
         };
-        let cache_config = segvault::cache::CacheConfig {
-            dir: dir.clone(),
-            max_bytes: self.cache_size,
-            ttl: self.cache_ttl,
-        };
+        let mut cache_config = segvault::cache::CacheConfig::new(dir, self.cache_size);
+        cache_config.ttl = self.cache_ttl;
         let metrics = std::sync::Arc::new(segvault::metrics::Metrics::default());
         // Opening scans the directory: off the async workers.
         let cache = tokio::task::block_in_place(|| {
@@ -183,11 +180,9 @@ impl Cli {
             if let Some(dir) = &spool_dir {
                 segvault::store::sweep_spools(dir);
             }
-            let http = HttpOptions {
-                token: self.token()?,
-                spool_dir,
-                ..HttpOptions::default()
-            };
+            let mut http = HttpOptions::default();
+            http.token = self.token()?;
+            http.spool_dir = spool_dir;
             return Ok(specs
                 .iter()
                 .fold(Grid::builder(), |grid, spec| grid.spec(spec))

@@ -40,14 +40,9 @@ pub(crate) struct PutArgs {
 pub(crate) async fn run(cli: &Cli, args: &PutArgs) -> anyhow::Result<ExitCode> {
     // Everything that can be checked is, before a file is read or a directory made.
     let cancel = CancellationToken::new();
-    let mut options = PutOptions {
-        k: args.k,
-        n: args.n,
-        segment_size: args.segment_size,
-        happy: args.happy,
-        cancel: Some(cancel.clone()),
-        ..PutOptions::default()
-    };
+    let mut options = PutOptions::new(args.k, args.n).with_cancel(cancel.clone());
+    options.segment_size = args.segment_size;
+    options.happy = args.happy;
     options.validate()?;
     let specs = cli.server_specs()?;
     if let Some(happy) = args.happy
@@ -90,7 +85,7 @@ pub(crate) async fn run(cli: &Cli, args: &PutArgs) -> anyhow::Result<ExitCode> {
     options.progress = bar
         .clone()
         .map(|bar| Arc::new(move |done: u64| bar.set_position(done)) as _);
-    let put = segvault::put(&grid, source, &options);
+    let put = segvault::upload::put(&grid, source, &options);
     let mut put = std::pin::pin!(put);
     let outcome = tokio::select! {
         outcome = &mut put => outcome,

@@ -6,10 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use segvault::gateway::{ConnectionLimits, Gateway, GatewayConfig, shutdown_signal, url_for};
+use segvault::PutOptions;
+use segvault::gateway::{Gateway, GatewayConfig, shutdown_signal, url_for};
 use segvault::grid::EMBEDDED_SERVERS;
 use segvault::store::Durability;
-use segvault::{PutOptions, ReaderConfig};
 
 use super::Cli;
 
@@ -44,32 +44,21 @@ pub(crate) struct ServeArgs {
 }
 
 pub(crate) async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
-    let put = PutOptions {
-        k: args.k,
-        n: args.n,
-        ..PutOptions::default()
-    };
+    let put = PutOptions::new(args.k, args.n);
     put.validate()?;
     let grid = cli.grid_with(
         EMBEDDED_SERVERS.max(usize::from(args.n)),
         true,
         Durability::Fsync,
     )?;
-    let config = GatewayConfig {
-        connections: ConnectionLimits {
-            max_connections: args.max_connections,
-            header_read_timeout: std::time::Duration::from_secs(args.header_timeout.max(1)),
-            ..ConnectionLimits::default()
-        },
-        max_upload_bytes: args.max_upload,
-        max_uploads: args.max_uploads,
-        reader: ReaderConfig {
-            metadata_bytes: args.metadata_size,
-            ..ReaderConfig::default()
-        },
-        put,
-        ..GatewayConfig::default()
-    };
+    let mut config = GatewayConfig::default();
+    config.connections.max_connections = args.max_connections;
+    config.connections.header_read_timeout =
+        std::time::Duration::from_secs(args.header_timeout.max(1));
+    config.max_upload_bytes = args.max_upload;
+    config.max_uploads = args.max_uploads;
+    config.reader.metadata_bytes = args.metadata_size;
+    config.put = put;
     // The cache (and its lock) before the port: a second gateway on the same cache directory
     // fails before it takes an address.
     let servers = grid.len();

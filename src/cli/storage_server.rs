@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use segvault::node::{NodeConfig, StorageNode, check_listen_address};
-use segvault::server::{ConnectionLimits, shutdown_signal};
+use segvault::server::shutdown_signal;
 use segvault::store::{DirectoryStore, Durability};
 
 use super::Cli;
@@ -37,16 +37,11 @@ pub(crate) async fn run(cli: &Cli, args: &StorageServerArgs) -> anyhow::Result<E
     check_listen_address(args.listen, token.as_ref())?;
     let store = DirectoryStore::open_with(&args.dir, Durability::Fsync)
         .with_context(|| format!("opening the share directory {}", args.dir.display()))?;
-    let config = NodeConfig {
-        connections: ConnectionLimits {
-            max_connections: args.max_connections,
-            ..NodeConfig::default().connections
-        },
-        token,
-        max_share_bytes: args.max_share_size,
-        max_uploads: args.max_uploads,
-        ..NodeConfig::default()
-    };
+    let mut config = NodeConfig::default();
+    config.connections.max_connections = args.max_connections;
+    config.token = token;
+    config.max_share_bytes = args.max_share_size;
+    config.max_uploads = args.max_uploads;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -77,6 +77,7 @@ pub struct Candidate {
 
 /// The knobs of the policy.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct Policy {
     /// Extra time a parity block is charged over a primary one: decoding, hashing the rebuilt
     /// blocks, and the hash nodes a share not read before still lacks. Set well above

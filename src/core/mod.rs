@@ -12,6 +12,7 @@ pub mod geometry;
 pub mod hash;
 pub mod layout;
 pub mod planner;
+pub mod range;
 pub mod share_header;
 pub mod text;
 pub mod tree;

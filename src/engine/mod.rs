@@ -8,6 +8,7 @@ mod handle;
 mod node;
 mod reader;
 mod segment;
+mod stream;
 pub mod verify;
 
 use std::fmt;
@@ -18,12 +19,14 @@ use std::time::Duration;
 use lru::LruCache;
 use tokio::sync::OnceCell;
 
+pub use crate::core::range::GetRange;
 pub use crate::grid::health::{HealthSnapshot, ServerHealth};
 pub use error::{ReadError, ReportLine, ShareReport};
-pub use handle::{ByteStream, FileHandle};
+pub use handle::FileHandle;
 pub use node::FileNode;
 pub use reader::FileReader;
 pub use segment::SegmentData;
+pub use stream::ByteStream;
 
 use crate::cache::DiskCache;
 use crate::core::cap::{ReadCap, VerifyCap};
@@ -35,6 +38,7 @@ use crate::metrics::Metrics;
 
 /// How a client reads. Built once, passed down.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ReaderConfig {
     /// Most segments a stream may fetch ahead of its consumer (its window adapts below this).
     /// On a local grid 4 keeps both cores busy: 8 measured no faster and held 30 % more
@@ -144,7 +148,8 @@ impl Client {
     /// use std::{sync::Arc, time::Duration};
     /// use segvault::cache::{CacheConfig, DiskCache};
     /// use segvault::{Client, metrics::Metrics};
-    /// let config = CacheConfig { dir: "/var/cache/segvault".into(), max_bytes: 1 << 30, ttl: Duration::from_secs(3600) };
+    /// let mut config = CacheConfig::new("/var/cache/segvault", 1 << 30);
+    /// config.ttl = Duration::from_secs(3600);
     /// let cache = DiskCache::open(config, Arc::new(Metrics::default()))?;
     /// let client = Client::with_cache(grid, Default::default(), cache);
     /// # Ok(()) }

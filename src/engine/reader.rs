@@ -10,7 +10,8 @@ use bytes::{Buf, Bytes};
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
 
-use super::handle::{ByteStream, FileHandle};
+use super::handle::FileHandle;
+use super::stream::ByteStream;
 
 /// See the module documentation. Created by [`FileHandle::reader`].
 #[derive(Debug)]
@@ -21,16 +22,19 @@ pub struct FileReader {
     chunk: Bytes,
 }
 
-impl FileReader {
-    pub(crate) fn new(handle: FileHandle) -> FileReader {
+impl FileHandle {
+    /// An `AsyncRead + AsyncSeek` view of the file, positioned at 0.
+    pub fn reader(&self) -> FileReader {
         FileReader {
-            handle,
+            handle: self.clone(),
             position: 0,
             stream: None,
             chunk: Bytes::new(),
         }
     }
+}
 
+impl FileReader {
     /// The position of the next byte `poll_read` returns.
     pub fn position(&self) -> u64 {
         self.position

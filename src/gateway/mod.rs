@@ -57,6 +57,7 @@ pub(crate) const FILE_CSP: &str = "sandbox; default-src 'none'; img-src 'self' d
 
 /// How the gateway behaves. Built once, passed down.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GatewayConfig {
     /// Connection limits and timeouts.
     pub connections: ConnectionLimits,

@@ -13,6 +13,7 @@ use hyper::header::{self, HeaderMap};
 
 /// Limits on what a range request may ask for.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct RangeLimits {
     /// Range specs parsed before the Range header is ignored (served whole).
     pub max_specs: usize,

@@ -15,6 +15,7 @@ use super::response::{method_not_allowed, read_error, text};
 use super::{Gateway, page, upload};
 use crate::core::cap::{Cap, VerifyCap};
 use crate::core::text;
+use crate::engine::GetRange;
 use crate::server::access::{Access, OnEnd, Started};
 
 /// The file's strong ETag: its public identity (storage index and UEB hash), never the cap.
@@ -251,7 +252,7 @@ impl Gateway {
             let file = file.clone();
             async move {
                 if head {
-                    file.read(range.start, 1).await.map(|_| None)
+                    file.read(GetRange::at(range.start, 1)).await.map(|_| None)
                 } else {
                     body::range(&file, range).await.map(Some)
                 }
@@ -294,7 +295,9 @@ impl Gateway {
                 );
                 let length = multipart.len();
                 let body = if head {
-                    file.read(ranges[0].start, 1).await.map(|_| None)
+                    file.read(GetRange::at(ranges[0].start, 1))
+                        .await
+                        .map(|_| None)
                 } else {
                     multipart.body(&file).await.map(Some)
                 };

@@ -17,7 +17,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use percent_encoding::utf8_percent_encode;
 use tokio::time::{Sleep, sleep};
-use tokio_util::io::{StreamReader, SyncIoBridge};
+use tokio_util::io::StreamReader;
 use tracing::warn;
 
 use super::Gateway;
@@ -147,9 +147,8 @@ where
         config.upload_idle_timeout,
         config.min_upload_rate,
     );
-    let reader = SyncIoBridge::new(StreamReader::new(guarded));
-    let grid = gateway.client().grid().clone();
-    match crate::put(&grid, PutSource::Reader(Box::new(reader)), &config.put).await {
+    let source = PutSource::reader(StreamReader::new(guarded));
+    match crate::upload::put(gateway.client().grid(), source, &config.put).await {
         Ok(cap) => Ok(cap),
         Err(PutError::Input(e)) if is_too_large(&e) => Err(too_large(config.max_upload_bytes)),
         Err(PutError::Input(e)) => Err(text(

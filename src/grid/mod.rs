@@ -69,6 +69,7 @@ impl fmt::Debug for Server {
 
 /// Why a grid could not be assembled.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum GridError {
     /// A server URL that cannot be used.
     #[error(transparent)]

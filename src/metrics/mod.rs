@@ -31,6 +31,7 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 /// Why a share's bytes were not used.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Rejection {
     /// An I/O error, timeout or malformed answer.
     Unavailable,
@@ -62,6 +63,7 @@ impl Rejection {
 
 /// Why a cache entry left the cache.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Eviction {
     /// Least recently used, to make room.
     Lru,

@@ -62,6 +62,7 @@ const MAX_REPORTS_FILE: u64 = 16 << 20;
 
 /// How a storage node behaves.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct NodeConfig {
     /// Connection limits and timeouts.
     pub connections: ConnectionLimits,

@@ -42,6 +42,7 @@ pub use crate::body::{Body, empty, full};
 
 /// Limits on connections, the same for every server in the crate.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ConnectionLimits {
     /// Connections served at once. When all are taken, an idle one (waiting for request
     /// headers) is closed to make room; only busy ones make new clients wait.

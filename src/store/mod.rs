@@ -27,6 +27,7 @@ pub const MAX_READ_BYTES: u64 = 64 << 20;
 
 /// What went wrong talking to a store.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The store holds no such share.
     #[error("share not found")]

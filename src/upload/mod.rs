@@ -16,10 +16,12 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
+use tokio::io::AsyncRead;
+use tokio_util::io::SyncIoBridge;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
@@ -40,20 +42,87 @@ use crate::grid::Grid;
 use crate::store::SpooledShare;
 use tree_file::TreeSection;
 
-/// What to upload.
+/// What to upload: bytes in memory, a file, or a stream (async or blocking). Streams of
+/// unknown length are encrypted into a spool file first (ciphertext only), since the
+/// segment size depends on the length.
+///
+/// ```
+/// use segvault::PutSource;
+/// let _ = PutSource::from(b"bytes in memory".to_vec());
+/// let _ = PutSource::from(std::path::Path::new("movie.mp4"));
+/// let _ = PutSource::reader(tokio::io::empty());
+/// ```
+#[non_exhaustive]
 pub enum PutSource {
     /// A file; its size is known up front.
     Path(PathBuf),
-    /// A stream of unknown length (stdin, a pipe).
+    /// An async stream of unknown length (a request body, a socket).
+    AsyncReader(Box<dyn AsyncRead + Send + Unpin>),
+    /// A blocking stream of unknown length (stdin, a pipe), read on the encoder's thread.
     Reader(Box<dyn Read + Send>),
     /// Bytes in memory.
     Bytes(Vec<u8>),
+}
+
+impl PutSource {
+    /// An async stream of unknown length.
+    pub fn reader(reader: impl AsyncRead + Send + Unpin + 'static) -> PutSource {
+        PutSource::AsyncReader(Box::new(reader))
+    }
+
+    /// A blocking stream of unknown length (read on a thread of its own, never on the
+    /// runtime's workers).
+    pub fn blocking_reader(reader: impl Read + Send + 'static) -> PutSource {
+        PutSource::Reader(Box::new(reader))
+    }
+
+    /// The source as the encoder's thread reads it: an async stream is bridged to blocking
+    /// reads on this runtime.
+    fn for_encoder(self) -> PutSource {
+        match self {
+            PutSource::AsyncReader(reader) => {
+                PutSource::Reader(Box::new(SyncIoBridge::new(reader)))
+            }
+            other => other,
+        }
+    }
+}
+
+impl From<Vec<u8>> for PutSource {
+    fn from(bytes: Vec<u8>) -> PutSource {
+        PutSource::Bytes(bytes)
+    }
+}
+
+impl From<&[u8]> for PutSource {
+    fn from(bytes: &[u8]) -> PutSource {
+        PutSource::Bytes(bytes.to_vec())
+    }
+}
+
+impl From<bytes::Bytes> for PutSource {
+    fn from(bytes: bytes::Bytes) -> PutSource {
+        PutSource::Bytes(bytes.into())
+    }
+}
+
+impl From<PathBuf> for PutSource {
+    fn from(path: PathBuf) -> PutSource {
+        PutSource::Path(path)
+    }
+}
+
+impl From<&Path> for PutSource {
+    fn from(path: &Path) -> PutSource {
+        PutSource::Path(path.to_owned())
+    }
 }
 
 impl fmt::Debug for PutSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PutSource::Path(p) => write!(f, "Path({})", p.display()),
+            PutSource::AsyncReader(_) => f.write_str("AsyncReader"),
             PutSource::Reader(_) => f.write_str("Reader"),
             PutSource::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
         }
@@ -63,11 +132,13 @@ impl fmt::Debug for PutSource {
 /// Progress callback: bytes of input processed so far.
 pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
-/// See [`PutOptions::tamper`].
+/// See `PutOptions::tamper` (the `testing` feature).
+#[cfg(any(test, feature = "testing"))]
 pub type Tamper = Arc<dyn Fn(ShareNum, SegmentIndex, &mut [u8]) + Send + Sync>;
 
 /// How to encode and place a file.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct PutOptions {
     /// Shares needed to read (1..=n).
     pub k: u16,
@@ -92,12 +163,14 @@ pub struct PutOptions {
     pub cancel: Option<CancellationToken>,
     /// For tests of the segment arithmetic only: allows segments below
     /// [`min_upload_segment_size`].
+    #[cfg(any(test, feature = "testing"))]
     #[doc(hidden)]
     pub unchecked_segment_size: bool,
     /// Simulates a malicious or buggy uploader, for tests: called on every block after
     /// encoding and before hashing, it may change the block. The ciphertext tree still names
     /// the data as encoded, so a tampered share is authentic (its hashes lead to the cap) yet
     /// disagrees with the others.
+    #[cfg(any(test, feature = "testing"))]
     #[doc(hidden)]
     pub tamper: Option<Tamper>,
 }
@@ -124,7 +197,9 @@ impl Default for PutOptions {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             progress: None,
             cancel: None,
+            #[cfg(any(test, feature = "testing"))]
             unchecked_segment_size: false,
+            #[cfg(any(test, feature = "testing"))]
             tamper: None,
         }
     }
@@ -137,14 +212,14 @@ impl PutOptions {
     /// ```
     /// use segvault::PutOptions;
     /// assert!(PutOptions::default().validate().is_ok());
-    /// assert!(PutOptions { n: 300, ..PutOptions::default() }.validate().is_err());
-    /// assert!(PutOptions { segment_size: Some(1), ..PutOptions::default() }.validate().is_err());
+    /// assert!(PutOptions::new(3, 300).validate().is_err());
+    /// assert!(PutOptions::default().with_segment_size(1).validate().is_err());
     /// ```
     pub fn validate(&self) -> Result<(), PutError> {
         let min = min_upload_segment_size(self.k);
         if let Some(size) = self.segment_size
             && size < min
-            && !self.unchecked_segment_size
+            && !self.segment_size_unchecked()
         {
             Geometry::new(0, MAX_SEGMENT_SIZE, self.k, self.n)?;
             return Err(PutError::SegmentTooSmall {
@@ -162,6 +237,52 @@ impl PutOptions {
         Ok(())
     }
 
+    /// Options for `k`-of-`n` shares, the rest as [`Default`].
+    ///
+    /// ```
+    /// use segvault::PutOptions;
+    /// let options = PutOptions::new(2, 4).with_segment_size(64 << 10).with_happy(3);
+    /// assert!(options.validate().is_ok());
+    /// ```
+    pub fn new(k: u16, n: u16) -> PutOptions {
+        PutOptions {
+            k,
+            n,
+            ..PutOptions::default()
+        }
+    }
+
+    /// With a fixed segment size (else chosen from the file's size).
+    pub fn with_segment_size(mut self, segment_size: u64) -> PutOptions {
+        self.segment_size = Some(segment_size);
+        self
+    }
+
+    /// With `happy`: servers that must take their shares.
+    pub fn with_happy(mut self, happy: u16) -> PutOptions {
+        self.happy = Some(happy);
+        self
+    }
+
+    /// With a progress callback, called with the bytes of input processed so far.
+    pub fn with_progress(mut self, progress: impl Fn(u64) + Send + Sync + 'static) -> PutOptions {
+        self.progress = Some(Arc::new(progress));
+        self
+    }
+
+    /// With a cancellation token ([`PutOptions::cancel`]).
+    pub fn with_cancel(mut self, cancel: CancellationToken) -> PutOptions {
+        self.cancel = Some(cancel);
+        self
+    }
+
+    fn segment_size_unchecked(&self) -> bool {
+        #[cfg(any(test, feature = "testing"))]
+        return self.unchecked_segment_size;
+        #[cfg(not(any(test, feature = "testing")))]
+        false
+    }
+
     /// The segment size for a file of `size` bytes.
     fn segment_size_for(&self, size: u64) -> u64 {
         self.segment_size.unwrap_or_else(|| {
@@ -172,6 +293,7 @@ impl PutOptions {
 
 /// Why an upload failed. Nothing partial is left where a reader could find it as a share.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PutError {
     /// k, n or the segment size are invalid, or the file is too large for them.
     #[error(transparent)]
@@ -274,8 +396,8 @@ fn cancelled_detail(left_behind: &str) -> String {
 /// ```no_run
 /// # async fn demo(grid: segvault::Grid) -> Result<(), segvault::PutError> {
 /// use segvault::{PutOptions, PutSource};
-/// let options = PutOptions { k: 2, n: 4, ..PutOptions::default() };
-/// let cap = segvault::put(&grid, PutSource::Path("movie.mp4".into()), &options).await?;
+/// let options = PutOptions::new(2, 4);
+/// let cap = segvault::upload::put(&grid, PutSource::Path("movie.mp4".into()), &options).await?;
 /// println!("{}", cap.to_secret_string().as_str());
 /// # Ok(()) }
 /// ```
@@ -327,6 +449,8 @@ async fn upload(
     options: PutOptions,
     cancel: CancellationToken,
 ) -> Result<ReadCap, PutError> {
+    // Bridged here, on the runtime: the encoder's thread has none.
+    let source = source.for_encoder();
     // Ask every server first: shares go only to those that answer, and an upload that could
     // not be happy fails before any encoding.
     let (responsive, unreachable) = tokio::select! {
@@ -508,6 +632,9 @@ fn open_input(
                 false,
             ))
         }
+        PutSource::AsyncReader(_) => Err(PutError::Internal(
+            "an async source reached the encoder unbridged".into(),
+        )),
         PutSource::Reader(mut reader) => {
             let dir = grid
                 .servers()
@@ -616,6 +743,7 @@ fn encode(
         encrypted,
         codec: Codec::new(options.k, options.n).map_err(|e| PutError::Internal(e.to_string()))?,
         spools: &spools,
+        #[cfg(any(test, feature = "testing"))]
         tamper: options.tamper.as_ref(),
         stop,
     };
@@ -638,6 +766,7 @@ struct SegmentEncoder<'a> {
     encrypted: bool,
     codec: Codec,
     spools: &'a [SpooledShare],
+    #[cfg(any(test, feature = "testing"))]
     tamper: Option<&'a Tamper>,
     /// Set when the upload is cancelled.
     stop: &'a AtomicBool,
@@ -798,6 +927,7 @@ impl SegmentEncoder<'_> {
         }
         // A tampering test uploader commits its ciphertext tree to the data as it should be,
         // then changes blocks: each tampered share is authentic yet disagrees with the rest.
+        #[cfg(any(test, feature = "testing"))]
         let honest_leaf = self.tamper.map(|tamper| {
             let leaves: Vec<Hash> = buffer.chunks_exact(block).map(hash::block_leaf).collect();
             for (share, bytes) in buffer
@@ -809,6 +939,8 @@ impl SegmentEncoder<'_> {
             }
             hash::ciphertext_leaf(&leaves)
         });
+        #[cfg(not(any(test, feature = "testing")))]
+        let honest_leaf: Option<Hash> = None;
         let blocks: Vec<&[u8]> = buffer
             .chunks_exact(block)
             .chain(parity.iter().map(|p| &p[..block]))

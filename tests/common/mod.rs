@@ -52,20 +52,17 @@ pub struct Fixture {
     pub cap: ReadCap,
 }
 
+/// `k`-of-`n` options with a segment size below the upload minimum: small segments exercise
+/// segment edges cheaply.
+pub fn small_segments(k: u16, n: u16, segment_size: u64) -> PutOptions {
+    let mut options = PutOptions::new(k, n).with_segment_size(segment_size);
+    options.unchecked_segment_size = true;
+    options
+}
+
 impl Fixture {
     pub async fn new(size: usize, segment_size: u64, k: u16, n: u16) -> Fixture {
-        Fixture::with_options(
-            size,
-            PutOptions {
-                k,
-                n,
-                segment_size: Some(segment_size),
-                // Small segments exercise segment edges cheaply.
-                unchecked_segment_size: true,
-                ..PutOptions::default()
-            },
-        )
-        .await
+        Fixture::with_options(size, small_segments(k, n, segment_size)).await
     }
 
     pub async fn with_options(size: usize, options: PutOptions) -> Fixture {
@@ -87,7 +84,7 @@ impl Fixture {
             size,
             size as u64 ^ u64::from(options.k) << 32 ^ u64::from(options.n) << 48,
         );
-        let cap = segvault::put(&grid, PutSource::Bytes(plaintext.clone()), &options)
+        let cap = segvault::upload::put(&grid, PutSource::Bytes(plaintext.clone()), &options)
             .await
             .expect("put");
         Fixture {

@@ -35,6 +35,7 @@ use token::Token;
 
 /// How an [`HttpStore`] talks to its node.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct HttpOptions {
     /// Sent with every request when set.
     pub token: Option<Token>,
@@ -63,6 +64,7 @@ impl Default for HttpOptions {
 
 /// Why a storage-node URL cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum UrlError {
     /// Not a URL.
     #[error("{0:?} is not a URL: {1}")]
@@ -886,7 +888,7 @@ mod tests {
             n: 1,
             ..crate::PutOptions::default()
         };
-        let cap = crate::put(&grid, crate::PutSource::Bytes(plaintext), &options)
+        let cap = crate::upload::put(&grid, crate::PutSource::Bytes(plaintext), &options)
             .await
             .unwrap();
         let si = cap.storage_index();

@@ -1,0 +1,175 @@
+//! [`ByteStream`]: a range of a file as verified, decrypted chunks in order, fetched ahead
+//! of its consumer in a window that adapts to the consumer's pace.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream};
+use tokio_util::task::AbortOnDropHandle;
+
+use super::error::ReadError;
+use super::handle::FileHandle;
+use crate::core::geometry::SegmentIndex;
+use crate::core::planner::SegmentSlice;
+
+/// A chunk being produced: a stream's first runs in the consumer's own task (no hop to
+/// another thread before the first byte); the rest run in tasks of their own, so the chunks
+/// in flight use every core. Dropping either cancels it.
+enum Chunk {
+    Inline(BoxFuture<'static, Result<Bytes, ReadError>>),
+    Spawned(AbortOnDropHandle<Result<Bytes, ReadError>>),
+}
+
+impl Chunk {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, ReadError>> {
+        match self {
+            Chunk::Inline(future) => future.poll_unpin(cx),
+            Chunk::Spawned(task) => task.poll_unpin(cx).map(|joined| {
+                joined
+                    .unwrap_or_else(|e| Err(ReadError::Internal(format!("read task failed: {e}"))))
+            }),
+        }
+    }
+}
+
+/// A range of a file as a stream of verified, decrypted chunks (one per segment touched).
+pub struct ByteStream {
+    handle: FileHandle,
+    slices: Box<dyn Iterator<Item = SegmentSlice> + Send + Sync>,
+    /// Chunks in order, each marked if it opens a batch (its later chunks arrive with it).
+    pending: VecDeque<(Chunk, bool)>,
+    window: usize,
+    max_window: usize,
+    /// Whether the consumer has waited for the chunk now at the front.
+    waited: bool,
+    /// Batches in a row whose first chunk was ready before the consumer asked.
+    ready_batches: u32,
+    /// Whether the first chunk has been started (only it runs in the consumer's task).
+    started: bool,
+    failed: bool,
+}
+
+impl fmt::Debug for ByteStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ByteStream")
+            .field("in_flight", &self.pending.len())
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ByteStream {
+    pub(super) fn new(
+        handle: FileHandle,
+        slices: Box<dyn Iterator<Item = SegmentSlice> + Send + Sync>,
+        initial_window: usize,
+        max_window: usize,
+    ) -> ByteStream {
+        ByteStream {
+            handle,
+            slices,
+            pending: VecDeque::new(),
+            window: initial_window.clamp(1, max_window),
+            max_window,
+            waited: false,
+            ready_batches: 0,
+            started: false,
+            failed: false,
+        }
+    }
+
+    /// Segments currently being fetched or held for the consumer.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+impl Stream for ByteStream {
+    type Item = Result<Bytes, ReadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.failed {
+            return Poll::Ready(None);
+        }
+        // The window refills in batches once half of it has drained: the segments of a batch
+        // are fetched together, one request per share (see `FileNode::segment_run`).
+        if this.pending.len() <= this.window / 2 {
+            let mut batch = Vec::new();
+            while this.pending.len() + batch.len() < this.window {
+                let Some(slice) = this.slices.next() else {
+                    break;
+                };
+                batch.push(slice);
+            }
+            // Batches of half a window, so that one is in flight while the one before is
+            // consumed (and its shares' servers look busy: the next batch may go elsewhere).
+            let group = (this.window / 2).max(1);
+            // Held until every chunk holds its own segment future.
+            // Only across a network: locally a request costs a page-cache read, and fetching
+            // segments one by one spreads them over the cores with no batch to wait for.
+            let batching = this.handle.node().is_remote();
+            let _batch_fetches: Vec<_> = batch
+                .chunks(group)
+                .filter(|run| batching && run.len() >= 2)
+                .map(|run| {
+                    let segments: Vec<SegmentIndex> = run.iter().map(|s| s.segment).collect();
+                    this.handle.node().segment_run(&segments)
+                })
+                .collect();
+            for (i, slice) in batch.into_iter().enumerate() {
+                let chunk = this.handle.slice_chunk(slice);
+                let chunk = if this.started {
+                    Chunk::Spawned(AbortOnDropHandle::new(tokio::spawn(chunk)))
+                } else {
+                    this.started = true;
+                    Chunk::Inline(chunk)
+                };
+                this.pending.push_back((chunk, i % group == 0));
+            }
+        }
+        let Some((chunk, opens_batch)) = this.pending.front_mut() else {
+            return Poll::Ready(None);
+        };
+        let opens_batch = *opens_batch;
+        let result = match chunk.poll(cx) {
+            Poll::Pending => {
+                this.waited = true;
+                return Poll::Pending;
+            }
+            Poll::Ready(result) => result,
+        };
+        this.pending.pop_front();
+        match result {
+            Ok(chunk) => {
+                // The window follows the consumer: if it had to wait, fetch further ahead (up
+                // to the limit); if the chunk was already waiting for it, the consumer is the
+                // slow side and holding more ahead would only cost memory. (A batch's later
+                // chunks arrive with its first, so only the first says who waited.)
+                // Two batches fetched side by side finish together, so one ready batch says
+                // little: the window shrinks on the second in a row.
+                if this.waited {
+                    this.window = (this.window * 2).min(this.max_window);
+                    this.ready_batches = 0;
+                } else if opens_batch {
+                    this.ready_batches += 1;
+                    if this.ready_batches >= 2 {
+                        this.window = (this.window - 1).max(1);
+                    }
+                }
+                this.waited = false;
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Err(e) => {
+                // Nothing after a failed segment is delivered; drop the fetches ahead of it.
+                this.failed = true;
+                this.pending.clear();
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+}

@@ -16,3 +16,4 @@ pub mod share_header;
 pub mod text;
 pub mod tree;
 pub mod ueb;
+pub mod verifier;

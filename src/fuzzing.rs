@@ -306,7 +306,7 @@ pub fn verifier(data: &[u8]) {
             // A ciphertext-chain level: checked once the segment is decoded.
             assert!(whole.is_ok());
             let leaf = file.segment_leaves[segment.0 as usize];
-            let refused = trees.verify_segment(segment, leaf, &[record.ciphertext_chain.clone()]);
+            let refused = trees.verify_segment(segment, leaf, &[&record.ciphertext_chain]);
             assert!(
                 matches!(refused, Err(VerifyError::CiphertextMismatch { segment: s, .. }) if s == segment),
                 "a wrong ciphertext chain was accepted"

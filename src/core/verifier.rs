@@ -518,7 +518,7 @@ mod tests {
                 }
                 let leaf = f.segment_leaves[segment as usize];
                 trees
-                    .verify_segment(j, leaf, &[record.ciphertext_chain.clone()])
+                    .verify_segment(j, leaf, &[&record.ciphertext_chain])
                     .unwrap();
                 assert_eq!(
                     trees.record_hashes(&f.layout, s, j).as_deref(),

@@ -10,14 +10,14 @@ use std::convert::Infallible;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use http_body_util::{BodyExt, Empty, StreamBody, combinators::BoxBody};
+use http_body_util::{BodyExt, Empty, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, RANGE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use segvault::{FileHandle, GetRange, Grid, ReadCap, Vault};
 
-type Body = BoxBody<Bytes, std::io::Error>;
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// `bytes=a-b`, `bytes=a-` or `bytes=-n` (one range; anything else is the whole file).
 fn requested(header: Option<&str>) -> Option<GetRange> {
@@ -48,7 +48,7 @@ async fn handle(
             let refused = Response::builder()
                 .status(StatusCode::RANGE_NOT_SATISFIABLE)
                 .header(CONTENT_RANGE, format!("bytes */{}", file.len()))
-                .body(Empty::new().map_err(|never| match never {}).boxed());
+                .body(Empty::new().map_err(|never| match never {}).boxed_unsync());
             return Ok(refused.expect("a valid response"));
         }
         let content_range = format!("bytes {}-{}/{}", range.start, range.end - 1, file.len());
@@ -60,7 +60,7 @@ async fn handle(
         .stream(range)
         .map_ok(Frame::data)
         .map_err(std::io::Error::from);
-    let body = BodyExt::boxed(StreamBody::new(chunks));
+    let body = BodyExt::boxed_unsync(StreamBody::new(chunks));
     Ok(response
         .status(status)
         .body(body)

@@ -100,8 +100,8 @@ impl Vault {
 
     /// Checks every share of a file against its verify cap, without decrypting
     /// (what `segvault verify` prints).
-    pub async fn verify(&self, cap: &VerifyCap) -> crate::engine::verify::VerifyReport {
-        crate::engine::verify::verify(self.client.grid(), cap, self.client.config(), None).await
+    pub async fn verify(&self, cap: &VerifyCap) -> crate::engine::audit::VerifyReport {
+        crate::engine::audit::verify(self.client.grid(), cap, self.client.config(), None).await
     }
 
     /// The grid.

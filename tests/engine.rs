@@ -11,7 +11,7 @@ use futures::StreamExt;
 use segvault::GetRange;
 use segvault::core::geometry::{SegmentIndex, ShareNum};
 use segvault::core::layout::ShareLayout;
-use segvault::engine::verify;
+use segvault::engine::audit;
 use segvault::store::ShareStore;
 use segvault::store::testing::fault::Faults;
 use segvault::{Client, PutOptions, ReadError, ReaderConfig};
@@ -383,7 +383,7 @@ async fn a_decode_that_fails_the_ciphertext_check_is_retried_with_other_shares()
 
     // Verify, too, must find the consistent shares (with share 0 still missing) and blame
     // only the inconsistent one.
-    let report = verify::verify(
+    let report = audit::verify(
         &fixture.grid,
         &fixture.cap.verify_cap(),
         &ReaderConfig::default(),
@@ -491,7 +491,7 @@ async fn open_file_metadata_is_bounded_by_bytes_and_evicted_least_recent_first()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_reports_missing_and_corrupt_shares() {
     let fixture = Fixture::new(10_000, 1000, 3, 10).await;
-    let report = verify::verify(
+    let report = audit::verify(
         &fixture.grid,
         &fixture.cap.verify_cap(),
         &ReaderConfig::default(),
@@ -509,7 +509,7 @@ async fn verify_reports_missing_and_corrupt_shares() {
         hidden: (0..10).map(ShareNum).collect(),
         ..Faults::default()
     });
-    let report = verify::verify(
+    let report = audit::verify(
         &fixture.grid,
         &fixture.cap.verify_cap(),
         &ReaderConfig::default(),
@@ -547,7 +547,7 @@ async fn share_numbers_beyond_n_are_ignored_not_fatal() {
         &file.read(0..4_000).await.unwrap()[..],
         &fixture.plaintext[..]
     );
-    let report = verify::verify(
+    let report = audit::verify(
         &fixture.grid,
         &fixture.cap.verify_cap(),
         &ReaderConfig::default(),
@@ -573,7 +573,7 @@ async fn a_bad_share_among_many_is_found_within_the_retry_budget() {
         &file.read(0..3_000).await.unwrap()[..],
         &fixture.plaintext[..]
     );
-    let report = verify::verify(
+    let report = audit::verify(
         &fixture.grid,
         &fixture.cap.verify_cap(),
         &ReaderConfig::default(),

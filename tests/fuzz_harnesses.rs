@@ -6,7 +6,7 @@ use segvault::fuzzing;
 
 type Harness = fn(&[u8]);
 
-const HARNESSES: [(&str, Harness); 7] = [
+const HARNESSES: [(&str, Harness); 8] = [
     ("geometry_planner", fuzzing::geometry_and_planner),
     ("merkle", fuzzing::merkle),
     ("parse_ueb", fuzzing::parse_ueb),
@@ -14,6 +14,7 @@ const HARNESSES: [(&str, Harness); 7] = [
     ("parse_cap", fuzzing::parse_cap),
     ("range_header", fuzzing::range_header),
     ("storage_request", fuzzing::storage_request),
+    ("verifier", fuzzing::verifier),
 ];
 
 proptest! {
@@ -55,6 +56,8 @@ proptest! {
         let headers = [(RANGE, Some(range.as_bytes())), (conditional, Some(tag.as_bytes()))];
         fuzzing::range_decision(method, len, &headers, gap, parts)
     }
+    #[test]
+    fn verifier(data in proptest::collection::vec(any::<u8>(), 0..256)) { fuzzing::verifier(&data) }
     #[test]
     fn parse_cap(text in "(sv1-(read|verify):)?[a-z2-7:0-9]{0,160}") { fuzzing::parse_cap(text.as_bytes()) }
 }

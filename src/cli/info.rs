@@ -6,14 +6,14 @@ use crate::cli::size;
 use segvault::ReaderConfig;
 use segvault::core::cap::Cap;
 use segvault::core::layout::ShareLayout;
-use segvault::engine::verify;
+use segvault::engine::audit;
 
 use super::{CapArgs, Cli, read_cap_argument};
 
 pub(crate) async fn verify(cli: &Cli, args: &CapArgs) -> anyhow::Result<ExitCode> {
     let cap = read_cap_argument(&args.cap)?.verify_cap();
     let grid = cli.grid()?;
-    let report = verify::verify(&grid, &cap, &ReaderConfig::default(), None).await;
+    let report = audit::verify(&grid, &cap, &ReaderConfig::default(), None).await;
     if report.altered_cap {
         // The same words as `get`: the shares are not at fault.
         return Err(segvault::ReadError::AlteredCap {

@@ -17,3 +17,4 @@ pub mod share_header;
 pub mod text;
 pub mod tree;
 pub mod ueb;
+pub mod verifier;

@@ -1,10 +1,14 @@
-//! Read errors, and the per-share report that says what was found where and why each share
-//! was or was not used.
+//! Read errors, the per-share report that says what was found where and why each share was
+//! or was not used, and the [`Problem`] each rejection records.
 
 use std::fmt;
 
 use crate::core::cap::StorageIndex;
 use crate::core::geometry::{SegmentIndex, ShareNum};
+use crate::core::hash::Hash;
+use crate::core::verifier::VerifyError;
+use crate::metrics::Rejection;
+use crate::store::StoreError;
 
 /// One line of a share report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,5 +135,78 @@ impl From<ReadError> for std::io::Error {
             _ => std::io::ErrorKind::Other,
         };
         std::io::Error::new(kind, e)
+    }
+}
+
+/// Why one share could not serve one request.
+#[derive(Debug, Clone)]
+pub(crate) enum Problem {
+    /// Transient: I/O error, timeout, a broken answer. The share is avoided for a while and
+    /// its server is marked failing.
+    Unavailable(String),
+    /// The share is gone from the server.
+    Missing,
+    /// The share's header, UEB or share chain is bad: the whole share is unusable.
+    CorruptShare(String),
+    /// One record failed verification; the share may still serve other segments.
+    CorruptBlock(VerifyError),
+    /// The share's UEB is the one the cap's hash names, but the cap's parameters differ from
+    /// it: the cap, not the share, is wrong.
+    AlteredCap,
+    /// The share is of the cap's file (its header names the storage index) but holds another
+    /// UEB (with this hash) than the cap names: a corrupt or forged share, or, when every
+    /// share agrees on it, a cap whose UEB hash was altered.
+    OtherUeb(Hash),
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Unavailable(why) => write!(f, "unavailable: {why}"),
+            Problem::Missing => f.write_str("listed but now missing"),
+            Problem::CorruptShare(why) => write!(f, "corrupt share: {why}"),
+            Problem::CorruptBlock(why) => write!(f, "corrupt block: {why}"),
+            Problem::AlteredCap => f.write_str("the cap's parameters differ from the file's"),
+            Problem::OtherUeb(_) => f.write_str("corrupt share: UEB does not match the cap's hash"),
+        }
+    }
+}
+
+impl From<VerifyError> for Problem {
+    fn from(error: VerifyError) -> Problem {
+        match error {
+            // The server answered a range with another length: it does not hold the share
+            // as laid out, so none of its records can be trusted to parse.
+            VerifyError::RecordLength { .. } => Problem::CorruptShare(error.to_string()),
+            other => Problem::CorruptBlock(other),
+        }
+    }
+}
+
+impl Problem {
+    pub(crate) fn from_store(error: StoreError) -> Problem {
+        match error {
+            StoreError::NotFound => Problem::Missing,
+            StoreError::OutOfBounds { .. } => Problem::CorruptShare(format!("truncated: {error}")),
+            other => Problem::Unavailable(other.to_string()),
+        }
+    }
+
+    pub(crate) fn rejection(&self) -> Rejection {
+        match self {
+            Problem::Unavailable(_) => Rejection::Unavailable,
+            Problem::Missing => Rejection::Missing,
+            Problem::CorruptShare(_) | Problem::OtherUeb(_) => Rejection::CorruptShare,
+            Problem::CorruptBlock(_) => Rejection::CorruptBlock,
+            Problem::AlteredCap => Rejection::AlteredCap,
+        }
+    }
+
+    /// Whether the share's bytes are bad (worth telling its server).
+    pub(crate) fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            Problem::CorruptShare(_) | Problem::CorruptBlock(_) | Problem::OtherUeb(_)
+        )
     }
 }

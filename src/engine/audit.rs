@@ -9,7 +9,9 @@ use std::fmt;
 use futures::StreamExt;
 
 use super::ReaderConfig;
-use super::node::{Problem, check_header_region, discover};
+use super::error::Problem;
+use super::open::check_header_region;
+use super::shares::discover;
 use crate::core::cap::{StorageIndex, VerifyCap};
 use crate::core::codec::Codec as _;
 use crate::core::erasure::Codec;
@@ -19,6 +21,7 @@ use crate::core::layout::ShareLayout;
 use crate::core::planner::{Record, next_subset};
 use crate::core::tree::{self, NodeIndex, TreeShape};
 use crate::core::ueb::Ueb;
+use crate::core::verifier;
 use crate::grid::Grid;
 use std::time::Duration;
 
@@ -359,8 +362,7 @@ async fn check_front(
         return Some(ueb);
     };
     let proves = |root: Hash| {
-        tree::root_from_chain(&g.share_tree(), u64::from(share.0), root, &share_chain).ok()
-            == Some(ueb.share_root)
+        verifier::verify_block_tree_root(&ueb, share, first, root, &share_chain).is_ok()
     };
     match stored_root {
         Some(root) if proves(root) => c.root = Some(root),
@@ -368,12 +370,14 @@ async fn check_front(
             c.check
                 .problem("stored block-tree root does not lead to the UEB".into());
             // Fall back to the root the first record implies, so the blocks still get checked.
-            if let Ok(root) =
-                tree::root_from_chain(&g.segment_tree(), 0, hash::block_leaf(block), &block_chain)
-                && proves(root)
-            {
-                c.root = Some(root);
-            }
+            let record = Record {
+                block,
+                block_chain,
+                ciphertext_chain: Vec::new(),
+                share_chain: Some(share_chain),
+            };
+            let leaf = hash::block_leaf(block);
+            c.root = verifier::verify_whole_proof(&ueb, share, first, leaf, &record).ok();
         }
     }
     Some(ueb)
@@ -462,7 +466,6 @@ async fn check_segment(checker: &SegmentChecker<'_>, s: SegmentIndex) -> Segment
         timeout,
     } = *checker;
     let g = cap.geometry();
-    let shape = g.segment_tree();
     let range = layout.record_range(s);
     let reads = candidates.iter().map(|&(server, share, root)| {
         let range = range.clone();
@@ -493,27 +496,25 @@ async fn check_segment(checker: &SegmentChecker<'_>, s: SegmentIndex) -> Segment
                 continue;
             }
         };
-        let Some(record) = Record::parse(layout, s, &bytes) else {
-            problems.push((index, format!("segment {s}: record has the wrong length")));
-            continue;
+        let record = match verifier::parse_record(layout, share, s, &bytes) {
+            Ok(record) => record,
+            Err(e) => {
+                problems.push((index, e.to_string()));
+                continue;
+            }
         };
         let leaf = hash::block_leaf(record.block);
         let share_chain = record.share_chain.as_deref().unwrap_or_default();
-        if tree::root_from_chain(&g.share_tree(), u64::from(share.0), root, share_chain).ok()
-            != Some(ueb.share_root)
-        {
+        if verifier::verify_block_tree_root(ueb, share, s, root, share_chain).is_err() {
             problems.push((index, format!("segment {s}: stored share chain is corrupt")));
         }
-        match tree::root_from_chain(&shape, s.0, leaf, &record.block_chain) {
-            Ok(r) if r == root => {
+        match verifier::verify_block_against_root(g, share, s, root, leaf, &record.block_chain) {
+            Ok(()) => {
                 let block = bytes.slice(..record.block.len());
                 good.entry(share).or_insert(verified.len());
                 verified.push((index, share, block, record.ciphertext_chain));
             }
-            _ => problems.push((
-                index,
-                format!("segment {s}: block or its stored hash chain is corrupt"),
-            )),
+            Err(e) => problems.push((index, e.to_string())),
         }
     }
     let k = usize::from(g.k());
@@ -533,11 +534,7 @@ async fn check_segment(checker: &SegmentChecker<'_>, s: SegmentIndex) -> Segment
     // does), then hold every copy of every share to that decode.
     let shares: Vec<ShareNum> = good.keys().copied().collect();
     let chains: Vec<&[Hash]> = verified.iter().map(|(_, _, _, c)| c.as_slice()).collect();
-    let accepts = |leaf: Hash| {
-        chains
-            .iter()
-            .any(|c| tree::root_from_chain(&shape, s.0, leaf, c).ok() == Some(ueb.ciphertext_root))
-    };
+    let accepts = |leaf: Hash| verifier::verify_ciphertext(ueb, s, leaf, &chains).is_ok();
     let mut tried = HashSet::new();
     let mut found = None;
     while let Some(subset) = next_subset(&shares, k, &tried).filter(|_| tried.len() < MAX_DECODES) {
@@ -565,9 +562,7 @@ async fn check_segment(checker: &SegmentChecker<'_>, s: SegmentIndex) -> Segment
         };
     };
     for (index, _, _, chain) in &verified {
-        if tree::root_from_chain(&shape, s.0, ciphertext_leaf, chain).ok()
-            != Some(ueb.ciphertext_root)
-        {
+        if verifier::verify_ciphertext(ueb, s, ciphertext_leaf, &[chain]).is_err() {
             problems.push((
                 *index,
                 format!("segment {s}: stored ciphertext-tree chain is corrupt"),

@@ -10,8 +10,8 @@ use futures::StreamExt;
 
 use super::ReaderConfig;
 use super::error::Problem;
-use super::open::check_header_region;
-use super::shares::discover;
+use super::node::open::check_header_region;
+use super::node::shares::discover;
 use crate::core::cap::{StorageIndex, VerifyCap};
 use crate::core::codec::Codec as _;
 use crate::core::erasure::Codec;

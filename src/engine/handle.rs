@@ -1,5 +1,5 @@
 //! Reading a file: [`FileHandle::read`] for a range at once, [`FileHandle::stream`] for a
-//! range in order with a bounded read-ahead window ([`ByteStream`]), [`FileHandle::reader`]
+//! range in order with a bounded read-ahead window ([`ByteStream`](super::ByteStream)), [`FileHandle::reader`]
 //! for `AsyncRead + AsyncSeek`.
 
 use std::fmt;
@@ -13,7 +13,6 @@ use futures::future::BoxFuture;
 use super::ReaderConfig;
 use super::error::ReadError;
 use super::node::FileNode;
-use super::stream::ByteStream;
 use crate::core::cap::{StorageIndex, VerifyCap};
 use crate::core::cipher::Keystream;
 use crate::core::geometry::SegmentIndex;
@@ -141,44 +140,6 @@ impl FileHandle {
             let within = slice.within.start as usize..slice.within.end as usize;
             Ok(segment.decrypt(within, segment_start, &keystream))
         })
-    }
-
-    /// The bytes of `range` (clamped to the file) as a stream of chunks, in order.
-    ///
-    /// Segments are fetched ahead of the consumer in a window that follows it: the window
-    /// doubles when the consumer has to wait and shrinks when chunks wait for the consumer,
-    /// between one segment and [`read_ahead`](Self::read_ahead). A fast reader gets every
-    /// core; a slow one (a video player at playback speed) holds about one segment.
-    /// Dropping the stream cancels its fetches.
-    ///
-    /// ```no_run
-    /// # async fn demo(file: segvault::FileHandle) -> Result<(), segvault::ReadError> {
-    /// use futures::TryStreamExt;
-    /// let mut chunks = file.stream(1 << 20..);
-    /// while let Some(chunk) = chunks.try_next().await? {
-    ///     // send `chunk` on; memory stays at the read-ahead window
-    /// #   drop(chunk);
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub fn stream(&self, range: impl Into<GetRange>) -> ByteStream {
-        self.stream_with_window(range.into(), 2)
-    }
-
-    /// Like [`stream`](Self::stream), starting with a window of one segment (for readers that
-    /// may stop or seek soon).
-    pub fn stream_slow_start(&self, range: impl Into<GetRange>) -> ByteStream {
-        self.stream_with_window(range.into(), 1)
-    }
-
-    fn stream_with_window(&self, range: GetRange, initial: usize) -> ByteStream {
-        let range = range.resolve(self.len());
-        ByteStream::new(
-            self.clone(),
-            Box::new(self.slices(range)),
-            initial,
-            self.read_ahead(),
-        )
     }
 
     pub(super) fn slices(

@@ -4,17 +4,11 @@
 //! hands out decrypted bytes through [`FileHandle`]s.
 
 pub mod audit;
-mod batch;
-mod cached;
-mod decode;
 mod error;
-mod fetch;
 mod handle;
 mod node;
-mod open;
 mod reader;
 mod segment;
-mod shares;
 mod stream;
 
 use std::fmt;
@@ -107,7 +101,7 @@ type NodeCell = Arc<OnceCell<Arc<FileNode>>>;
 /// or do not answer within `timeout` are skipped.
 pub async fn list_shares(grid: &Grid, cap: &VerifyCap, timeout: Duration) -> Vec<ShareNum> {
     let (si, n) = (cap.storage_index(), cap.geometry().n());
-    let mut found: Vec<ShareNum> = shares::discover(grid, si, n, timeout)
+    let mut found: Vec<ShareNum> = node::shares::discover(grid, si, n, timeout)
         .await
         .into_iter()
         .flatten()

@@ -15,6 +15,47 @@ use super::error::ReadError;
 use super::handle::FileHandle;
 use crate::core::geometry::SegmentIndex;
 use crate::core::planner::SegmentSlice;
+use crate::core::range::GetRange;
+
+impl FileHandle {
+    /// The bytes of `range` (clamped to the file) as a stream of chunks, in order.
+    ///
+    /// Segments are fetched ahead of the consumer in a window that follows it: the window
+    /// doubles when the consumer has to wait and shrinks when chunks wait for the consumer,
+    /// between one segment and [`read_ahead`](Self::read_ahead). A fast reader gets every
+    /// core; a slow one (a video player at playback speed) holds about one segment.
+    /// Dropping the stream cancels its fetches.
+    ///
+    /// ```no_run
+    /// # async fn demo(file: segvault::FileHandle) -> Result<(), segvault::ReadError> {
+    /// use futures::TryStreamExt;
+    /// let mut chunks = file.stream(1 << 20..);
+    /// while let Some(chunk) = chunks.try_next().await? {
+    ///     // send `chunk` on; memory stays at the read-ahead window
+    /// #   drop(chunk);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn stream(&self, range: impl Into<GetRange>) -> ByteStream {
+        self.stream_with_window(range.into(), 2)
+    }
+
+    /// Like [`stream`](Self::stream), starting with a window of one segment (for readers that
+    /// may stop or seek soon).
+    pub fn stream_slow_start(&self, range: impl Into<GetRange>) -> ByteStream {
+        self.stream_with_window(range.into(), 1)
+    }
+
+    fn stream_with_window(&self, range: GetRange, initial: usize) -> ByteStream {
+        let range = range.resolve(self.len());
+        ByteStream::new(
+            self.clone(),
+            Box::new(self.slices(range)),
+            initial,
+            self.read_ahead(),
+        )
+    }
+}
 
 /// A chunk being produced: a stream's first runs in the consumer's own task (no hop to
 /// another thread before the first byte); the rest run in tasks of their own, so the chunks

@@ -17,13 +17,13 @@ use futures::stream::FuturesUnordered;
 use tracing::{debug, warn};
 
 use super::decode::{Proof, VerifiedBlock};
-use super::error::{Problem, ReadError};
-use super::node::{FileNode, SegmentResult};
 use super::shares::{build_report, timed_read};
+use super::{FileNode, SegmentResult};
 use crate::core::choice;
 use crate::core::geometry::{SegmentIndex, ShareNum};
 use crate::core::hash::Hash;
 use crate::core::planner::{RecordRequest, next_subset};
+use crate::engine::error::{Problem, ReadError};
 
 /// k-subsets decoded for one segment before giving up: enough to leave out each share of a
 /// k+1 set once, and never fewer than 16.

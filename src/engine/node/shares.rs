@@ -13,12 +13,12 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::Notify;
 use tracing::{Instrument, debug, warn};
 
-use super::ReaderConfig;
-use super::error::{Problem, ReportLine, ShareReport};
-use super::node::FileNode;
+use super::FileNode;
 use crate::core::cap::StorageIndex;
 use crate::core::choice::{self, Candidate};
 use crate::core::geometry::ShareNum;
+use crate::engine::ReaderConfig;
+use crate::engine::error::{Problem, ReportLine, ShareReport};
 use crate::grid::{Grid, Server};
 use crate::metrics::Metrics;
 use crate::store::StoreError;

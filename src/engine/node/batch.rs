@@ -14,11 +14,11 @@ use futures::future::WeakShared;
 use tracing::{Instrument, debug};
 
 use super::decode::{DecodeError, Proof};
-use super::error::Problem;
-use super::node::{FileNode, SharedSegment};
-use super::segment::SegmentData;
+use super::{FileNode, SharedSegment};
 use crate::core::choice;
 use crate::core::geometry::SegmentIndex;
+use crate::engine::error::Problem;
+use crate::engine::segment::SegmentData;
 
 /// The unverified records of a batch of segments: per share (by slot), one per segment.
 struct RunRecords {

@@ -6,15 +6,15 @@ use std::collections::{BTreeMap, HashSet};
 
 use tracing::{debug, warn};
 
+use super::FileNode;
 use super::decode::{Proof, VerifiedBlock};
-use super::error::Problem;
-use super::node::FileNode;
 use crate::cache::CiphertextRecord;
 use crate::core::cache_entry::BlockKey;
 use crate::core::codec::Codec as _;
 use crate::core::geometry::{SegmentIndex, ShareNum};
 use crate::core::ueb::UEB_LEN;
 use crate::core::verifier::VerifyError;
+use crate::engine::error::Problem;
 use crate::metrics::{Eviction, Rejection};
 
 impl FileNode {

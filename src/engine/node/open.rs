@@ -14,10 +14,8 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tracing::{Instrument, debug};
 
-use super::ReaderConfig;
-use super::error::{Problem, ReadError};
-use super::node::{FileNode, NodeParts};
 use super::shares::{ShareMap, Shares, build_report, pick_slots, timed_read};
+use super::{FileNode, NodeParts};
 use crate::cache::DiskCache;
 use crate::core::cap::VerifyCap;
 use crate::core::choice;
@@ -28,6 +26,8 @@ use crate::core::hash::{self, Hash};
 use crate::core::layout::{HEADER_LEN, ShareLayout};
 use crate::core::share_header::ShareHeader;
 use crate::core::ueb::{UEB_LEN, Ueb};
+use crate::engine::ReaderConfig;
+use crate::engine::error::{Problem, ReadError};
 use crate::grid::Grid;
 use crate::metrics::Metrics;
 

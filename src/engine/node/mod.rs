@@ -5,15 +5,22 @@
 //! [`FileHandle`](super::FileHandle)s.
 //!
 //! The node's work is spread over one file per idea, each adding an `impl FileNode` block:
-//! - [`shares`](super::shares): finding shares and keeping each one's record;
-//! - [`open`](super::open): the hedged open that proves the UEB;
-//! - [`fetch`](super::fetch): one segment from k shares, hedged, retried over subsets;
-//! - [`batch`](super::batch): consecutive segments with one request per share;
-//! - [`cached`](super::cached): blocks from and to the disk cache;
-//! - [`decode`](super::decode): verifying records and decoding k blocks into a segment.
+//! - [`shares`](shares): finding shares and keeping each one's record;
+//! - [`open`](open): the hedged open that proves the UEB;
+//! - [`fetch`](fetch): one segment from k shares, hedged, retried over subsets;
+//! - [`batch`](batch): consecutive segments with one request per share;
+//! - [`cached`](cached): blocks from and to the disk cache;
+//! - [`decode`](decode): verifying records and decoding k blocks into a segment.
 //!
 //! Whether bytes are what the UEB commits to is decided by the pure
 //! [`verifier`](crate::core::verifier) alone.
+
+mod batch;
+mod cached;
+pub(crate) mod decode;
+mod fetch;
+pub(crate) mod open;
+pub(crate) mod shares;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -27,7 +34,6 @@ use tracing::Instrument;
 use super::ReaderConfig;
 use super::error::{ReadError, ShareReport};
 use super::segment::SegmentData;
-use super::shares::{Shares, Slot, build_report};
 use crate::cache::DiskCache;
 use crate::core::cap::{StorageIndex, VerifyCap};
 use crate::core::erasure::Codec;
@@ -37,23 +43,24 @@ use crate::core::ueb::Ueb;
 use crate::core::verifier::FileTrees;
 use crate::grid::Grid;
 use crate::metrics::Metrics;
+use shares::{Shares, Slot, build_report};
 
 pub(super) type SegmentResult = Result<Arc<SegmentData>, ReadError>;
 pub(crate) type SharedSegment = Shared<BoxFuture<'static, SegmentResult>>;
 
 /// Everything known about one file. See the module documentation.
 pub struct FileNode {
-    pub(super) cap: VerifyCap,
-    pub(super) layout: ShareLayout,
-    pub(super) codec: Codec,
-    pub(super) grid: Grid,
-    pub(super) config: Arc<ReaderConfig>,
-    pub(super) ueb: Ueb,
-    pub(super) shares: Arc<Shares>,
+    cap: VerifyCap,
+    layout: ShareLayout,
+    codec: Codec,
+    grid: Grid,
+    config: Arc<ReaderConfig>,
+    ueb: Ueb,
+    shares: Arc<Shares>,
     trees: Mutex<FileTrees>,
-    pub(super) inflight: Mutex<HashMap<u64, WeakShared<BoxFuture<'static, SegmentResult>>>>,
-    pub(super) metrics: Arc<Metrics>,
-    pub(super) cache: Option<Arc<DiskCache>>,
+    inflight: Mutex<HashMap<u64, WeakShared<BoxFuture<'static, SegmentResult>>>>,
+    metrics: Arc<Metrics>,
+    cache: Option<Arc<DiskCache>>,
 }
 
 impl fmt::Debug for FileNode {
@@ -65,15 +72,15 @@ impl fmt::Debug for FileNode {
 }
 
 /// What a node is made of once its file's UEB is verified (see [`FileNode::open`]).
-pub(super) struct NodeParts {
-    pub(super) grid: Grid,
-    pub(super) config: Arc<ReaderConfig>,
-    pub(super) cap: VerifyCap,
-    pub(super) layout: ShareLayout,
-    pub(super) codec: Codec,
-    pub(super) shares: Arc<Shares>,
-    pub(super) metrics: Arc<Metrics>,
-    pub(super) cache: Option<Arc<DiskCache>>,
+pub(crate) struct NodeParts {
+    grid: Grid,
+    config: Arc<ReaderConfig>,
+    cap: VerifyCap,
+    layout: ShareLayout,
+    codec: Codec,
+    shares: Arc<Shares>,
+    metrics: Arc<Metrics>,
+    cache: Option<Arc<DiskCache>>,
 }
 
 impl FileNode {

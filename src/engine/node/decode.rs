@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::error::Problem;
-use super::node::FileNode;
-use super::segment::SegmentData;
+use super::FileNode;
 use crate::core::erasure::ErasureError;
 use crate::core::geometry::{SegmentIndex, ShareNum};
 use crate::core::hash::{self, Hash};
 use crate::core::verifier::{self, VerifyError};
+use crate::engine::error::Problem;
+use crate::engine::segment::SegmentData;
 
 /// Blocks at least this large are hashed and decoded on the blocking pool rather than on an
 /// async worker (about 70 µs of BLAKE3 at this size).

@@ -7,7 +7,7 @@
 //! ShareMap`, an inline `crate::core::text::parse_name`), resolved to the module that
 //! defines it. A module naming its own ancestor is not an edge: a parent owns its children
 //! (and often re-exports them), so `child -> parent` is structure, not a dependency. Unit
-//! tests at the end of a file (`#[cfg(test)] mod tests`) are left out.
+//! tests (`#[cfg(test)] mod tests` at the end of a file, or its `tests.rs`) are left out.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -22,6 +22,9 @@ fn module_of(file: &Path, src: &Path) -> Option<String> {
         .collect();
     if parts.first().is_some_and(|p| p == "cli" || p == "main") {
         return None; // the binary, not the library
+    }
+    if parts.last().is_some_and(|p| p == "tests") {
+        return None; // unit tests in a file of their own
     }
     if parts.last().is_some_and(|p| p == "mod" || p == "lib") {
         parts.pop();

@@ -18,21 +18,22 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use lru::LruCache;
 
+mod ledger;
+mod write;
+
+pub use ledger::UploadOwner;
+use ledger::{InFlight, Ledger, ShareKey};
+
 use super::{ShareStore, SpooledShare, StoreError, validate_ranges};
 use crate::core::cap::StorageIndex;
 use crate::core::geometry::ShareNum;
 
-/// How long a store remembers which upload wrote a share, so the upload can take it back
-/// if it is abandoned (longer than any upload's placement takes).
-const LEDGER_TTL: Duration = Duration::from_secs(3600);
-/// Most shares remembered at once (the oldest are forgotten first).
-const LEDGER_MAX: usize = 100_000;
 /// Open share files kept for reuse.
 const OPEN_FILES: usize = 128;
 
@@ -56,111 +57,6 @@ pub enum Durability {
     /// it (never corrupt a read: readers verify every byte). Much faster on one disk, where
     /// erasure coding writes n/k times the file.
     Rename,
-}
-
-/// Who wrote a share: an upload abandoned before its cap was handed out may remove the
-/// shares it wrote itself, and only those (see [`ShareStore::abandon`]).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct UploadOwner([u8; 32]);
-
-impl fmt::Debug for UploadOwner {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("UploadOwner(<redacted>)")
-    }
-}
-
-impl UploadOwner {
-    /// A new owner no one else can claim to be.
-    pub fn random() -> UploadOwner {
-        let mut bytes = [0u8; 32];
-        if getrandom::fill(&mut bytes).is_err() {
-            // No randomness: still distinct per owner in this process and across processes.
-            static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let mut hasher = blake3::Hasher::new_derive_key("segvault 2026 upload owner fallback");
-            hasher.update(&u64::from(std::process::id()).to_le_bytes());
-            hasher.update(
-                &COUNTER
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                    .to_le_bytes(),
-            );
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            hasher.update(&now.to_le_bytes());
-            bytes = *hasher.finalize().as_bytes();
-        }
-        UploadOwner(bytes)
-    }
-
-    /// The owner proven by a secret an uploader presents (a storage node keeps only this
-    /// hash of it).
-    pub fn from_secret(secret: &[u8]) -> UploadOwner {
-        UploadOwner(blake3::derive_key("segvault 2026 upload owner", secret))
-    }
-}
-
-/// A write in progress, in the ledger.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum InFlight {
-    /// Being written by this owner (see [`WriteTicket`]).
-    Writing(UploadOwner),
-    /// Abandoned by its owner while being written: removed as soon as it lands.
-    Abandoned(UploadOwner),
-}
-
-type ShareKey = (StorageIndex, ShareNum);
-
-/// Take-backs remembered for writes that had not begun (a PUT still on its way).
-const EARLY_MAX: usize = 10_000;
-/// How long such a take-back waits for its write.
-const EARLY_TTL: Duration = Duration::from_secs(600);
-
-/// Which recent upload wrote which share, in memory only.
-#[derive(Debug)]
-struct Ledger {
-    /// Writes in progress: as many as uploads being received.
-    in_flight: std::collections::HashMap<ShareKey, InFlight>,
-    /// Shares created, and by whom: the most recent [`LEDGER_MAX`], for [`LEDGER_TTL`].
-    created: LruCache<ShareKey, (UploadOwner, Instant)>,
-    /// Take-backs of shares not (yet) written, kept apart so they cannot push out the
-    /// records of created shares.
-    early: LruCache<ShareKey, (UploadOwner, Instant)>,
-}
-
-impl Default for Ledger {
-    fn default() -> Ledger {
-        let capacity = |n: usize| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
-        Ledger {
-            in_flight: std::collections::HashMap::new(),
-            created: LruCache::new(capacity(LEDGER_MAX)),
-            early: LruCache::new(capacity(EARLY_MAX)),
-        }
-    }
-}
-
-impl Ledger {
-    /// Who created `key`, if that was recent enough to be remembered.
-    fn creator(&mut self, key: &ShareKey) -> Option<UploadOwner> {
-        match self.created.peek(key) {
-            Some((owner, at)) if at.elapsed() < LEDGER_TTL => Some(*owner),
-            Some(_) => {
-                self.created.pop(key);
-                None
-            }
-            None => None,
-        }
-    }
-
-    /// Takes an early take-back of `key` by `owner`, if there is a fresh one.
-    fn take_early(&mut self, key: &ShareKey, owner: UploadOwner) -> bool {
-        match self.early.peek(key) {
-            Some((by, at)) if *by == owner && at.elapsed() < EARLY_TTL => {
-                self.early.pop(key);
-                true
-            }
-            _ => false,
-        }
-    }
 }
 
 /// A write of one share on behalf of an upload, from before its body arrives until it is
@@ -572,130 +468,6 @@ impl Inner {
             })
             .collect()
     }
-
-    fn write_blocking(
-        &self,
-        spool: SpooledShare,
-        mut ticket: WriteTicket,
-    ) -> Result<(), StoreError> {
-        let (si, share) = ticket.key;
-        let dir = self.file_dir(&si);
-        fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating share directory", e))?;
-        if self.durability == Durability::Fsync {
-            // New directories are only durable once their parents' entries are. Synced on
-            // every write, not only by the writer that created them: a concurrent writer
-            // that found the directory made may otherwise acknowledge its share first.
-            for parent in dir.ancestors().skip(1).take(2) {
-                File::open(parent)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| StoreError::io("syncing share directory", e))?;
-            }
-        }
-        let temp = spool.into_temp_file();
-        let created = match self.persist(temp, si, share) {
-            Err(Persist::CrossDevice(spool)) => {
-                // Built on another filesystem: copy it beside the shares so the rename is
-                // atomic (into a spool of our own, locked like any other).
-                let len = spool
-                    .as_file()
-                    .metadata()
-                    .map_err(|e| StoreError::io("reading spool", e))?
-                    .len();
-                let local = SpooledShare::create(&self.root.join("tmp"), len)
-                    .map_err(|e| StoreError::io("creating spool", e))?;
-                io::copy(&mut spool.as_file(), &mut local.file())
-                    .map_err(|e| StoreError::io("copying spool", e))?;
-                match self.persist(local.into_temp_file(), si, share) {
-                    Err(Persist::CrossDevice(_)) => Err(StoreError::Io {
-                        context: "moving share into place",
-                        message: "the store's tmp directory is on another filesystem".into(),
-                    }),
-                    Err(Persist::Failed(e)) => Err(e),
-                    Ok(created) => Ok(created),
-                }
-            }
-            Err(Persist::Failed(e)) => Err(e),
-            Ok(created) => Ok(created),
-        }?;
-        {
-            let key = ticket.key;
-            let mut ledger = self.lock_ledger();
-            let state = if ticket.holds {
-                ticket.holds = false;
-                ledger.in_flight.remove(&key)
-            } else {
-                None
-            };
-            let ours = created || ledger.creator(&key) == Some(ticket.owner);
-            if state == Some(InFlight::Abandoned(ticket.owner)) && ours {
-                // Taken back while this write (or a repeat of one that had landed) ran.
-                ledger.created.pop(&key);
-                self.remove_share(si, share)?;
-                return Err(StoreError::Forbidden(
-                    "the upload was abandoned while this share was being written".into(),
-                ));
-            }
-            if !created {
-                // The same bytes were stored already. If another upload wrote them, two
-                // uploads now rely on this share, and neither may take it back.
-                if !ours {
-                    ledger.created.pop(&key);
-                }
-            } else if state.is_some() {
-                ledger.created.put(key, (ticket.owner, Instant::now()));
-            }
-        }
-        if self.durability == Durability::Fsync {
-            File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| StoreError::io("syncing share directory", e))?;
-        }
-        Ok(())
-    }
-
-    /// Syncs (if durable) and renames `temp` to the share's path without overwriting.
-    /// Whether it created the share (false: the same bytes were there already).
-    fn persist(
-        &self,
-        temp: tempfile::NamedTempFile,
-        si: StorageIndex,
-        share: ShareNum,
-    ) -> Result<bool, Persist> {
-        if self.durability == Durability::Fsync {
-            temp.as_file()
-                .sync_all()
-                .map_err(|e| Persist::Failed(StoreError::io("syncing share", e)))?;
-        }
-        let final_path = self.share_path(&si, share);
-        match temp.persist_noclobber(&final_path) {
-            Ok(_) => Ok(true),
-            Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
-                let same = same_contents(e.file.as_file(), &final_path).map_err(|e| {
-                    Persist::Failed(StoreError::io("comparing with the stored share", e))
-                })?;
-                if same {
-                    Ok(false)
-                } else {
-                    Err(Persist::Failed(StoreError::Conflict {
-                        storage_index: si,
-                        share,
-                    }))
-                }
-            }
-            Err(e) if e.error.kind() == io::ErrorKind::CrossesDevices => {
-                Err(Persist::CrossDevice(e.file))
-            }
-            Err(e) => Err(Persist::Failed(StoreError::io(
-                "moving share into place",
-                e.error,
-            ))),
-        }
-    }
-}
-
-enum Persist {
-    CrossDevice(tempfile::NamedTempFile),
-    Failed(StoreError),
 }
 
 /// Share numbers are written in canonical decimal; anything else in the directory is ignored.
@@ -706,27 +478,6 @@ fn parse_share_name(name: &str) -> Option<ShareNum> {
     canonical
         .then(|| name.parse::<u8>().ok().map(ShareNum))
         .flatten()
-}
-
-fn same_contents(candidate: &File, existing: &Path) -> io::Result<bool> {
-    let mut existing = File::open(existing)?;
-    let (la, lb) = (candidate.metadata()?.len(), existing.metadata()?.len());
-    if la != lb {
-        return Ok(false);
-    }
-    let mut a = vec![0u8; 1 << 16];
-    let mut b = vec![0u8; 1 << 16];
-    let mut offset = 0u64;
-    while offset < la {
-        let n = (la - offset).min(a.len() as u64) as usize;
-        candidate.read_exact_at(&mut a[..n], offset)?;
-        existing.read_exact(&mut b[..n])?;
-        if a[..n] != b[..n] {
-            return Ok(false);
-        }
-        offset += n as u64;
-    }
-    Ok(true)
 }
 
 fn blocking<T: Send + 'static>(
@@ -808,121 +559,4 @@ impl ShareStore for DirectoryStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_canonical_share_names_are_listed() {
-        assert_eq!(parse_share_name("0"), Some(ShareNum(0)));
-        assert_eq!(parse_share_name("255"), Some(ShareNum(255)));
-        for bad in ["", "00", "07", "256", "-1", "1a", "spool-x.part", " 1"] {
-            assert_eq!(parse_share_name(bad), None, "{bad:?}");
-        }
-    }
-
-    #[tokio::test]
-    async fn passes_the_conformance_suite() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = DirectoryStore::open(dir.path()).unwrap();
-        crate::store::testing::conformance::run(&store).await;
-    }
-
-    fn spool_of(store: &DirectoryStore, bytes: &[u8]) -> SpooledShare {
-        let spool = SpooledShare::create(&store.root().join("tmp"), bytes.len() as u64).unwrap();
-        spool.file().write_all_at(bytes, 0).unwrap();
-        spool
-    }
-
-    #[tokio::test]
-    async fn only_the_upload_that_wrote_a_share_takes_it_back_even_while_it_lands() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = DirectoryStore::open(dir.path()).unwrap();
-        let (si, share) = (StorageIndex([3; 16]), ShareNum(1));
-        let (alice, bob) = (UploadOwner::random(), UploadOwner::random());
-        let path = store.share_path(&si, share);
-
-        // Written by Alice: Bob cannot take it back, Alice can.
-        let ticket = store.begin_write(si, share, alice);
-        store
-            .write_with(spool_of(&store, b"alice"), ticket)
-            .await
-            .unwrap();
-        let refused = store.abandon_as(si, share, bob).await;
-        assert!(
-            matches!(refused, Err(StoreError::Forbidden(_))),
-            "{refused:?}"
-        );
-        store.abandon_as(si, share, alice).await.unwrap();
-        assert!(!path.exists() && !path.parent().unwrap().exists());
-
-        // Abandoned while Alice's write is in flight: removed the moment it lands.
-        let ticket = store.begin_write(si, share, alice);
-        store.abandon_as(si, share, alice).await.unwrap();
-        let landed = store.write_with(spool_of(&store, b"alice"), ticket).await;
-        assert!(
-            matches!(landed, Err(StoreError::Forbidden(_))),
-            "{landed:?}"
-        );
-        assert!(!path.exists());
-
-        // Bob writing the same share meanwhile does not let him take Alice's.
-        let ticket = store.begin_write(si, share, alice);
-        let bobs = store.begin_write(si, share, bob);
-        assert!(matches!(
-            store.abandon_as(si, share, bob).await,
-            Err(StoreError::Forbidden(_))
-        ));
-        store
-            .write_with(spool_of(&store, b"same"), ticket)
-            .await
-            .unwrap();
-        store
-            .write_with(spool_of(&store, b"same"), bobs)
-            .await
-            .unwrap();
-        assert!(store.abandon_as(si, share, bob).await.is_err());
-        assert!(path.exists());
-
-        // A share this process never wrote (stored before, or by another process) stays.
-        let other = DirectoryStore::open(dir.path()).unwrap();
-        assert!(matches!(
-            other.abandon(si, share).await,
-            Err(StoreError::Forbidden(_))
-        ));
-        // A take-back that overtook its write removes the share when the write lands.
-        let early = StorageIndex([9; 16]);
-        store.abandon_as(early, share, alice).await.unwrap();
-        let ticket = store.begin_write(early, share, alice);
-        let landed = store.write_with(spool_of(&store, b"late"), ticket).await;
-        assert!(matches!(landed, Err(StoreError::Forbidden(_))));
-        assert!(!store.share_path(&early, share).exists());
-        // A write that fails leaves no record behind.
-        let ticket = store.begin_write(StorageIndex([8; 16]), share, alice);
-        drop(ticket);
-        assert!(store.inner.lock_ledger().in_flight.is_empty());
-
-        // Stored again by Bob with the same bytes, Alice's share is no longer hers alone.
-        let twice = StorageIndex([7; 16]);
-        let ticket = store.begin_write(twice, share, alice);
-        store
-            .write_with(spool_of(&store, b"twin"), ticket)
-            .await
-            .unwrap();
-        let ticket = store.begin_write(twice, share, bob);
-        store
-            .write_with(spool_of(&store, b"twin"), ticket)
-            .await
-            .unwrap();
-        assert!(store.abandon_as(twice, share, alice).await.is_err());
-        assert!(store.share_path(&twice, share).exists());
-    }
-
-    #[tokio::test]
-    async fn share_paths_stay_under_the_root() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = DirectoryStore::open(dir.path()).unwrap();
-        let path = store.share_path(&StorageIndex([0xff; 16]), ShareNum(255));
-        assert!(path.starts_with(dir.path().join("shares")));
-        assert_eq!(path.file_name().unwrap(), "255");
-    }
-}
+mod tests;

@@ -96,6 +96,14 @@ impl ShareStore for MemoryStore {
             }
         })
     }
+
+    /// An upload cancelled before its cap was handed out takes its shares back. Every share
+    /// in this map was written through this handle, so any may go (a shared store would have
+    /// to remember who wrote what, as `DirectoryStore` does).
+    fn abandon(&self, si: StorageIndex, share: ShareNum) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.shares.lock().unwrap().remove(&(si, share));
+        Box::pin(async { Ok(()) })
+    }
 }
 
 #[tokio::main]

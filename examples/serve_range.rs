@@ -24,7 +24,7 @@ fn requested(header: Option<&str>) -> Option<GetRange> {
     let spec = header?.strip_prefix("bytes=")?;
     let (start, end) = spec.split_once('-')?;
     match (start.parse::<u64>().ok(), end.parse::<u64>().ok()) {
-        (Some(a), Some(b)) if a <= b => Some(GetRange::Bounded(a..b + 1)),
+        (Some(a), Some(b)) if a <= b => Some(GetRange::from(a..=b)),
         (Some(a), None) if end.is_empty() => Some(GetRange::Offset(a)),
         (None, Some(n)) if start.is_empty() => Some(GetRange::Suffix(n)),
         _ => None,

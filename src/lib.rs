@@ -18,9 +18,10 @@
 //! ```
 //!
 //! # Runtime
-//! The API is async and needs a multi-threaded [tokio](https://tokio.rs) runtime
-//! (`#[tokio::main]`, or `tokio::runtime::Runtime::new()`): reads fan out as tasks and a
-//! blocking source is read on a thread of its own.
+//! The API is async and runs on a [tokio](https://tokio.rs) runtime (`#[tokio::main]`, or
+//! `tokio::runtime::Runtime::new()`). A multi-threaded one is what it is built for: a read's
+//! segments are fetched, verified and decoded as tasks spread over the cores; on a
+//! current-thread runtime they take turns on one. Uploads encode on a thread of their own.
 //!
 //! # Layers
 //! From the bottom: [`core`] (pure: geometry, planner, hash trees, the verifier, codec,

@@ -14,8 +14,9 @@ use crate::upload::{PutError, PutOptions, PutSource, put};
 /// Writes files to a grid and reads them back. Cheap to clone: clones share their open files
 /// (each file's verified metadata is fetched once, whoever reads it).
 ///
-/// Every method is `async` and runs on a multi-threaded [tokio](https://tokio.rs) runtime
-/// (reads fan out as tasks; an upload encodes on a thread of its own).
+/// Every method is `async` and runs on a [tokio](https://tokio.rs) runtime, best a
+/// multi-threaded one (a read's segments are fetched and decoded as tasks over the cores; an
+/// upload encodes on a thread of its own).
 ///
 /// ```
 /// # #[tokio::main]

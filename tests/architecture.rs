@@ -132,32 +132,23 @@ fn paths_named(code: &str) -> Vec<String> {
     paths
 }
 
-fn resolve(
-    path: &str,
-    from: &str,
-    is_dir_module: bool,
-    modules: &BTreeSet<String>,
-) -> Option<String> {
+/// `path` as an absolute path from `crate`, or `None` for a path outside the crate.
+fn absolute<'a>(path: &'a str, from: &'a str, modules: &BTreeSet<String>) -> Option<Vec<String>> {
     let mut segments: Vec<&str> = path.split("::").filter(|s| !s.is_empty()).collect();
-    let mut base: Vec<&str> = from.split("::").collect();
-    // `super` from `a/b.rs` is `a`; from `a/b/mod.rs` (module a::b) it is also `a`.
-    let _ = is_dir_module;
-    match segments.first() {
-        Some(&"crate") => base = vec!["crate"],
-        Some(&"super") | Some(&"self") => {}
+    let first = *segments.first()?;
+    let mut absolute: Vec<&str> = match first {
+        "crate" => {
+            segments.remove(0);
+            vec!["crate"]
+        }
+        "super" | "self" => from.split("::").collect(),
+        // `use child::item` in a parent names its own child module.
+        child if modules.contains(&format!("{from}::{child}")) => from.split("::").collect(),
         _ => return None,
-    }
-    let mut absolute: Vec<&str> = if segments[0] == "crate" {
-        Vec::new()
-    } else {
-        base.clone()
     };
-    if segments[0] == "crate" {
-        absolute.push("crate");
-        segments.remove(0);
-    }
     while let Some(&first) = segments.first() {
         match first {
+            // `super` from `a/b.rs` and from `a/b/mod.rs` (both module `a::b`) is `a`.
             "super" => {
                 absolute.pop();
             }
@@ -167,10 +158,72 @@ fn resolve(
         segments.remove(0);
     }
     absolute.extend(segments);
-    (1..=absolute.len())
-        .rev()
-        .map(|n| absolute[..n].join("::"))
-        .find(|candidate| modules.contains(candidate))
+    Some(absolute.into_iter().map(str::to_owned).collect())
+}
+
+/// The longest prefix of `path` that is a module, and what follows it.
+fn split_module(path: &[String], modules: &BTreeSet<String>) -> Option<(String, Vec<String>)> {
+    (1..=path.len()).rev().find_map(|n| {
+        let candidate = path[..n].join("::");
+        modules
+            .contains(&candidate)
+            .then(|| (candidate, path[n..].to_vec()))
+    })
+}
+
+/// Items each module re-exports (`pub use a::b::Item;`), by name: where they really live.
+type Reexports = BTreeMap<String, BTreeMap<String, Vec<String>>>;
+
+fn reexports_of(
+    code: &str,
+    module: &str,
+    modules: &BTreeSet<String>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut found = BTreeMap::new();
+    for visibility in ["pub use ", "pub(crate) use ", "pub(super) use "] {
+        for (at, _) in code.match_indices(visibility) {
+            let after = &code[at + visibility.len()..];
+            let end = after.find(';').unwrap_or(after.len());
+            for item in expand(&after[..end]) {
+                let (path, name) = match item.split_once(" as ") {
+                    Some((path, alias)) => (path.to_owned(), alias.to_owned()),
+                    None => (
+                        item.clone(),
+                        item.rsplit("::").next().unwrap_or("").to_owned(),
+                    ),
+                };
+                if let Some(path) = absolute(&path, module, modules) {
+                    found.insert(name, path);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The module `path` (named in module `from`) really depends on: an item reached through an
+/// ancestor's re-export is followed to where it lives.
+fn resolve(
+    path: &str,
+    from: &str,
+    modules: &BTreeSet<String>,
+    reexports: &Reexports,
+) -> Option<String> {
+    let mut path = absolute(path, from, modules)?;
+    for _ in 0..8 {
+        let (module, rest) = split_module(&path, modules)?;
+        let through = rest
+            .first()
+            .and_then(|item| reexports.get(&module)?.get(item))
+            .filter(|_| from == module || from.starts_with(&format!("{module}::")));
+        match through {
+            Some(real) if *real != path[..real.len().min(path.len())] => {
+                path = real.iter().chain(&rest[1..]).cloned().collect();
+            }
+            _ => return Some(module),
+        }
+    }
+    None
 }
 
 fn graph() -> Graph {
@@ -178,20 +231,26 @@ fn graph() -> Graph {
     let src = root.join("src");
     let mut files = Vec::new();
     source_files(&src, &mut files);
-    let named: Vec<(String, std::path::PathBuf)> = files
+    let named: Vec<(String, String)> = files
         .into_iter()
-        .filter_map(|f| Some((module_of(&f, &src)?, f)))
+        .filter_map(|f| {
+            let code = code_of(&std::fs::read_to_string(&f).unwrap());
+            Some((module_of(&f, &src)?, code))
+        })
         .collect();
     let modules: BTreeSet<String> = named.iter().map(|(m, _)| m.clone()).collect();
+    let reexports: Reexports = named
+        .iter()
+        .map(|(module, code)| (module.clone(), reexports_of(code, module, &modules)))
+        .collect();
     let mut graph = Graph::new();
-    for (module, file) in &named {
-        let code = code_of(&std::fs::read_to_string(file).unwrap());
-        let is_dir_module = file.ends_with("mod.rs") || file.ends_with("lib.rs");
+    for (module, code) in &named {
         let edges = graph.entry(module.clone()).or_default();
-        for path in paths_named(&code) {
-            let Some(target) = resolve(&path, module, is_dir_module, &modules) else {
+        for path in paths_named(code) {
+            let Some(target) = resolve(&path, module, &modules, &reexports) else {
                 continue;
             };
+            // A module naming its own ancestor's items is structure: the parent owns it.
             let is_ancestor = module == &target || module.starts_with(&format!("{target}::"));
             if !is_ancestor {
                 edges.insert(target);

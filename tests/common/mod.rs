@@ -4,6 +4,7 @@
 
 pub mod grid;
 pub mod http;
+pub mod process;
 
 use std::sync::Arc;
 

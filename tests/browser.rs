@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::http::{self, Server};
+use common::process;
 use serde_json::{Value, json};
 
 fn have(tool: &str) -> bool {
@@ -54,14 +55,9 @@ impl Driver {
             .spawn()
             .expect("start chromedriver");
         let addr = format!("127.0.0.1:{port}");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "chromedriver did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        process::wait_for("chromedriver to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(&addr).is_ok()
+        });
         let profile = tempfile::tempdir().unwrap().keep();
         let capabilities = json!({ "capabilities": { "alwaysMatch": {
             "browserName": "chrome",
@@ -290,22 +286,11 @@ fn chromium_seeks_a_stored_mp4_and_plays_from_there() {
 }
 
 fn put(data: &Path, file: &Path) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_segvault"))
-        .arg("--data")
-        .arg(data)
-        .args(["put", "--segment-size", "64KiB"])
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned()
+    process::put(
+        process::segvault()
+            .arg("--data")
+            .arg(data)
+            .args(["put", "--segment-size", "64KiB"])
+            .arg(file),
+    )
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::grid::TestGrid;
 use common::http::{self, Server};
+use common::process;
 use common::random_bytes;
 use segvault::core::cap::ReadCap;
 
@@ -226,11 +227,11 @@ fn entries_unused_for_the_ttl_expire() {
     assert!(full(&gateway, &cap) == plaintext);
     settle(&gateway);
     assert!(!cache_files(&cache).is_empty());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !cache_files(&cache).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(cache_files(&cache).is_empty(), "entries outlived their TTL");
+    process::wait_for(
+        "the entries to expire (they outlived their TTL)",
+        Duration::from_secs(15),
+        || cache_files(&cache).is_empty(),
+    );
     assert!(metric(&gateway, "segvault_cache_evictions_total") >= 8.0 * 3.0);
     assert_eq!(metric(&gateway, "segvault_cache_entries"), 0.0);
 }
@@ -383,18 +384,11 @@ fn get_with_a_cache_reads_a_range_again_without_the_grid_blocks() {
     let cap = grid.put(&plaintext);
     let cache = grid.root.path().join("cache");
     let get = |range: &str| {
-        let output = grid
-            .segvault()
-            .args(["get", &cap, "--range", range, "--cache-dir"])
-            .arg(&cache)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output.stdout
+        process::ok(
+            grid.segvault()
+                .args(["get", &cap, "--range", range, "--cache-dir"])
+                .arg(&cache),
+        )
     };
     assert!(get("200000-700000") == plaintext[200_000..=700_000]);
     let cached = cache_files(&cache).len();

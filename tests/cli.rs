@@ -9,7 +9,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::random_bytes;
+use common::process::{self, last_line};
+use common::{files_under, random_bytes};
 
 const SEGMENT: u64 = 128 * 1024;
 
@@ -30,12 +31,10 @@ impl Segvault {
     }
 
     fn command(&self) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_segvault"));
+        let mut command = process::segvault();
         command
             .arg("--data")
             .arg(self.data())
-            .env_remove("SEGVAULT_DATA")
-            .env_remove("RUST_LOG")
             // Anything the program writes to a temp dir lands where the scan can see it.
             .env("TMPDIR", self.root.path().join("tmp"));
         command
@@ -130,14 +129,6 @@ impl Segvault {
     }
 }
 
-fn last_line(stdout: &[u8]) -> String {
-    String::from_utf8_lossy(stdout)
-        .lines()
-        .last()
-        .expect("a cap on stdout")
-        .to_owned()
-}
-
 fn empty_directory(dir: &Path) {
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let path = entry.path();
@@ -148,22 +139,6 @@ fn empty_directory(dir: &Path) {
         }
         .unwrap();
     }
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return files;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files.extend(files_under(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }
 
 /// Inclusive HTTP-style ranges at every segment edge, the tail, the first and last byte.

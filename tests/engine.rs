@@ -100,9 +100,11 @@ async fn sequential_reads_fetch_about_one_new_hash_level_per_segment() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn concurrent_readers_of_a_segment_share_one_fetch() {
     let fixture = Fixture::new(10_000, 1000, 3, 10).await;
+    // Paused time: the injected latency passes only once every reader waits on it.
+    tokio::time::pause();
     let file = fixed_client(&fixture).open(&fixture.cap).await.unwrap();
     fixture.set_faults(&Faults {
         latency: Some(Duration::from_millis(100)),
@@ -134,7 +136,12 @@ async fn dropping_a_read_cancels_its_fetches() {
     });
     let read = tokio::time::timeout(Duration::from_millis(100), file.read(0..100_000)).await;
     assert!(read.is_err(), "a stalled grid cannot finish the read");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Aborted tasks end on their workers' next turn; one that outlived the read would hold
+    // the node for good (its store never answers).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while Arc::strong_count(file.node()) != idle && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(
         Arc::strong_count(file.node()),
         idle,
@@ -142,9 +149,13 @@ async fn dropping_a_read_cancels_its_fetches() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_stream_never_fetches_more_than_its_window_ahead() {
     let fixture = Fixture::new(200_000, 1000, 3, 10).await;
+    // Paused time: the clock moves only when every task (file reads included) is idle, so the
+    // stalled consumer's sleep below lets whatever was in flight finish, however busy the
+    // machine.
+    tokio::time::pause();
     let file = fixed_client(&fixture).open(&fixture.cap).await.unwrap();
     let window = file.read_ahead() as u64;
     let mut stream = file.stream(0..200_000);
@@ -681,14 +692,22 @@ async fn a_header_read_that_stalls_is_hedged_and_its_server_marked_slow() {
         .expect("the header read was hedged")
         .unwrap();
     // Its header read runs late (250 ms for a server never heard from) and marks it slow.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let slow: Vec<_> = client
-        .grid()
-        .servers()
-        .iter()
-        .filter(|s| s.health().snapshot().slow)
-        .map(|s| s.name().to_owned())
-        .collect();
+    let slow = || -> Vec<String> {
+        client
+            .grid()
+            .servers()
+            .iter()
+            .filter(|s| s.health().snapshot().slow)
+            .map(|s| s.name().to_owned())
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !slow().iter().any(|name| name == stalled.name())
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let slow = slow();
     assert_eq!(
         slow,
         vec![stalled.name().to_owned()],

@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::http::{self, Server, get, multipart_parts, request};
+use common::process;
 use common::random_bytes;
 use segvault::core::cap::ReadCap;
 use segvault::core::geometry::SegmentIndex;
@@ -36,25 +37,14 @@ impl Site {
     fn put(&self, bytes: &[u8], args: &[&str]) -> String {
         let input = self.root.path().join("input");
         std::fs::write(&input, bytes).unwrap();
-        let output = Command::new(env!("CARGO_BIN_EXE_segvault"))
-            .arg("--data")
-            .arg(self.data())
-            .arg("put")
-            .args(args)
-            .arg(&input)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap()
-            .to_owned()
+        process::put(
+            process::segvault()
+                .arg("--data")
+                .arg(self.data())
+                .arg("put")
+                .args(args)
+                .arg(&input),
+        )
     }
 
     fn serve(&self, extra: &[&str]) -> Server {
@@ -405,9 +395,14 @@ fn names_types_metadata_and_client_errors() {
     for file in &share_files[..8] {
         std::fs::remove_file(file).unwrap();
     }
-    // Open shares are rechecked for deletion at most once a second.
-    std::thread::sleep(Duration::from_millis(1100));
-    let unavailable = check(&format!("/uri/{cap}/other-name"), 503, "not enough shares");
+    // Open shares are rechecked for deletion at most once a second: the gateway notices soon.
+    let path = format!("/uri/{cap}/other-name");
+    process::wait_for(
+        "the gateway to notice the deleted shares",
+        Duration::from_secs(30),
+        || request(addr, "HEAD", &path, &[], b"").status == 503,
+    );
+    let unavailable = check(&path, 503, "not enough shares");
     assert!(
         !unavailable.text().contains(&cap[9..61]),
         "errors never quote the key"

@@ -7,11 +7,11 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::process::Command;
 use std::time::Instant;
 
 use common::grid::{K, N, Node, TestGrid};
 use common::http::{self};
+use common::process;
 use common::random_bytes;
 
 fn body_of(response: &http::Response, expected: &[u8]) {
@@ -218,12 +218,11 @@ fn nodes_with_a_token_refuse_requests_without_it_and_store_nothing() {
     // Without the token: refused before anything is written.
     let input = grid.root.path().join("input");
     std::fs::write(&input, &plaintext).unwrap();
-    let mut without = Command::new(env!("CARGO_BIN_EXE_segvault"));
+    let mut without = process::segvault();
     without
         .arg("--data")
         .arg(grid.data())
         .args(grid.server_args())
-        .env_remove("SEGVAULT_TOKEN_FILE")
         .arg("put")
         .arg(&input);
     let output = without.output().unwrap();
@@ -238,7 +237,7 @@ fn nodes_with_a_token_refuse_requests_without_it_and_store_nothing() {
     // A wrong token, and raw requests without one, fare no better.
     let wrong = grid.root.path().join("wrong-token");
     std::fs::write(&wrong, "not-the-token-but-long-enough-000000\n").unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_segvault"))
+    let output = process::segvault()
         .arg("--data")
         .arg(grid.data())
         .args(grid.server_args())
@@ -273,12 +272,11 @@ fn nodes_with_a_token_refuse_requests_without_it_and_store_nothing() {
 #[test]
 fn a_node_without_a_token_listens_only_on_loopback() {
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_segvault"))
+    let output = process::segvault()
         .arg("storage-server")
         .arg("--dir")
         .arg(dir.path())
         .args(["--listen", "0.0.0.0:0"])
-        .env_remove("SEGVAULT_TOKEN_FILE")
         .output()
         .unwrap();
     assert!(!output.status.success());
@@ -391,28 +389,15 @@ fn a_grid_file_names_the_servers_and_the_token() {
     let input = grid.root.path().join("input");
     std::fs::write(&input, &plaintext).unwrap();
     let segvault = || {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_segvault"));
+        let mut command = process::segvault();
         command
             .arg("--data")
             .arg(grid.data())
             .arg("--grid")
-            .arg(&config)
-            .env_remove("SEGVAULT_TOKEN_FILE")
-            .env_remove("SEGVAULT_GRID");
+            .arg(&config);
         command
     };
-    let output = segvault().arg("put").arg(&input).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let cap = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
+    let cap = process::put(segvault().arg("put").arg(&input));
     assert_eq!(
         grid.nodes
             .iter()

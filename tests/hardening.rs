@@ -12,47 +12,16 @@ use std::time::{Duration, Instant};
 
 use common::grid::Node;
 use common::http::{self, Server};
+use common::process::{self, last_line, ok, run};
 use common::{files_under, random_bytes};
 use segvault::core::cap::ReadCap;
 use segvault::core::layout::ShareLayout;
 
+/// `segvault --data <data>`.
 fn segvault(data: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_segvault"));
+    let mut command = process::segvault();
+    command.arg("--data").arg(data);
     command
-        .arg("--data")
-        .arg(data)
-        .env_remove("SEGVAULT_DATA")
-        .env_remove("SEGVAULT_TOKEN_FILE")
-        .env_remove("SEGVAULT_GRID")
-        .env_remove("SEGVAULT_CACHE_DIR")
-        .env_remove("SEGVAULT_ALLOW_CORE_DUMPS")
-        .env_remove("RUST_LOG");
-    command
-}
-
-fn run(command: &mut Command) -> Output {
-    let output = command.stdin(Stdio::null()).output().expect("run segvault");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!stderr.contains("panicked"), "segvault panicked: {stderr}");
-    output
-}
-
-fn ok(command: &mut Command) -> Vec<u8> {
-    let output = run(command);
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output.stdout
-}
-
-fn last_line(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// A data directory with one file on its embedded grid.
@@ -68,9 +37,7 @@ impl Vault {
         let plaintext = random_bytes(size, size as u64);
         let input = dir.path().join("input");
         std::fs::write(&input, &plaintext).unwrap();
-        let cap = last_line(&ok(segvault(&dir.path().join("data"))
-            .arg("put")
-            .arg(&input)));
+        let cap = process::put(segvault(&dir.path().join("data")).arg("put").arg(&input));
         Vault {
             dir,
             plaintext,
@@ -569,12 +536,15 @@ fn a_token_holder_cannot_push_a_node_to_gigabytes() {
         let input = dir.path().join(format!("input-{seed}"));
         let plaintext = random_bytes(size, seed);
         std::fs::write(&input, &plaintext).unwrap();
-        let out = ok(segvault(&dir.path().join("data"))
-            .arg("--token-file")
-            .arg(&token)
-            .args(["--server", &node.url, "put", "-k", "1", "-n", "1"])
-            .arg(&input));
-        let cap: ReadCap = last_line(&out).parse().unwrap();
+        let cap: ReadCap = process::put(
+            segvault(&dir.path().join("data"))
+                .arg("--token-file")
+                .arg(&token)
+                .args(["--server", &node.url, "put", "-k", "1", "-n", "1"])
+                .arg(&input),
+        )
+        .parse()
+        .unwrap();
         (cap, plaintext)
     };
     let (big, big_plaintext) = put(40 << 20, 1);
@@ -688,7 +658,7 @@ fn start_node_as_user(dir: &Path, allow_dumps: bool) -> (Child, u32) {
         c.arg(env!("CARGO_BIN_EXE_segvault"));
         c
     } else {
-        Command::new(env!("CARGO_BIN_EXE_segvault"))
+        process::segvault()
     };
     command
         .args(["storage-server", "--listen", "127.0.0.1:0", "--dir"])
@@ -703,10 +673,7 @@ fn start_node_as_user(dir: &Path, allow_dumps: bool) -> (Child, u32) {
         command.env_remove("SEGVAULT_ALLOW_CORE_DUMPS");
     }
     let mut child = command.spawn().expect("start a storage node");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = process::first_line(&mut child);
     assert!(line.starts_with("http://"), "printed {line:?}");
     let user = if is_root() {
         65534
@@ -804,23 +771,9 @@ fn spools_in(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn signal(child: &Child, name: &str) {
-    assert!(
-        Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(child.id().to_string())
-            .status()
-            .unwrap()
-            .success()
-    );
+/// Waits up to 30 s for `done`.
+fn wait_for(what: &str, done: impl FnMut() -> bool) {
+    process::wait_for(what, Duration::from_secs(30), done);
 }
 
 /// Defect 6: an interrupted `put` left its spools, and shares of a file whose cap was never
@@ -857,7 +810,7 @@ fn an_interrupted_put_leaves_no_spool_and_no_share_behind() {
             !spools_in(&data.join("spool")).is_empty(),
             "the stalled share's spool"
         );
-        signal(&child, name);
+        process::signal(child.id(), name);
         let started = Instant::now();
         let output = child.wait_with_output().unwrap();
         assert!(started.elapsed() < Duration::from_secs(20));
@@ -912,15 +865,12 @@ fn an_interrupted_put_from_a_silent_pipe_exits() {
     let mut input = child.stdin.take().unwrap();
     input.write_all(&random_bytes(1 << 20, 5)).unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    signal(&child, "INT");
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "put - did not exit after SIGINT while its input stayed open"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    process::signal(child.id(), "INT");
+    process::wait_for(
+        "put - to exit after SIGINT while its input stayed open",
+        Duration::from_secs(10),
+        || child.try_wait().unwrap().is_some(),
+    );
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(130));
     assert!(output.stdout.is_empty());
@@ -1028,9 +978,11 @@ fn arguments_are_checked_before_anything_is_written() {
     assert!(!data.exists(), "serve -n 300 touched the data directory");
 
     // The smallest segment works, and stores a bounded multiple of the file.
-    let cap = last_line(&ok(segvault(&data)
-        .args(["put", "--segment-size", "4KiB"])
-        .arg(&input)));
+    let cap = process::put(
+        segvault(&data)
+            .args(["put", "--segment-size", "4KiB"])
+            .arg(&input),
+    );
     let stored: u64 = files_under(&data.join("grid"))
         .iter()
         .map(|p| std::fs::metadata(p).unwrap().len())
@@ -1040,7 +992,7 @@ fn arguments_are_checked_before_anything_is_written() {
     // Empty and one-byte files keep working whatever their fixed cost.
     for content in [&b""[..], b"x"] {
         std::fs::write(&input, content).unwrap();
-        let cap = last_line(&ok(segvault(&data).arg("put").arg(&input)));
+        let cap = process::put(segvault(&data).arg("put").arg(&input));
         assert_eq!(ok(segvault(&data).args(["get", &cap, "-o", "-"])), content);
     }
 }
@@ -1266,7 +1218,7 @@ fn a_full_disk_on_a_node_reaches_the_user_as_such() {
 #[test]
 fn uploads_beyond_a_nodes_slots_wait_their_turn() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_segvault"))
+    let mut child = process::segvault()
         .args([
             "storage-server",
             "--listen",
@@ -1276,17 +1228,11 @@ fn uploads_beyond_a_nodes_slots_wait_their_turn() {
             "--dir",
         ])
         .arg(dir.path().join("node"))
-        .env_remove("RUST_LOG")
-        .env_remove("SEGVAULT_TOKEN_FILE")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut url = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut url)
-        .unwrap();
-    let url = url.trim().to_owned();
+    let url = process::first_line(&mut child);
     let puts: Vec<(Vec<u8>, Child)> = (0..2)
         .map(|i| {
             let input = dir.path().join(format!("input-{i}"));
@@ -1323,7 +1269,7 @@ fn get_refuses_to_write_binary_to_a_terminal() {
     let vault = Vault::new(20_000);
     let text_file = vault.path("notes.txt");
     std::fs::write(&text_file, "plain text\n").unwrap();
-    let text_cap = last_line(&ok(segvault(&vault.data()).arg("put").arg(&text_file)));
+    let text_cap = process::put(segvault(&vault.data()).arg("put").arg(&text_file));
     // `script` runs the command on a pseudo-terminal and copies what it printed.
     let on_terminal = |args: &str| {
         let command = format!(

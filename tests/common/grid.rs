@@ -1,11 +1,11 @@
 //! A real grid for tests: ten `segvault storage-server` processes on 127.0.0.1 and the
 //! commands to put files on them and serve them.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use super::http::{self, Server};
+use super::process;
 use segvault::core::cap::ReadCap;
 
 pub const K: usize = 3;
@@ -20,7 +20,7 @@ pub struct Node {
 
 impl Node {
     pub fn start(dir: &Path, token_file: Option<&Path>) -> Node {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_segvault"));
+        let mut command = process::segvault();
         if let Some(token) = token_file {
             command.arg("--token-file").arg(token);
         }
@@ -29,18 +29,12 @@ impl Node {
             .arg("--dir")
             .arg(dir)
             .args(["--listen", "127.0.0.1:0"])
-            .env_remove("RUST_LOG")
-            .env_remove("SEGVAULT_TOKEN_FILE")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("start segvault storage-server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("the URL line");
-        let url = line.trim().to_owned();
-        assert!(url.starts_with("http://127.0.0.1:"), "printed {line:?}");
+        let url = process::first_line(&mut child);
+        assert!(url.starts_with("http://127.0.0.1:"), "printed {url:?}");
         Node {
             child,
             url,
@@ -58,12 +52,7 @@ impl Node {
     }
 
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        process::signal(self.child.id(), signal);
     }
 
     /// The share numbers this node holds of `cap`, from its listing endpoint.
@@ -146,13 +135,11 @@ impl TestGrid {
 
     /// `segvault` with the grid's `--server`s (and token, if any).
     pub fn segvault(&self) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_segvault"));
+        let mut command = process::segvault();
         command
             .arg("--data")
             .arg(self.data())
-            .args(self.server_args())
-            .env_remove("RUST_LOG")
-            .env_remove("SEGVAULT_TOKEN_FILE");
+            .args(self.server_args());
         if let Some(token) = &self.token_file {
             command.arg("--token-file").arg(token);
         }
@@ -162,18 +149,7 @@ impl TestGrid {
     pub fn put(&self, bytes: &[u8]) -> String {
         let input = self.root.path().join("input");
         std::fs::write(&input, bytes).unwrap();
-        let output = self.segvault().arg("put").arg(&input).output().unwrap();
-        assert!(
-            output.status.success(),
-            "put failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap()
-            .to_owned()
+        process::put(self.segvault().arg("put").arg(&input))
     }
 
     pub fn gateway(&self, extra: &[String]) -> Server {

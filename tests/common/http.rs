@@ -1,11 +1,13 @@
 //! A raw HTTP/1.1 client over a real socket, so tests see exactly what the gateway sends:
 //! truncated bodies, stalls, headers byte for byte. And a `segvault serve` process to talk to.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use super::process;
 
 /// A parsed response.
 #[derive(Debug)]
@@ -196,22 +198,17 @@ impl Server {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
             None => Stdio::null(),
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_segvault"))
+        let mut child = process::segvault()
             .arg("--data")
             .arg(data)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
-            .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
             .expect("start segvault serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("the URL line");
+        let line = process::first_line(&mut child);
         let addr = line
-            .trim()
             .strip_prefix("http://")
             .and_then(|s| s.strip_suffix('/'))
             .unwrap_or_else(|| panic!("serve printed {line:?}"))

@@ -4,6 +4,7 @@
 
 pub mod grid;
 pub mod http;
+pub mod process;
 
 use std::sync::Arc;
 
@@ -103,20 +104,19 @@ impl Fixture {
         }
     }
 
-    /// Hides shares `0..h` everywhere, where `h` is as many primaries as can go while k
-    /// shares remain, so reads must decode from parity. `None` when n = k.
-    pub fn force_parity(&self) -> Option<usize> {
+    /// Faults that hide shares `0..h` everywhere, where `h` is as many primaries as can go
+    /// while k shares remain, so reads must decode from parity (add others to them before
+    /// [`set_faults`](Self::set_faults)). `None` when n = k.
+    pub fn parity_faults(&self) -> Option<Faults> {
         let g = self.cap.geometry();
         let hide = usize::from(g.k().min(g.n() - g.k()));
         if hide == 0 {
             return None;
         }
-        let faults = Faults {
+        Some(Faults {
             hidden: (0..hide).map(|s| ShareNum(s as u8)).collect(),
             ..Faults::default()
-        };
-        self.set_faults(&faults);
-        Some(hide)
+        })
     }
 
     /// The store holding `share`.

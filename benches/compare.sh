@@ -7,7 +7,8 @@
 #   3. full GET through the gateway, embedded grid and ten nodes
 #   4. time to first byte of random 64 KiB ranges (benches/ttfb.py), both grids
 #
-# Usage: benches/compare.sh OLD_BINARY NEW_BINARY [RUNS]   (default 5 runs)
+# Usage: [FILE_MIB=256] [BENCH_DIR=/tmp] benches/compare.sh OLD_BINARY NEW_BINARY [RUNS]
+# (default 5 runs; BENCH_DIR=/dev/shm takes the disk out of the comparison)
 # e.g. git worktree add /tmp/old <commit> && (cd /tmp/old && cargo build --release)
 #      benches/compare.sh /tmp/old/target/release/segvault target/release/segvault
 set -euo pipefail
@@ -31,7 +32,7 @@ row() { # label, unit, old values file, new values file
   printf '| %s | %.3f %s | %.3f %s | %s |\n' "$1" "$a" "$2" "$b" "$2" "$(ratio "$a" "$b")"
 }
 
-head -c 256M /dev/urandom > "$work/file"
+head -c "${FILE_MIB:-256}M" /dev/urandom > "$work/file"
 size=$(stat -c %s "$work/file")
 mib=$((size >> 20))
 
@@ -53,19 +54,24 @@ done
 echo "| measure | old | new | new/old |"
 echo "|---|---|---|---|"
 for which in old new; do : > "$work/put-embedded.$which"; : > "$work/put-remote.$which"; done
-for run in $(seq 3); do
-  for which in old new; do
+# Who goes first alternates run by run, and the disk is synced before each put: a put leaves
+# its dirty pages to the next one's writeback otherwise.
+order() { if (( $1 % 2 )); then echo old new; else echo new old; fi; }
+for run in $(seq "$runs"); do
+  for which in $(order "$run"); do
     bin=${!which}
     rm -rf "$work/$which-embedded"
+    sync
     s=$(seconds "$bin" --data "$work/$which-embedded" put --no-fsync "$work/file")
     echo "$mib / $s" | bc -l >> "$work/put-embedded.$which"
+    sync
     # shellcheck disable=SC2086
     s=$(seconds "$bin" --data "$work/$which-client" ${servers[$which]} put "$work/file")
     echo "$mib / $s" | bc -l >> "$work/put-remote.$which"
   done
 done
-row "put 256 MiB, embedded grid, --no-fsync (3 runs)" MiB/s "$work/put-embedded.old" "$work/put-embedded.new"
-row "put 256 MiB, ten storage nodes (3 runs)" MiB/s "$work/put-remote.old" "$work/put-remote.new"
+row "put $mib MiB, embedded grid, --no-fsync ($runs runs)" MiB/s "$work/put-embedded.old" "$work/put-embedded.new"
+row "put $mib MiB, ten storage nodes ($runs runs)" MiB/s "$work/put-remote.old" "$work/put-remote.new"
 
 declare -A local_cap remote_cap
 for which in old new; do
@@ -78,13 +84,13 @@ sync
 
 for which in old new; do : > "$work/get.$which"; done
 for run in $(seq "$runs"); do
-  for which in old new; do
+  for which in $(order "$run"); do
     bin=${!which}
     s=$(seconds "$bin" --data "$work/$which-embedded" get "${local_cap[$which]}" -o /dev/null)
     echo "$size / $s / 1000000" | bc -l >> "$work/get.$which"
   done
 done
-row "get 256 MiB to /dev/null, embedded grid ($runs runs)" MB/s "$work/get.old" "$work/get.new"
+row "get $mib MiB to /dev/null, embedded grid ($runs runs)" MB/s "$work/get.old" "$work/get.new"
 
 declare -A embedded remote
 for which in old new; do
@@ -103,9 +109,9 @@ for grid in embedded remote; do
   declare -n urls=$grid
   for which in old new; do full "${urls[$which]}" > /dev/null; : > "$work/full-$grid.$which"; done
   for run in $(seq "$runs"); do
-    for which in old new; do full "${urls[$which]}" >> "$work/full-$grid.$which"; done
+    for which in $(order "$run"); do full "${urls[$which]}" >> "$work/full-$grid.$which"; done
   done
-  row "gateway full GET of 256 MiB, $grid grid ($runs runs)" MB/s "$work/full-$grid.old" "$work/full-$grid.new"
+  row "gateway full GET of $mib MiB, $grid grid ($runs runs)" MB/s "$work/full-$grid.old" "$work/full-$grid.new"
 done
 for grid in embedded remote; do
   declare -n urls=$grid

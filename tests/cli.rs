@@ -618,3 +618,66 @@ fn data_encoding_lower(text: &str) -> Vec<u8> {
     }
     out
 }
+
+/// `--data`, `--server`, `--grid` and `--token-file` work before the subcommand and after it.
+#[test]
+fn global_flags_work_before_and_after_the_subcommand() {
+    let root = tempfile::tempdir().unwrap();
+    let input = root.path().join("input");
+    let bytes = random_bytes(70_000, 11);
+    std::fs::write(&input, &bytes).unwrap();
+    let data = root.path().join("data");
+    let (data, input) = (data.to_str().unwrap(), input.to_str().unwrap());
+    let out = root.path().join("out");
+    let read_back = |cap: &str, before: &[&str], after: &[&str]| {
+        let _ = std::fs::remove_file(&out);
+        process::ok(
+            process::segvault()
+                .args(before)
+                .arg("get")
+                .args(after)
+                .args([cap, "-o", out.to_str().unwrap()]),
+        );
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            bytes,
+            "get {before:?} get {after:?}"
+        );
+    };
+
+    // The embedded grid in --data.
+    let before = process::put(process::segvault().args(["--data", data, "put", input]));
+    let after = process::put(process::segvault().args(["put", "--data", data, input]));
+    read_back(&before, &[], &["--data", data]);
+    read_back(&after, &["--data", data], &[]);
+
+    // --server directories, and a grid file naming them, with a token file beside it.
+    let servers: Vec<String> = (0..4)
+        .map(|i| {
+            root.path()
+                .join(format!("s{i}"))
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let server_args: Vec<&str> = servers
+        .iter()
+        .flat_map(|s| ["--server", s.as_str()])
+        .collect();
+    let mut put_after = vec!["put", "-k", "2", "-n", "4"];
+    put_after.extend(&server_args);
+    put_after.push(input);
+    let cap = process::put(process::segvault().args(&put_after));
+    read_back(&cap, &server_args, &[]);
+    read_back(&cap, &[], &server_args);
+
+    let grid = root.path().join("grid.toml");
+    let quoted: Vec<String> = servers.iter().map(|s| format!("{s:?}")).collect();
+    std::fs::write(&grid, format!("servers = [{}]\n", quoted.join(", "))).unwrap();
+    let token = root.path().join("token");
+    std::fs::write(&token, "a-token-the-directories-ignore\n").unwrap();
+    let grid = grid.to_str().unwrap();
+    let token = token.to_str().unwrap();
+    read_back(&cap, &["--grid", grid, "--token-file", token], &[]);
+    read_back(&cap, &[], &["--grid", grid, "--token-file", token]);
+}

@@ -720,3 +720,45 @@ async fn a_header_read_that_stalls_is_hedged_and_its_server_marked_slow() {
         &fixture.plaintext[..]
     );
 }
+
+/// A file opened from the disk cache starts reading before any server has answered its
+/// listing. A segment the cache lacks then waits for the listing: one server answering at
+/// once and the others late must not end the read with the one share that answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_opened_from_the_cache_waits_for_late_listings_before_giving_up() {
+    use segvault::cache::{CacheConfig, DiskCache};
+    use segvault::metrics::Metrics;
+
+    let fixture = Fixture::new(8_000, 1000, 3, 5).await;
+    let cache_dir = fixture.dir.path().join("cache");
+    let open_cache = || {
+        DiskCache::open(
+            CacheConfig::new(&cache_dir, 1 << 20),
+            Arc::new(Metrics::default()),
+        )
+        .expect("cache")
+    };
+    let cache = open_cache();
+    let warm = Client::with_cache(fixture.grid.clone(), ReaderConfig::default(), cache.clone());
+    let file = warm.open(&fixture.cap).await.unwrap();
+    assert_eq!(
+        &file.read(0..1000).await.unwrap()[..],
+        &fixture.plaintext[..1000]
+    );
+    cache.flush().await;
+    drop((file, warm, cache));
+
+    // Every server but one answers (listings too) only after 300 ms.
+    let mut late = Faults::default();
+    late.latency = Some(Duration::from_millis(300));
+    for store in &fixture.stores[1..] {
+        store.set_faults(late.clone());
+    }
+    let cold = Client::with_cache(fixture.grid.clone(), ReaderConfig::default(), open_cache());
+    let file = cold.open(&fixture.cap).await.unwrap();
+    assert_eq!(
+        &file.read(5_000..6_000).await.unwrap()[..],
+        &fixture.plaintext[5_000..6_000],
+        "a segment the cache lacks, read while the listing is still coming in"
+    );
+}

@@ -116,6 +116,18 @@ impl FileNode {
                 }));
             }
             if active.is_empty() {
+                // Servers still answering the listing may hold the shares this segment
+                // needs (a file opened from the cache starts reading before any answer):
+                // wait for the next share to turn up, or for the listing to end, before
+                // counting what is known as all there is.
+                let known = {
+                    let map = self.shares.lock();
+                    (!map.listing.is_empty()).then_some(map.slots.len())
+                };
+                if let Some(known) = known {
+                    self.shares.wait_until(|map| map.slots.len() > known).await;
+                    continue;
+                }
                 if !rediscovered {
                     rediscovered = true;
                     self.rediscover().await;

@@ -749,8 +749,10 @@ async fn a_file_opened_from_the_cache_waits_for_late_listings_before_giving_up()
     drop((file, warm, cache));
 
     // Every server but one answers (listings too) only after 300 ms.
-    let mut late = Faults::default();
-    late.latency = Some(Duration::from_millis(300));
+    let late = Faults {
+        latency: Some(Duration::from_millis(300)),
+        ..Faults::default()
+    };
     for store in &fixture.stores[1..] {
         store.set_faults(late.clone());
     }

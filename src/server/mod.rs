@@ -11,6 +11,8 @@
 //! in the listen backlog. A new connection must complete its first request's headers within
 //! [`ConnectionLimits::first_request_timeout`].
 
+// Used by the gateway and the node; `server` alone builds the loop without either.
+#[cfg_attr(not(any(feature = "gateway", feature = "node")), allow(dead_code))]
 pub(crate) mod access;
 pub mod budget;
 mod slots;

@@ -29,7 +29,7 @@
 //! own [`ShareStore`](store::ShareStore)), [`grid`] (the servers a client uses and their
 //! health), [`engine`] (per-file nodes, verified segment fetching, reads and streams),
 //! [`upload`] (the encoder), [`cache`] (verified ciphertext on local disk), and [`Vault`] over
-//! them. With features: `server` (the HTTP loop), [`gateway`](crate#features), `node`, and the
+//! them. With features: `server` (the HTTP loop), `gateway`, `node`, and the
 //! `segvault` binary. `docs/architecture.md` draws the layers.
 //!
 //! # Features

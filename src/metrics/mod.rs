@@ -6,7 +6,7 @@
 //! index or a path a client chose, so neither secrets nor unbounded label sets can appear.
 //!
 //! The counters the library itself reads back (hedges, cache hits and misses) are kept
-//! whatever the build; the exported families and [`Metrics::render`] come with the `metrics`
+//! whatever the build; the exported families and `Metrics::render` come with the `metrics`
 //! feature (on with `gateway`), so a library-only build does not compile an exporter.
 //!
 //! ```

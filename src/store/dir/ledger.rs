@@ -16,7 +16,7 @@ pub(super) const LEDGER_TTL: Duration = Duration::from_secs(3600);
 /// Most shares remembered at once (the oldest are forgotten first).
 pub(super) const LEDGER_MAX: usize = 100_000;
 /// Who wrote a share: an upload abandoned before its cap was handed out may remove the
-/// shares it wrote itself, and only those (see [`ShareStore::abandon`]).
+/// shares it wrote itself, and only those (see [`ShareStore::abandon`](crate::store::ShareStore::abandon)).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct UploadOwner([u8; 32]);
 

@@ -1,6 +1,6 @@
 //! The storage-node HTTP protocol, version 1 (specified in `docs/storage-protocol.md`):
 //! the request paths, the `ranges` query of a read, and the JSON bodies, shared by the
-//! server ([`crate::node`]) and the client ([`crate::store::HttpStore`]). Pure: no
+//! server (`segvault::node`) and the client ([`crate::store::HttpStore`]). Pure: no
 //! I/O, so the parsers are fuzzed and property-tested.
 
 use std::ops::Range;

@@ -4,7 +4,9 @@
 //! so a server that recovers is used again (Tahoe-LAFS #1679 kept them for the node's life).
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::core::choice::{LatencyEstimate, ServerView};
 

@@ -326,7 +326,11 @@ async fn failure_marks_expire() {
     assert_eq!(file.node().healthy_shares(), 0, "both shares are marked");
     fixture.set_faults(&Faults::default());
     tokio::time::sleep(Duration::from_secs(59)).await;
-    assert_eq!(file.node().healthy_shares(), 0, "the marks hold for their time");
+    assert_eq!(
+        file.node().healthy_shares(),
+        0,
+        "the marks hold for their time"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(file.node().healthy_shares(), 2, "the marks expired");
     assert_eq!(

@@ -145,7 +145,7 @@ impl FileNode {
                 .min();
             let late = async {
                 match next_late {
-                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    Some(t) => tokio::time::sleep_until(t).await,
                     None => std::future::pending().await,
                 }
             };

@@ -199,7 +199,7 @@ async fn open(parts: NodeParts) -> Result<Arc<FileNode>, ReadError> {
         let next_late = deadlines.values().min().copied();
         let late = async {
             match next_late {
-                Some(t) => tokio::time::sleep_until(t.into()).await,
+                Some(t) => tokio::time::sleep_until(t).await,
                 None => std::future::pending().await,
             }
         };
@@ -255,7 +255,7 @@ async fn open(parts: NodeParts) -> Result<Arc<FileNode>, ReadError> {
             }
         }
     };
-    let _ = tokio::time::timeout_at(deadline.into(), drain).await;
+    let _ = tokio::time::timeout_at(deadline, drain).await;
     let ueb = Ueb::from_bytes(&ueb_bytes).map_err(|e| ReadError::Internal(e.to_string()))?;
     Ok(FileNode::new(parts, ueb))
 }

@@ -24,38 +24,29 @@ use upload::MAX_DRAINS;
 
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt, stream};
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
-use tokio::io::AsyncWriteExt;
+use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::core::cap::StorageIndex;
-use crate::core::codec::Codec as _;
 use crate::core::geometry::ShareNum;
-use crate::core::layout::{HEADER_LEN, ShareLayout};
-use crate::core::share_header::ShareHeader;
 use crate::core::text;
 use crate::server::access::{Access, Started};
 use crate::server::budget::ResponseBudget;
-use crate::server::{self, Body, ConnectionCloser, ConnectionLimits, empty, full};
+use crate::server::{self, Body, ConnectionLimits, empty, full};
 use crate::store::http::protocol::{
     self, CorruptionReport, ErrorBody, RequestError, Route, ShareList, Status,
 };
 use crate::store::http::token::Token;
-use crate::store::{
-    DirectoryStore, MAX_READ_BYTES, ShareStore, SpooledShare, StoreError, UploadOwner,
-    validate_ranges,
-};
+use crate::store::{DirectoryStore, MAX_READ_BYTES, ShareStore, StoreError};
 
 /// The corruption-report file stops growing at this size.
 const MAX_REPORTS_FILE: u64 = 16 << 20;

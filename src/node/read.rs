@@ -1,6 +1,23 @@
 //! Reads: a share's ranges streamed in pieces under the node's response budget.
 
-use super::*;
+use std::io;
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt, stream};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::{StorageNode, error, store_error};
+use crate::core::cap::StorageIndex;
+use crate::core::geometry::ShareNum;
+use crate::server::access::Access;
+use crate::server::{Body, ConnectionCloser, empty};
+use crate::store::http::protocol;
+use crate::store::{ShareStore, StoreError, validate_ranges};
 
 /// A read response is read from disk in pieces of about this many bytes.
 pub(super) const READ_PIECE_BYTES: u64 = 256 << 10;

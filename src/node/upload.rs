@@ -2,7 +2,25 @@
 //! and stored create-only; refused uploads drained so the client sees the answer; an
 //! abandoned upload taking back what it wrote.
 
-use super::*;
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use tokio::io::AsyncWriteExt;
+use tracing::info;
+
+use super::{StorageNode, error, store_error};
+use crate::core::cap::StorageIndex;
+use crate::core::codec::Codec as _;
+use crate::core::geometry::ShareNum;
+use crate::core::layout::{HEADER_LEN, ShareLayout};
+use crate::core::share_header::ShareHeader;
+use crate::server::access::Access;
+use crate::server::{Body, empty};
+use crate::store::http::protocol;
+use crate::store::{ShareStore, SpooledShare, StoreError, UploadOwner};
 
 /// Bytes an upload buffers on their way to its spool.
 pub(super) const UPLOAD_BUFFER_BYTES: usize = 128 << 10;

@@ -1,7 +1,17 @@
 //! Storing a share: a spool checked, fsynced (with [`Durability::Fsync`]) and renamed into
 //! place without overwriting; the same bytes again succeed, different bytes are a conflict.
 
-use super::*;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Instant;
+
+use super::ledger::InFlight;
+use super::{Durability, Inner, WriteTicket};
+use crate::core::cap::StorageIndex;
+use crate::core::geometry::ShareNum;
+use crate::store::{SpooledShare, StoreError};
 
 impl Inner {
     pub(super) fn write_blocking(

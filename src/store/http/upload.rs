@@ -2,7 +2,24 @@
 //! only its own), at most a few per node, retried while the node says it is busy; a share of
 //! an abandoned upload taken back with the upload's secret.
 
-use super::*;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, StatusCode};
+use tokio_util::io::ReaderStream;
+
+use super::{HttpStore, protocol, status_error, with_causes};
+use crate::body::{Body, empty};
+use crate::core::cap::StorageIndex;
+use crate::core::geometry::ShareNum;
+use crate::store::{SpooledShare, StoreError};
 
 impl HttpStore {
     pub(super) async fn upload(

@@ -13,6 +13,7 @@ use crate::core::hash::{self, Hash};
 use crate::core::layout::ShareLayout;
 use crate::core::planner::{Record, RecordRequest, plan_range};
 use crate::core::share_header::ShareHeader;
+use crate::core::synthetic::SyntheticFile;
 use crate::core::tree::{self, NodeIndex, PartialTree, TreeShape};
 use crate::core::ueb::Ueb;
 use crate::core::verifier::{self, FileTrees, VerifyError};
@@ -238,7 +239,7 @@ pub fn verifier(data: &[u8]) {
         return;
     };
     let layout = ShareLayout::new(&g);
-    let file = TestFile::new(&g, &layout, input.seed);
+    let file = SyntheticFile::new(&g, input.seed);
     let mut trees = FileTrees::new(&file.ueb);
     let share = crate::core::geometry::ShareNum(input.share % (n as u8 + 1));
     let segment = SegmentIndex(u64::from(input.segment) % (g.num_segments() + 1));
@@ -317,90 +318,6 @@ pub fn verifier(data: &[u8]) {
             "a flipped record passed the whole walk: {whole:?}"
         ),
         None => {}
-    }
-}
-
-/// A small file whose shares hold arbitrary (not erasure-coded) blocks with true hash
-/// trees: enough for the verifier, which checks hashes, not the code.
-struct TestFile {
-    ueb: Ueb,
-    layout: ShareLayout,
-    blocks: Vec<Vec<Vec<u8>>>,
-    block_trees: Vec<Vec<Hash>>,
-    share_nodes: Vec<Hash>,
-    ciphertext_nodes: Vec<Hash>,
-    segment_leaves: Vec<Hash>,
-}
-
-impl TestFile {
-    fn new(g: &Geometry, layout: &ShareLayout, seed: u8) -> TestFile {
-        let segments = g.num_segments();
-        let blocks: Vec<Vec<Vec<u8>>> = (0..g.n())
-            .map(|i| {
-                (0..segments)
-                    .map(|s| {
-                        let len = g.block_size(SegmentIndex(s)) as usize;
-                        (0..len)
-                            .map(|b| (b as u64 ^ s ^ u64::from(i) ^ u64::from(seed)) as u8)
-                            .collect()
-                    })
-                    .collect()
-            })
-            .collect();
-        let block_trees: Vec<Vec<Hash>> = blocks
-            .iter()
-            .map(|share| {
-                tree::build(
-                    &share
-                        .iter()
-                        .map(|b| hash::block_leaf(b))
-                        .collect::<Vec<_>>(),
-                )
-            })
-            .collect();
-        let share_nodes = tree::build(&block_trees.iter().map(|t| t[0]).collect::<Vec<_>>());
-        let segment_leaves: Vec<Hash> = (0..segments as usize)
-            .map(|s| {
-                let leaves: Vec<Hash> = (0..usize::from(g.k()))
-                    .map(|m| hash::block_leaf(&blocks[m][s]))
-                    .collect();
-                hash::ciphertext_leaf(&leaves)
-            })
-            .collect();
-        let ciphertext_nodes = tree::build(&segment_leaves);
-        TestFile {
-            ueb: Ueb {
-                geometry: *g,
-                share_root: share_nodes[0],
-                ciphertext_root: ciphertext_nodes[0],
-            },
-            layout: *layout,
-            blocks,
-            block_trees,
-            share_nodes,
-            ciphertext_nodes,
-            segment_leaves,
-        }
-    }
-
-    /// The whole record of `share` for `segment`, if both are in the file.
-    fn record(
-        &self,
-        share: crate::core::geometry::ShareNum,
-        segment: SegmentIndex,
-    ) -> Option<Vec<u8>> {
-        let g = &self.ueb.geometry;
-        let block = self.blocks.get(share.index())?.get(segment.0 as usize)?;
-        let (segment_tree, share_tree) = (g.segment_tree(), g.share_tree());
-        let hashes = crate::core::planner::record_hashes(
-            &self.layout,
-            &tree::chain_of(&self.block_trees[share.index()], &segment_tree, segment.0),
-            &tree::chain_of(&self.ciphertext_nodes, &segment_tree, segment.0),
-            &tree::chain_of(&self.share_nodes, &share_tree, u64::from(share.0)),
-        )?;
-        let mut record = block.clone();
-        record.extend(hashes);
-        Some(record)
     }
 }
 

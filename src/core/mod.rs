@@ -14,6 +14,9 @@ pub mod layout;
 pub mod planner;
 pub mod range;
 pub mod share_header;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod synthetic;
 pub mod text;
 pub mod tree;
 pub mod ueb;

@@ -399,6 +399,7 @@ impl FileTrees {
 mod tests {
     use super::*;
     use crate::core::hash;
+    use crate::core::synthetic::SyntheticFile;
     use proptest::prelude::*;
 
     /// A small, self-consistent file: every share's blocks (arbitrary bytes, not a real
@@ -415,70 +416,19 @@ mod tests {
     impl Fixture {
         fn new(size: u64, segment_size: u64, k: u16, n: u16) -> Fixture {
             let g = Geometry::new(size, segment_size, k, n).unwrap();
-            let layout = ShareLayout::new(&g);
-            let segments = g.num_segments();
-            let blocks: Vec<Vec<Vec<u8>>> = (0..n)
+            let file = SyntheticFile::new(&g, 0);
+            let records = (0..n)
                 .map(|i| {
-                    (0..segments)
-                        .map(|s| {
-                            let len = g.block_size(SegmentIndex(s)) as usize;
-                            (0..len)
-                                .map(|b| (b as u64 ^ s ^ u64::from(i)) as u8)
-                                .collect()
-                        })
-                        .collect()
-                })
-                .collect();
-            let block_trees: Vec<Vec<Hash>> = blocks
-                .iter()
-                .map(|share| {
-                    tree::build(
-                        &share
-                            .iter()
-                            .map(|b| hash::block_leaf(b))
-                            .collect::<Vec<_>>(),
-                    )
-                })
-                .collect();
-            let share_nodes = tree::build(&block_trees.iter().map(|t| t[0]).collect::<Vec<_>>());
-            let segment_leaves: Vec<Hash> = (0..segments as usize)
-                .map(|s| {
-                    let leaves: Vec<Hash> = (0..usize::from(k))
-                        .map(|m| hash::block_leaf(&blocks[m][s]))
-                        .collect();
-                    hash::ciphertext_leaf(&leaves)
-                })
-                .collect();
-            let ciphertext_nodes = tree::build(&segment_leaves);
-            let ueb = Ueb {
-                geometry: g,
-                share_root: share_nodes[0],
-                ciphertext_root: ciphertext_nodes[0],
-            };
-            let (seg_shape, share_shape) = (g.segment_tree(), g.share_tree());
-            let records = (0..usize::from(n))
-                .map(|i| {
-                    (0..segments)
-                        .map(|s| {
-                            let mut record = blocks[i][s as usize].clone();
-                            let hashes = record_hashes(
-                                &layout,
-                                &tree::chain_of(&block_trees[i], &seg_shape, s),
-                                &tree::chain_of(&ciphertext_nodes, &seg_shape, s),
-                                &tree::chain_of(&share_nodes, &share_shape, i as u64),
-                            )
-                            .unwrap();
-                            record.extend(hashes);
-                            record
-                        })
+                    (0..g.num_segments())
+                        .map(|s| file.record(ShareNum(i as u8), SegmentIndex(s)).unwrap())
                         .collect()
                 })
                 .collect();
             Fixture {
-                layout,
-                ueb,
+                layout: file.layout,
+                ueb: file.ueb,
                 records,
-                segment_leaves,
+                segment_leaves: file.segment_leaves,
             }
         }
 

@@ -459,3 +459,85 @@ fn a_node_answers_bad_requests_with_the_right_status() {
         assert_eq!(response.header("allow"), allow, "{method} {path}");
     }
 }
+
+/// The storage node writes the access log the gateway writes: a line per request when its
+/// body ends, with the route, storage index, share, status, bytes sent or received and the
+/// outcome, and never the cap.
+#[test]
+fn a_storage_node_logs_each_request_when_its_body_ends_and_never_the_cap() {
+    let root = tempfile::tempdir().unwrap();
+    let log = root.path().join("node.log");
+    let mut child = process::segvault()
+        .args(["storage-server", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(root.path().join("node"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start segvault storage-server");
+    let url = process::first_line(&mut child);
+    let input = root.path().join("input");
+    let bytes = random_bytes(300_000, 5);
+    std::fs::write(&input, &bytes).unwrap();
+    let data = root.path().join("data");
+    let server = ["--server", url.as_str()];
+    let cap = process::put(
+        process::segvault()
+            .arg("--data")
+            .arg(&data)
+            .args(server)
+            .args(["put", "-k", "1", "-n", "1"])
+            .arg(&input),
+    );
+    let out = process::ok(
+        process::segvault()
+            .arg("--data")
+            .arg(&data)
+            .args(server)
+            .args(["get", &cap, "-o", "-"]),
+    );
+    assert!(out == bytes);
+    let si = cap
+        .parse::<segvault::ReadCap>()
+        .unwrap()
+        .storage_index()
+        .to_string();
+    let lines = || std::fs::read_to_string(&log).unwrap();
+    process::wait_for(
+        "the read's access line",
+        std::time::Duration::from_secs(10),
+        || {
+            lines()
+                .lines()
+                .any(|l| l.contains("read") && l.contains("outcome"))
+        },
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = lines();
+    let line_of = |route: &str| {
+        text.lines()
+            .find(|l| l.contains("segvault::access") && l.contains(&format!("route=\"{route}\"")))
+            .unwrap_or_else(|| panic!("no {route} line in the node's log:\n{text}"))
+            .to_owned()
+    };
+    let write = line_of("write");
+    assert!(
+        write.contains(&si) && write.contains("share=0") && write.contains("status=201"),
+        "{write}"
+    );
+    assert!(
+        !write.contains("received=0 "),
+        "the upload's size is logged: {write}"
+    );
+    let read = line_of("read");
+    assert!(read.contains(&si) && read.contains("status=200"), "{read}");
+    assert!(read.contains("outcome=\"complete\""), "{read}");
+    assert!(
+        !read.contains("bytes=0 "),
+        "the bytes sent are logged: {read}"
+    );
+    assert!(
+        !text.contains("sv1-read") && !text.contains(cap.split(':').nth(1).unwrap()),
+        "a cap in the log:\n{text}"
+    );
+}

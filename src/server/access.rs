@@ -59,10 +59,17 @@ impl Started {
         on_end: Option<OnEnd>,
     ) -> Response<Body> {
         let status = response.status().as_u16();
+        // Hyper stops polling a body once its `Content-Length` bytes are out: that is a
+        // complete response too, even if the body never said it ended.
+        let declared = response
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         response.map(|inner| {
             Logged {
                 inner,
                 sent: 0,
+                declared,
                 line: Some(Line {
                     started: self,
                     access,
@@ -113,6 +120,8 @@ impl Line {
 struct Logged {
     inner: Body,
     sent: u64,
+    /// The response's `Content-Length`, if it has one.
+    declared: Option<u64>,
     line: Option<Line>,
 }
 
@@ -157,8 +166,9 @@ impl HttpBody for Logged {
 impl Drop for Logged {
     fn drop(&mut self) {
         if let Some(line) = self.line.take() {
-            // Bodyless responses (HEAD, 304) end without being polled to the end.
-            let outcome = if self.inner.is_end_stream() {
+            // Bodyless responses (HEAD, 304) and bodies whose declared length went out whole
+            // end without being polled to the end.
+            let outcome = if self.inner.is_end_stream() || self.declared == Some(self.sent) {
                 "complete"
             } else {
                 "client went away"

@@ -17,7 +17,7 @@ use anyhow::{Context, anyhow};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use segvault::core::cap::Cap;
-use segvault::grid::{Grid, GridFile};
+use segvault::grid::{Grid, GridFile, ServerEntry};
 use segvault::store::http::token::Token;
 use segvault::store::{Durability, HttpOptions};
 
@@ -154,12 +154,12 @@ impl Cli {
 
     /// The grid: `--server`s, else the embedded grid with at least `min_servers` directories.
     /// The servers named by `--grid` and `--server`, in that order (empty: the embedded grid).
-    fn server_specs(&self) -> anyhow::Result<Vec<String>> {
+    fn server_specs(&self) -> anyhow::Result<Vec<ServerEntry>> {
         let mut specs = match &self.grid {
             Some(path) => GridFile::load(path)?.servers,
             None => Vec::new(),
         };
-        specs.extend(self.servers.iter().cloned());
+        specs.extend(self.servers.iter().cloned().map(ServerEntry::Spec));
         Ok(specs)
     }
 
@@ -185,7 +185,7 @@ impl Cli {
             http.spool_dir = spool_dir;
             return Ok(specs
                 .iter()
-                .fold(Grid::builder(), |grid, spec| grid.spec(spec))
+                .fold(Grid::builder(), |grid, spec| spec.add_to(grid))
                 .attach_only(!for_upload)
                 .durability(durability)
                 .http_options(http)
@@ -206,9 +206,13 @@ impl Cli {
 
 /// For reading: a `--server` directory that does not exist is said first (a mistyped path
 /// looks like a server that is down); when none of the servers exists, nothing can be read.
-fn check_directories(specs: &[String]) -> anyhow::Result<()> {
+fn check_directories(specs: &[ServerEntry]) -> anyhow::Result<()> {
     let missing: Vec<&String> = specs
         .iter()
+        .filter_map(|spec| match spec {
+            ServerEntry::Spec(spec) => Some(spec),
+            _ => None,
+        })
         .filter(|spec| !spec.contains("://") && !std::path::Path::new(spec.as_str()).exists())
         .collect();
     if missing.len() == specs.len() {

@@ -35,6 +35,8 @@ pub struct GridBuilder {
 enum Spec {
     Directory(PathBuf),
     Url(String),
+    #[cfg(feature = "s3")]
+    S3(String, crate::store::S3Options),
     Store(Arc<dyn ShareStore>),
 }
 
@@ -62,10 +64,23 @@ impl GridBuilder {
         self
     }
 
-    /// A server as the command line's `--server` takes it: a URL if it has `://`, else a
-    /// directory.
+    /// A bucket, `s3://BUCKET[/PREFIX]`, reached as `options` and the AWS environment say
+    /// ([`S3Store`](crate::store::S3Store)).
+    #[cfg(feature = "s3")]
+    pub fn s3(mut self, url: impl AsRef<str>, options: crate::store::S3Options) -> GridBuilder {
+        self.servers
+            .push(Spec::S3(url.as_ref().to_owned(), options));
+        self
+    }
+
+    /// A server as the command line's `--server` takes it: `s3://` a bucket (with the
+    /// `s3` feature), another URL a storage node, anything else a directory.
     pub fn spec(self, spec: impl AsRef<str>) -> GridBuilder {
         let spec = spec.as_ref();
+        #[cfg(feature = "s3")]
+        if spec.starts_with("s3://") {
+            return self.s3(spec, crate::store::S3Options::default());
+        }
         if spec.contains("://") {
             self.url(spec)
         } else {
@@ -105,6 +120,8 @@ impl GridBuilder {
         for spec in self.servers {
             let store: Arc<dyn ShareStore> = match spec {
                 Spec::Url(url) => Arc::new(HttpStore::new(&url, self.http.clone())?),
+                #[cfg(feature = "s3")]
+                Spec::S3(url, options) => Arc::new(crate::store::S3Store::new(&url, &options)?),
                 Spec::Directory(path) if self.attach_only && !path.is_dir() => {
                     Arc::new(DirectoryStore::detached(path))
                 }

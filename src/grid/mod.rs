@@ -11,7 +11,7 @@ pub mod health;
 
 pub use builder::GridBuilder;
 #[cfg(feature = "grid-file")]
-pub use file::GridFile;
+pub use file::{GridFile, ServerEntry};
 
 use std::fmt;
 use std::io;
@@ -74,6 +74,10 @@ pub enum GridError {
     /// A server URL that cannot be used.
     #[error(transparent)]
     Url(#[from] UrlError),
+    /// An `s3://` server that cannot be used.
+    #[cfg(feature = "s3")]
+    #[error(transparent)]
+    S3(#[from] crate::store::S3UrlError),
     /// A grid file that does not parse.
     #[error("grid file {0}")]
     GridFile(String),

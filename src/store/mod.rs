@@ -4,6 +4,8 @@
 
 pub mod dir;
 pub mod http;
+#[cfg(feature = "s3")]
+pub mod s3;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
@@ -21,6 +23,8 @@ use crate::core::geometry::ShareNum;
 
 pub use dir::{DirectoryStore, Durability, UploadOwner, WriteTicket};
 pub use http::{HttpOptions, HttpStore, UrlError};
+#[cfg(feature = "s3")]
+pub use s3::{S3Options, S3Store, S3UrlError};
 
 /// Largest number of bytes one `read` call may ask for (bounds what a request can allocate).
 pub const MAX_READ_BYTES: u64 = 64 << 20;
@@ -92,6 +96,17 @@ impl StoreError {
             },
         }
     }
+}
+
+/// A share number as a file or object name spells it: canonical decimal 0-255 (`7`, never
+/// `07`), so that one share has one name.
+pub(crate) fn parse_share_name(name: &str) -> Option<ShareNum> {
+    let canonical = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_digit())
+        && (name == "0" || !name.starts_with('0'));
+    canonical
+        .then(|| name.parse::<u8>().ok().map(ShareNum))
+        .flatten()
 }
 
 /// Checks ranges before any I/O: ascending bounds, and not more than [`MAX_READ_BYTES`] in all.

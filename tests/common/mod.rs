@@ -5,6 +5,7 @@
 pub mod grid;
 pub mod http;
 pub mod process;
+pub mod s3;
 
 use std::sync::Arc;
 

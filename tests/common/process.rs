@@ -15,12 +15,17 @@ const INHERITED: [&str; 6] = [
     "RUST_LOG",
 ];
 
-/// `segvault`, without any of the caller's `SEGVAULT_*` or `RUST_LOG` variables (a test
-/// sets what it means to).
+/// `segvault`, without any of the caller's `SEGVAULT_*`, `AWS_*` or `RUST_LOG` variables (a
+/// test sets what it means to; these machines export `AWS_CA_BUNDLE`).
 pub fn segvault() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_segvault"));
     for name in INHERITED {
         command.env_remove(name);
+    }
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("AWS_") {
+            command.env_remove(name);
+        }
     }
     command
 }

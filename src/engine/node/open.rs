@@ -134,16 +134,19 @@ async fn open(parts: NodeParts) -> Result<Arc<FileNode>, ReadError> {
             let report = (exhausted || too_few).then(|| {
                 (
                     map.distinct_shares(),
+                    map.any_listing_failed(),
                     build_report(&grid, &map, &HashMap::new()),
                 )
             });
             (picks, report)
         };
-        if let Some((distinct, report)) = report {
+        if let Some((distinct, unreachable, report)) = report {
             if other_uebs.values().any(|shares| shares.len() >= k) {
                 return Err(ReadError::AlteredCap { storage_index: si });
             }
-            return Err(if distinct == 0 {
+            // "Not found" only when every server said so: with some unreachable, the file
+            // may be there, and the read may work later.
+            return Err(if distinct == 0 && !unreachable {
                 ReadError::NoShares {
                     storage_index: si,
                     report,

@@ -151,6 +151,12 @@ pub(super) struct ShareMap {
 }
 
 impl ShareMap {
+    /// Whether some server could not say what it holds (its last listing failed): a file
+    /// found nowhere else may be there.
+    pub(super) fn any_listing_failed(&self) -> bool {
+        !self.listing_errors.is_empty()
+    }
+
     pub(super) fn distinct_shares(&self) -> usize {
         self.slots
             .iter()

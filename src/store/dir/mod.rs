@@ -30,7 +30,7 @@ mod write;
 pub use ledger::UploadOwner;
 use ledger::{InFlight, Ledger, ShareKey};
 
-use super::{ShareStore, SpooledShare, StoreError, validate_ranges};
+use super::{ShareStore, SpooledShare, StoreError, parse_share_name, validate_ranges};
 use crate::core::cap::StorageIndex;
 use crate::core::geometry::ShareNum;
 
@@ -471,15 +471,6 @@ impl Inner {
 }
 
 /// Share numbers are written in canonical decimal; anything else in the directory is ignored.
-fn parse_share_name(name: &str) -> Option<ShareNum> {
-    let canonical = !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_digit())
-        && (name == "0" || !name.starts_with('0'));
-    canonical
-        .then(|| name.parse::<u8>().ok().map(ShareNum))
-        .flatten()
-}
-
 fn blocking<T: Send + 'static>(
     task: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> BoxFuture<'static, Result<T, StoreError>> {

@@ -1,0 +1,334 @@
+//! Create-only writes (one conditional `PUT`, or a multipart upload aborted on any failure or
+//! cancellation) and taking back what this handle wrote.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use object_store::path::Path as ObjectPath;
+use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+
+use super::errors::StoreErrorExt as _;
+use super::{Inner, Written};
+use crate::core::cap::StorageIndex;
+use crate::core::geometry::ShareNum;
+use crate::store::{SpooledShare, StoreError};
+
+/// Parts of one multipart upload in flight at once: enough to fill a long link, bounded so
+/// a write holds at most this many parts in memory.
+const PARTS_IN_FLIGHT: usize = 3;
+
+/// Marks a share's write in flight in the ledger until it ends; dropped before it ended
+/// (the upload was cancelled), the share may or may not have landed.
+struct LedgerEntry {
+    inner: Arc<Inner>,
+    key: (StorageIndex, ShareNum),
+    ended: bool,
+}
+
+impl LedgerEntry {
+    fn begin(inner: &Arc<Inner>, si: StorageIndex, share: ShareNum) -> LedgerEntry {
+        inner
+            .lock_ledger()
+            .insert((si, share), Written::InFlight { abandoned: false });
+        LedgerEntry {
+            inner: inner.clone(),
+            key: (si, share),
+            ended: false,
+        }
+    }
+
+    /// Whether an abandon arrived while the write was in flight.
+    fn abandoned(&self) -> bool {
+        matches!(
+            self.inner.lock_ledger().get(&self.key),
+            Some(Written::InFlight { abandoned: true })
+        )
+    }
+
+    /// Records how the write ended (`None`: nothing of this handle's is there).
+    fn end(mut self, written: Option<Written>) {
+        let mut ledger = self.inner.lock_ledger();
+        match written {
+            Some(written) => ledger.insert(self.key, written),
+            None => ledger.remove(&self.key),
+        };
+        self.ended = true;
+    }
+}
+
+impl Drop for LedgerEntry {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.inner
+                .lock_ledger()
+                .insert(self.key, Written::MaybeCreated);
+        }
+    }
+}
+
+pub(super) async fn write(
+    inner: Arc<Inner>,
+    si: StorageIndex,
+    share: ShareNum,
+    spool: SpooledShare,
+) -> Result<(), StoreError> {
+    let key = inner.key(&si, share);
+    // Whatever the store does with `If-None-Match`, a share already there is never
+    // overwritten by a sequential writer: look first (a `HEAD` is cheap next to a share).
+    match inner.client.head(&key).await {
+        Ok(meta) => return same_bytes(&inner, &key, meta.size, &spool, si, share).await,
+        Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(e.to_store_error(&inner.name, "checking for the share")),
+    }
+    let entry = LedgerEntry::begin(&inner, si, share);
+    let put = if spool.len() <= inner.options.part_size as u64 {
+        put_whole(&inner, &key, &spool).await
+    } else {
+        put_parts(&inner, (si, share), &spool).await
+    };
+    match put {
+        Ok(()) if entry.abandoned() => {
+            entry.end(None);
+            remove(&inner, &key).await
+        }
+        Ok(()) => {
+            entry.end(Some(Written::Created));
+            Ok(())
+        }
+        Err(
+            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
+        ) => {
+            // Another writer got there first: not ours to take back.
+            entry.end(None);
+            let size = inner
+                .client
+                .head(&key)
+                .await
+                .map_err(|e| e.to_store_error(&inner.name, "checking for the share"))?
+                .size;
+            same_bytes(&inner, &key, size, &spool, si, share).await
+        }
+        Err(e) => {
+            // The request may have landed before its answer was lost.
+            entry.end(Some(Written::MaybeCreated));
+            Err(e.to_store_error(&inner.name, "storing a share"))
+        }
+    }
+}
+
+async fn read_at(file: &File, offset: u64, len: usize) -> Result<Bytes, StoreError> {
+    let file = file
+        .try_clone()
+        .map_err(|e| StoreError::io("reading a spool", e))?;
+    tokio::task::spawn_blocking(move || {
+        let mut buffer = vec![0; len];
+        file.read_exact_at(&mut buffer, offset)
+            .map(|()| Bytes::from(buffer))
+            .map_err(|e| StoreError::io("reading a spool", e))
+    })
+    .await
+    .map_err(|e| StoreError::Io {
+        context: "reading a spool",
+        message: e.to_string(),
+    })?
+}
+
+async fn put_whole(
+    inner: &Inner,
+    key: &ObjectPath,
+    spool: &SpooledShare,
+) -> Result<(), object_store::Error> {
+    let bytes = read_at(spool.file(), 0, spool.len() as usize)
+        .await
+        .map_err(|e| object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(e),
+        })?;
+    let mode = if inner.options.conditional_put {
+        PutMode::Create
+    } else {
+        PutMode::Overwrite
+    };
+    inner
+        .client
+        .put_opts(key, PutPayload::from(bytes), mode.into())
+        .await
+        .map(drop)
+}
+
+/// A multipart upload that is aborted unless it completed: on an error here, and from a
+/// spawned task when the write is cancelled (dropped).
+struct Multipart {
+    upload: Option<Box<dyn MultipartUpload>>,
+    inner: Arc<Inner>,
+    share: (StorageIndex, ShareNum),
+}
+
+impl Drop for Multipart {
+    fn drop(&mut self) {
+        let Some(mut upload) = self.upload.take() else {
+            return;
+        };
+        let name = self.inner.name.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            // `abandon` waits for it, so an interrupted upload's clean-up covers it.
+            let aborting = runtime.spawn(async move {
+                if let Err(e) = upload.abort().await {
+                    tracing::warn!(store = %name, error = %super::errors::describe(&e), "cannot abort a cancelled multipart upload; its parts stay until the bucket's lifecycle rule removes them");
+                }
+            });
+            self.inner.lock_aborting().insert(self.share, aborting);
+        }
+    }
+}
+
+async fn put_parts(
+    inner: &Arc<Inner>,
+    share: (StorageIndex, ShareNum),
+    spool: &SpooledShare,
+) -> Result<(), object_store::Error> {
+    let upload = inner
+        .client
+        .put_multipart(&inner.key(&share.0, share.1))
+        .await?;
+    let mut multipart = Multipart {
+        upload: Some(upload),
+        inner: inner.clone(),
+        share,
+    };
+    let result = send_parts(inner, &mut multipart, spool).await;
+    let mut upload = multipart.upload.take().expect("held until here");
+    match result {
+        Ok(()) => match upload.complete().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let _ = upload.abort().await;
+                Err(e)
+            }
+        },
+        Err(e) => {
+            if let Err(abort) = upload.abort().await {
+                tracing::warn!(store = %inner.name, error = %super::errors::describe(&abort), "cannot abort a failed multipart upload");
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn send_parts(
+    inner: &Inner,
+    multipart: &mut Multipart,
+    spool: &SpooledShare,
+) -> Result<(), object_store::Error> {
+    let upload = multipart.upload.as_mut().expect("held until complete");
+    let part_size = inner.options.part_size as u64;
+    let mut in_flight = FuturesUnordered::new();
+    let mut offset = 0;
+    while offset < spool.len() {
+        while in_flight.len() >= PARTS_IN_FLIGHT {
+            in_flight.next().await.expect("not empty")?;
+        }
+        let len = part_size.min(spool.len() - offset);
+        let part = read_at(spool.file(), offset, len as usize)
+            .await
+            .map_err(|e| object_store::Error::Generic {
+                store: "S3",
+                source: Box::new(e),
+            })?;
+        in_flight.push(upload.put_part(PutPayload::from(part)));
+        offset += len;
+    }
+    while let Some(sent) = in_flight.next().await {
+        sent?;
+    }
+    Ok(())
+}
+
+/// A share is already stored under the key: succeeds if it holds exactly the spool's bytes
+/// (compared as they stream in, never all in memory), else [`StoreError::Conflict`].
+async fn same_bytes(
+    inner: &Inner,
+    key: &ObjectPath,
+    size: u64,
+    spool: &SpooledShare,
+    si: StorageIndex,
+    share: ShareNum,
+) -> Result<(), StoreError> {
+    let conflict = StoreError::Conflict {
+        storage_index: si,
+        share,
+    };
+    if size != spool.len() {
+        return Err(conflict);
+    }
+    let read_error = |e: object_store::Error| e.to_store_error(&inner.name, "comparing a share");
+    let mut stream = inner
+        .client
+        .get(key)
+        .await
+        .map_err(read_error)?
+        .into_stream();
+    let mut offset = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(read_error)?;
+        if offset + chunk.len() as u64 > size {
+            return Err(conflict);
+        }
+        let ours = read_at(spool.file(), offset, chunk.len()).await?;
+        if ours != chunk {
+            return Err(conflict);
+        }
+        offset += chunk.len() as u64;
+    }
+    if offset != size {
+        return Err(conflict);
+    }
+    Ok(())
+}
+
+async fn remove(inner: &Inner, key: &ObjectPath) -> Result<(), StoreError> {
+    match inner.client.delete(key).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e.to_store_error(&inner.name, "taking back a share")),
+    }
+}
+
+pub(super) async fn abandon(
+    inner: Arc<Inner>,
+    si: StorageIndex,
+    share: ShareNum,
+) -> Result<(), StoreError> {
+    let key = inner.key(&si, share);
+    let aborting = inner.lock_aborting().remove(&(si, share));
+    if let Some(aborting) = aborting {
+        let _ = aborting.await;
+    }
+    let known = {
+        let mut ledger = inner.lock_ledger();
+        match ledger.get_mut(&(si, share)) {
+            Some(Written::InFlight { abandoned }) => {
+                *abandoned = true;
+                return Ok(());
+            }
+            Some(written) => Some(*written),
+            None => None,
+        }
+    };
+    if known.is_some() {
+        remove(&inner, &key).await?;
+        inner.lock_ledger().remove(&(si, share));
+        return Ok(());
+    }
+    match inner.client.head(&key).await {
+        Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Ok(_) => Err(StoreError::Forbidden(format!(
+            "{}: share {share} of {si} was not written by this upload",
+            inner.name
+        ))),
+        Err(e) => Err(e.to_store_error(&inner.name, "taking back a share")),
+    }
+}

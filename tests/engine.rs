@@ -773,3 +773,40 @@ async fn a_file_opened_from_the_cache_waits_for_late_listings_before_giving_up()
         "a segment the cache lacks, read while the listing is still coming in"
     );
 }
+
+/// Across a network the read-ahead window holds the servers' measured latency times the
+/// target rate: a grid 30 ms away reads further ahead than the same grid on loopback, within
+/// the memory bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_ahead_window_follows_the_servers_latency() {
+    let fixture = Fixture::new(4 << 20, 64 << 10, 3, 10).await;
+    let near = Faults {
+        remote: true,
+        ..Faults::default()
+    };
+    fixture.set_faults(&near);
+    let client = Client::new(fixture.grid.clone(), ReaderConfig::default());
+    let file = client.open(&fixture.cap).await.unwrap();
+    file.read(0..1000).await.unwrap();
+    let loopback_window = file.read_ahead();
+    assert_eq!(
+        loopback_window,
+        ReaderConfig::default().remote_read_ahead_segments
+    );
+
+    fixture.set_faults(&Faults {
+        latency: Some(Duration::from_millis(30)),
+        ..near
+    });
+    for offset in 1..20u64 {
+        let at = offset * (64 << 10);
+        let got = file.read(at..at + 10).await.unwrap();
+        assert_eq!(&got[..], fixture.expected(at, 10));
+    }
+    let far_window = file.read_ahead();
+    let ceiling = (ReaderConfig::default().read_ahead_bytes / (64 << 10)) as usize;
+    assert!(
+        far_window > loopback_window && far_window <= ceiling,
+        "window {far_window} for 30 ms servers (loopback {loopback_window}, ceiling {ceiling})"
+    );
+}

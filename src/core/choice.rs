@@ -193,6 +193,42 @@ pub fn hedge_delay(server: &LatencyEstimate, policy: &Policy) -> Duration {
     )
 }
 
+/// Segments a stream should keep in flight to read at `target_rate` bytes per second from
+/// servers `latency` away: each batch costs a round trip, so the window must hold
+/// `latency × rate` bytes (the bandwidth-delay product) to keep the pipe full. Never below
+/// `floor` (what a loopback grid needs) nor above `ceiling` (the memory bound per read).
+///
+/// ```
+/// # use std::time::Duration;
+/// # use segvault::core::choice::read_ahead_window;
+/// let segment = 128 << 10;
+/// // A bucket 30 ms away: 62 segments (7.7 MiB) in flight to read 256 MiB/s.
+/// assert_eq!(read_ahead_window(Some(Duration::from_millis(30)), segment, 256 << 20, 16, 64), 62);
+/// // Storage nodes on loopback: the floor.
+/// assert_eq!(read_ahead_window(Some(Duration::from_micros(500)), segment, 256 << 20, 16, 64), 16);
+/// assert_eq!(read_ahead_window(None, segment, 256 << 20, 16, 64), 16);
+/// ```
+pub fn read_ahead_window(
+    latency: Option<Duration>,
+    segment_size: u64,
+    target_rate: u64,
+    floor: usize,
+    ceiling: usize,
+) -> usize {
+    let ceiling = ceiling.max(1);
+    let floor = floor.clamp(1, ceiling);
+    let Some(latency) = latency else {
+        return floor;
+    };
+    let bytes = latency.as_secs_f64() * target_rate as f64;
+    let segments = (bytes / segment_size.max(1) as f64).ceil();
+    if segments.is_finite() && segments < ceiling as f64 {
+        (segments as usize).max(floor)
+    } else {
+        ceiling
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

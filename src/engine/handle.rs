@@ -14,6 +14,7 @@ use super::ReaderConfig;
 use super::error::ReadError;
 use super::node::FileNode;
 use crate::core::cap::{StorageIndex, VerifyCap};
+use crate::core::choice::read_ahead_window;
 use crate::core::cipher::Keystream;
 use crate::core::geometry::SegmentIndex;
 use crate::core::planner::SegmentSlice;
@@ -73,16 +74,22 @@ impl FileHandle {
         &self.node
     }
 
-    /// Segments of read-ahead a stream may keep in flight (at least 1).
+    /// Segments of read-ahead a stream may keep in flight (at least 1). Across a network it
+    /// follows the servers' measured latency ([`read_ahead_window`]).
     pub fn read_ahead(&self) -> usize {
-        let segment = self.node.verify_cap().geometry().segment_size().max(1);
+        let geometry = self.node.verify_cap().geometry();
+        let segment = geometry.segment_size().max(1);
         let by_bytes = (self.config.read_ahead_bytes / segment).max(1) as usize;
-        let segments = if self.node.is_remote() {
-            self.config.remote_read_ahead_segments
-        } else {
-            self.config.read_ahead_segments
-        };
-        segments.clamp(1, by_bytes.max(1))
+        if !self.node.is_remote() {
+            return self.config.read_ahead_segments.clamp(1, by_bytes);
+        }
+        read_ahead_window(
+            self.node.grid().kth_latency(usize::from(geometry.k())),
+            segment,
+            self.config.target_read_rate,
+            self.config.remote_read_ahead_segments,
+            by_bytes,
+        )
     }
 
     /// Reads `range` of the file in one buffer: `a..b`, `a..`, `..b`, `..`,

@@ -200,6 +200,19 @@ impl Grid {
         self.servers.iter().any(|s| s.store.is_remote())
     }
 
+    /// The `k`-th smallest smoothed latency measured among the servers (the largest there
+    /// is, if fewer are measured): what reading from the k fastest costs per round trip.
+    /// `None` before any server was measured.
+    pub fn kth_latency(&self, k: usize) -> Option<std::time::Duration> {
+        let mut measured: Vec<std::time::Duration> = self
+            .servers
+            .iter()
+            .filter_map(|s| s.health.latency().smoothed)
+            .collect();
+        measured.sort_unstable();
+        measured.get(k.max(1) - 1).or(measured.last()).copied()
+    }
+
     /// Number of servers.
     pub fn len(&self) -> usize {
         self.servers.len()

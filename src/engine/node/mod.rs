@@ -131,6 +131,11 @@ impl FileNode {
         self.grid.is_remote()
     }
 
+    /// The grid the file is read from.
+    pub fn grid(&self) -> &Grid {
+        &self.grid
+    }
+
     /// The share layout.
     pub fn layout(&self) -> &ShareLayout {
         &self.layout

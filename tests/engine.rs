@@ -804,7 +804,7 @@ async fn the_read_ahead_window_follows_the_servers_latency() {
         assert_eq!(&got[..], fixture.expected(at, 10));
     }
     let far_window = file.read_ahead();
-    let ceiling = (ReaderConfig::default().read_ahead_bytes / (64 << 10)) as usize;
+    let ceiling = (ReaderConfig::default().remote_read_ahead_bytes / (64 << 10)) as usize;
     assert!(
         far_window > loopback_window && far_window <= ceiling,
         "window {far_window} for 30 ms servers (loopback {loopback_window}, ceiling {ceiling})"

@@ -83,12 +83,16 @@ impl FileHandle {
         if !self.node.is_remote() {
             return self.config.read_ahead_segments.clamp(1, by_bytes);
         }
+        let remote_bytes = self
+            .config
+            .remote_read_ahead_bytes
+            .max(self.config.read_ahead_bytes);
         read_ahead_window(
             self.node.grid().kth_latency(usize::from(geometry.k())),
             segment,
             self.config.target_read_rate,
-            self.config.remote_read_ahead_segments,
-            by_bytes,
+            self.config.remote_read_ahead_segments.min(by_bytes),
+            (remote_bytes / segment).max(1) as usize,
         )
     }
 

@@ -52,10 +52,15 @@ pub struct ReaderConfig {
     pub remote_read_ahead_segments: usize,
     /// Bytes of segments a stream may fetch ahead (caps the window for large segments).
     pub read_ahead_bytes: u64,
+    /// The same cap across a network, where a window must hold the servers' latency times
+    /// the rate (`target_read_rate`): a bucket 40 ms away needs 10 MiB in flight for
+    /// 256 MiB/s. A stream only grows its window while its consumer waits for it, so slow
+    /// clients hold far less.
+    pub remote_read_ahead_bytes: u64,
     /// The rate (bytes per second) a stream's window is sized for when servers are far
     /// away: across a network the window grows from `remote_read_ahead_segments` towards
-    /// `read_ahead_bytes` to hold the servers' measured latency times this rate (S3 buckets
-    /// tens of milliseconds away need several times the loopback window).
+    /// `remote_read_ahead_bytes` to hold the servers' measured latency times this rate (S3
+    /// buckets tens of milliseconds away need several times the loopback window).
     pub target_read_rate: u64,
     /// File nodes kept open (least recently used are dropped).
     pub open_files: usize,
@@ -88,6 +93,7 @@ impl Default for ReaderConfig {
             read_ahead_segments: 4,
             remote_read_ahead_segments: 16,
             read_ahead_bytes: 8 << 20,
+            remote_read_ahead_bytes: 32 << 20,
             target_read_rate: 256 << 20,
             open_files: 256,
             metadata_bytes: 64 << 20,

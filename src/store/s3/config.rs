@@ -336,6 +336,15 @@ pub(super) fn build(
             ),
         });
     }
+    #[cfg(target_os = "linux")]
+    if builder
+        .get_config_value(&AmazonS3ConfigKey::Endpoint)
+        .is_some_and(|endpoint| endpoint.starts_with("http://"))
+    {
+        builder = builder.with_http_connector(super::connector::QuickAckConnector {
+            timeout: options.request_timeout,
+        });
+    }
     let client = builder.build().map_err(|e| S3UrlError::Options {
         server: name.clone(),
         why: super::errors::describe(&e),

@@ -18,16 +18,20 @@
 //! gives up.
 
 mod config;
+#[cfg(target_os = "linux")]
+mod connector;
 mod errors;
 mod write;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use lru::LruCache;
 use object_store::aws::AmazonS3;
 use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
@@ -42,6 +46,10 @@ use crate::core::geometry::ShareNum;
 /// Ranges of one share closer than this are fetched by one `GET` (the gap is read and
 /// dropped): one round trip to S3 costs far more than 64 KiB on the wire.
 const COALESCE_GAP: u64 = 64 << 10;
+
+/// Writes remembered for taking back (as a storage node remembers, `docs/storage-protocol.md`
+/// §1).
+const LEDGER_ENTRIES: usize = 100_000;
 
 /// Shares in an S3 bucket (see the module documentation). Cloning gives another handle to
 /// the same store and the same record of what it wrote.
@@ -67,8 +75,10 @@ struct Inner {
     /// Key prefix, empty or ending in `/`.
     prefix: String,
     options: S3Options,
-    /// What this handle wrote, for [`ShareStore::abandon`].
-    ledger: Mutex<HashMap<(StorageIndex, ShareNum), Written>>,
+    /// What this handle wrote, for [`ShareStore::abandon`]: the most recent
+    /// [`LEDGER_ENTRIES`] writes (an upload takes its shares back within seconds of writing
+    /// them, and a long-running gateway must not remember every share it ever stored).
+    ledger: Mutex<LruCache<(StorageIndex, ShareNum), Written>>,
     /// Multipart uploads of cancelled writes being aborted.
     aborting: Mutex<HashMap<(StorageIndex, ShareNum), tokio::task::JoinHandle<()>>>,
 }
@@ -106,7 +116,9 @@ impl S3Store {
                 name,
                 prefix,
                 options: options.clone(),
-                ledger: Mutex::default(),
+                ledger: Mutex::new(LruCache::new(
+                    NonZeroUsize::new(LEDGER_ENTRIES).expect("not zero"),
+                )),
                 aborting: Mutex::default(),
             }),
         })
@@ -128,7 +140,9 @@ impl Inner {
         ObjectPath::from(format!("{}{}", self.file_prefix(si), share.0))
     }
 
-    fn lock_ledger(&self) -> std::sync::MutexGuard<'_, HashMap<(StorageIndex, ShareNum), Written>> {
+    fn lock_ledger(
+        &self,
+    ) -> std::sync::MutexGuard<'_, LruCache<(StorageIndex, ShareNum), Written>> {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -33,7 +33,7 @@ impl LedgerEntry {
     fn begin(inner: &Arc<Inner>, si: StorageIndex, share: ShareNum) -> LedgerEntry {
         inner
             .lock_ledger()
-            .insert((si, share), Written::InFlight { abandoned: false });
+            .put((si, share), Written::InFlight { abandoned: false });
         LedgerEntry {
             inner: inner.clone(),
             key: (si, share),
@@ -44,7 +44,7 @@ impl LedgerEntry {
     /// Whether an abandon arrived while the write was in flight.
     fn abandoned(&self) -> bool {
         matches!(
-            self.inner.lock_ledger().get(&self.key),
+            self.inner.lock_ledger().peek(&self.key),
             Some(Written::InFlight { abandoned: true })
         )
     }
@@ -53,8 +53,8 @@ impl LedgerEntry {
     fn end(mut self, written: Option<Written>) {
         let mut ledger = self.inner.lock_ledger();
         match written {
-            Some(written) => ledger.insert(self.key, written),
-            None => ledger.remove(&self.key),
+            Some(written) => ledger.put(self.key, written),
+            None => ledger.pop(&self.key),
         };
         self.ended = true;
     }
@@ -65,7 +65,7 @@ impl Drop for LedgerEntry {
         if !self.ended {
             self.inner
                 .lock_ledger()
-                .insert(self.key, Written::MaybeCreated);
+                .put(self.key, Written::MaybeCreated);
         }
     }
 }
@@ -181,7 +181,10 @@ impl Drop for Multipart {
                     tracing::warn!(store = %name, error = %super::errors::describe(&e), "cannot abort a cancelled multipart upload; its parts stay until the bucket's lifecycle rule removes them");
                 }
             });
-            self.inner.lock_aborting().insert(self.share, aborting);
+            let mut pending = self.inner.lock_aborting();
+            // Aborts nobody waited for (a library caller that never abandoned) go once done.
+            pending.retain(|_, abort| !abort.is_finished());
+            pending.insert(self.share, aborting);
         }
     }
 }
@@ -320,7 +323,7 @@ pub(super) async fn abandon(
     };
     if known.is_some() {
         remove(&inner, &key).await?;
-        inner.lock_ledger().remove(&(si, share));
+        inner.lock_ledger().pop(&(si, share));
         return Ok(());
     }
     match inner.client.head(&key).await {

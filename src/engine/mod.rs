@@ -53,8 +53,8 @@ pub struct ReaderConfig {
     /// Bytes of segments a stream may fetch ahead (caps the window for large segments).
     pub read_ahead_bytes: u64,
     /// The same cap across a network, where a window must hold the servers' latency times
-    /// the rate (`target_read_rate`): a bucket 40 ms away needs 10 MiB in flight for
-    /// 256 MiB/s. A stream only grows its window while its consumer waits for it, so slow
+    /// the rate (`target_read_rate`): a bucket 30 ms away needs 30 MiB in flight for
+    /// 1 GiB/s. A stream only grows its window while its consumer waits for it, so slow
     /// clients hold far less.
     pub remote_read_ahead_bytes: u64,
     /// The rate (bytes per second) a stream's window is sized for when servers are far
@@ -94,7 +94,7 @@ impl Default for ReaderConfig {
             remote_read_ahead_segments: 16,
             read_ahead_bytes: 8 << 20,
             remote_read_ahead_bytes: 32 << 20,
-            target_read_rate: 256 << 20,
+            target_read_rate: 1 << 30,
             open_files: 256,
             metadata_bytes: 64 << 20,
             request_timeout: Duration::from_secs(30),

@@ -32,6 +32,8 @@ use super::GridError;
 /// assert_eq!(grid.token_file.unwrap(), Path::new("/etc/segvault/token"));
 /// assert!(GridFile::parse("servers = 3", Path::new("/")).is_err());
 /// assert!(GridFile::parse("servers = [{ url = \"s3://media-1\", colour = 3 }]", Path::new("/")).is_err());
+/// assert!(GridFile::parse("servers = [{ region = \"x\" }]", Path::new("/")).is_err());
+/// assert!(GridFile::parse("servers = [{ url = \"http://10.0.0.5:7000\" }]", Path::new("/")).is_err());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

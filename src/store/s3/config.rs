@@ -384,6 +384,42 @@ mod tests {
     }
 
     #[test]
+    fn grid_file_tables() {
+        let options: S3Options =
+            toml::from_str("request_timeout = 2.5\npart_size = 5242880\nconditional_put = false")
+                .unwrap();
+        assert_eq!(options.request_timeout, Duration::from_millis(2500));
+        assert!(!options.conditional_put);
+        for bad in [
+            "request_timeout = -1",
+            "request_timeout = 1e9",
+            "colour = 1",
+            "region = 3",
+        ] {
+            assert!(toml::from_str::<S3Options>(bad).is_err(), "{bad}");
+        }
+        let relative = S3Options {
+            credentials_file: Some("creds".into()),
+            ..S3Options::default()
+        }
+        .relative_to(Path::new("/etc/segvault"));
+        assert_eq!(
+            relative.credentials_file.as_deref(),
+            Some(Path::new("/etc/segvault/creds"))
+        );
+        let mut small = S3Options::default();
+        small.part_size = 1 << 20;
+        assert!(matches!(
+            build("s3://bucket", &small),
+            Err(S3UrlError::Options { .. })
+        ));
+        let mut with_user = S3Options::default();
+        with_user.endpoint = Some("http://user:pass@127.0.0.1:9".into());
+        let error = build("s3://bucket", &with_user).unwrap_err().to_string();
+        assert!(!error.contains("pass"), "{error}");
+    }
+
+    #[test]
     fn credentials_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("credentials");

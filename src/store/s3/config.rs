@@ -407,14 +407,18 @@ mod tests {
             relative.credentials_file.as_deref(),
             Some(Path::new("/etc/segvault/creds"))
         );
-        let mut small = S3Options::default();
-        small.part_size = 1 << 20;
+        let small = S3Options {
+            part_size: 1 << 20,
+            ..S3Options::default()
+        };
         assert!(matches!(
             build("s3://bucket", &small),
             Err(S3UrlError::Options { .. })
         ));
-        let mut with_user = S3Options::default();
-        with_user.endpoint = Some("http://user:pass@127.0.0.1:9".into());
+        let with_user = S3Options {
+            endpoint: Some("http://user:pass@127.0.0.1:9".into()),
+            ..S3Options::default()
+        };
         let error = build("s3://bucket", &with_user).unwrap_err().to_string();
         assert!(!error.contains("pass"), "{error}");
     }

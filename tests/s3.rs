@@ -346,6 +346,48 @@ fn a_mixed_grid_of_directories_nodes_and_buckets_reads_exactly() {
     assert_ranges_exact(&only_buckets, &data, &cap, &plaintext, 128 << 10);
 }
 
+/// A bucket whose server stalls (SIGSTOP) mid-use: reads go on, exact, around it; a full
+/// read in flight when it stalls finishes exact.
+#[test]
+fn a_stalled_bucket_is_routed_around() {
+    let Some(buckets) = Buckets::start(5) else {
+        return;
+    };
+    let grid = buckets.grid_file(&[]);
+    let data = buckets.dir.path().join("client");
+    let plaintext = random_bytes((3 << 20) + 5, 17);
+    let cap = put_with_grid(&grid, &data, &plaintext, 2, 5);
+    let gateway = Server::start(&data, &["--grid", grid.to_str().unwrap()]);
+    let path = format!("/uri/{cap}");
+    let warm = http::get(&gateway.addr, &path, &[("Range", "bytes=0-99")]);
+    assert_eq!(warm.status, 206);
+    // The buckets holding the primary shares: the ones a healthy read uses.
+    let si = cap.parse::<ReadCap>().unwrap().storage_index();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let primaries: Vec<usize> = (0..buckets.servers.len())
+        .filter(|&i| {
+            let options = buckets.servers[i].options();
+            let store = S3Store::new(&format!("s3://bucket-{i}/segvault"), &options).unwrap();
+            let shares = runtime.block_on(store.list(si)).unwrap();
+            shares.iter().any(|s| s.0 < 2)
+        })
+        .collect();
+    assert_eq!(primaries.len(), 2, "shares 0 and 1 are on two buckets");
+    for stalled in primaries {
+        process::signal(buckets.servers[stalled].child.id(), "STOP");
+        let response = http::get(&gateway.addr, &path, &[]);
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert!(
+            response.body == plaintext,
+            "full read around stalled bucket {stalled}"
+        );
+        let response = http::get(&gateway.addr, &path, &[("Range", "bytes=2000000-2100000")]);
+        assert_eq!(response.status, 206, "{}", response.text());
+        assert!(response.body == plaintext[2_000_000..=2_100_000]);
+        process::signal(buckets.servers[stalled].child.id(), "CONT");
+    }
+}
+
 /// Buckets going away down to k: exact; below k: a 503 naming each bucket and why.
 #[test]
 fn unreachable_buckets_are_routed_around_down_to_k() {

@@ -44,6 +44,8 @@ fn http_status(text: &str) -> Option<&str> {
     let start = text.find("status code: ")? + "status code: ".len();
     let rest = &text[start..];
     let end = rest.find(':').unwrap_or(rest.len()).min(40);
+    // The text after the status may be a server's own words: cut on a character boundary.
+    let end = (0..=end).rev().find(|&i| rest.is_char_boundary(i))?;
     Some(rest[..end].trim()).filter(|s| s.starts_with(|c: char| c.is_ascii_digit()))
 }
 
@@ -123,6 +125,8 @@ mod tests {
             http_status("Server returned non-2xx status code: 503 Service Unavailable: <Error>"),
             Some("503 Service Unavailable")
         );
+        let hostile = format!("status code: 599 {}", "é".repeat(40));
+        assert!(http_status(&hostile).is_some_and(|s| s.starts_with("599")));
         let long = std::io::Error::other("x".repeat(10_000));
         assert!(describe(&long).chars().count() <= MAX_DETAIL + 1);
         let error = object_store::Error::NotFound {

@@ -104,6 +104,27 @@ async fn large_shares_go_up_in_parts_and_stay_immutable() {
         store.read(si, ShareNum(2), vec![len + 10..len + 20]).await,
         Err(StoreError::OutOfBounds { .. })
     ));
+
+    // Six large shares at once through one handle share its write memory (two parts):
+    // all of them land, exact.
+    let shares: Vec<Vec<u8>> = (0..6u64).map(|i| random_bytes(11 << 20, 100 + i)).collect();
+    let writes = shares
+        .iter()
+        .enumerate()
+        .map(|(i, bytes)| store.write(si, ShareNum(10 + i as u8), spool(bytes)));
+    for written in futures::future::join_all(writes).await {
+        written.unwrap();
+    }
+    for (i, bytes) in shares.iter().enumerate() {
+        let share = ShareNum(10 + i as u8);
+        let tail = bytes.len() as u64 - 1000..bytes.len() as u64;
+        let got = store
+            .read(si, share, vec![0..1000, tail.clone()])
+            .await
+            .unwrap();
+        assert!(got[0] == bytes[..1000] && got[1] == bytes[tail.start as usize..]);
+    }
+    assert!(server.pending_uploads().is_empty());
 }
 
 /// A write cancelled between parts leaves neither an object nor a pending multipart upload
@@ -188,6 +209,18 @@ async fn errors_name_the_bucket_and_never_the_secret() {
         .to_string();
     assert!(text.contains("s3://errors"), "{text}");
 
+    // A plain-HTTP endpoint is used only where allowed: otherwise refused before any
+    // request, naming the bucket and the setting.
+    let mut options = server.options();
+    options.allow_http = Some(false);
+    let text = S3Store::new("s3://errors", &options)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("s3://errors") && text.contains("allow_http"),
+        "{text}"
+    );
+
     for bad in ["s3://ab", "s3://key:secret@bucket", "s3://Bucket"] {
         let text = S3Store::new(bad, &S3Options::default())
             .unwrap_err()
@@ -220,6 +253,28 @@ impl Buckets {
             .enumerate()
             .map(|(i, s)| s.grid_entry(&format!("s3://bucket-{i}/segvault")))
             .collect()
+    }
+
+    /// The client's data directory.
+    fn data(&self) -> std::path::PathBuf {
+        self.dir.path().join("client")
+    }
+
+    /// Our store for bucket `i`.
+    fn store(&self, i: usize) -> S3Store {
+        S3Store::new(
+            &format!("s3://bucket-{i}/segvault"),
+            &self.servers[i].options(),
+        )
+        .unwrap()
+    }
+
+    /// Puts `plaintext` with k = `k` and one share per bucket; the grid file and the cap.
+    fn put(&self, plaintext: &[u8], k: u16) -> (std::path::PathBuf, String) {
+        let grid = self.grid_file(&[]);
+        let n = self.servers.len() as u16;
+        let cap = put_with_grid(&grid, &self.data(), plaintext, k, n);
+        (grid, cap)
     }
 
     /// A grid file with these buckets and `others` (directories, storage-node URLs).
@@ -332,7 +387,7 @@ fn a_mixed_grid_of_directories_nodes_and_buckets_reads_exactly() {
     let mut others = dirs.clone();
     others.extend(nodes.iter().map(|n| n.url.clone()));
     let grid = buckets.grid_file(&others);
-    let data = buckets.dir.path().join("client");
+    let data = buckets.data();
     let plaintext = random_bytes(3 << 20, 11);
     let cap = put_with_grid(&grid, &data, &plaintext, 3, 10);
     for (i, server) in buckets.servers.iter().enumerate() {
@@ -353,10 +408,9 @@ fn a_stalled_bucket_is_routed_around() {
     let Some(buckets) = Buckets::start(5) else {
         return;
     };
-    let grid = buckets.grid_file(&[]);
-    let data = buckets.dir.path().join("client");
+    let data = buckets.data();
     let plaintext = random_bytes((3 << 20) + 5, 17);
-    let cap = put_with_grid(&grid, &data, &plaintext, 2, 5);
+    let (grid, cap) = buckets.put(&plaintext, 2);
     let gateway = Server::start(&data, &["--grid", grid.to_str().unwrap()]);
     let path = format!("/uri/{cap}");
     let warm = http::get(&gateway.addr, &path, &[("Range", "bytes=0-99")]);
@@ -366,9 +420,7 @@ fn a_stalled_bucket_is_routed_around() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let primaries: Vec<usize> = (0..buckets.servers.len())
         .filter(|&i| {
-            let options = buckets.servers[i].options();
-            let store = S3Store::new(&format!("s3://bucket-{i}/segvault"), &options).unwrap();
-            let shares = runtime.block_on(store.list(si)).unwrap();
+            let shares = runtime.block_on(buckets.store(i).list(si)).unwrap();
             shares.iter().any(|s| s.0 < 2)
         })
         .collect();
@@ -394,10 +446,9 @@ fn unreachable_buckets_are_routed_around_down_to_k() {
     let Some(mut buckets) = Buckets::start(5) else {
         return;
     };
-    let grid = buckets.grid_file(&[]);
-    let data = buckets.dir.path().join("client");
+    let data = buckets.data();
     let plaintext = random_bytes((1 << 20) + 17, 12);
-    let cap = put_with_grid(&grid, &data, &plaintext, 2, 5);
+    let (grid, cap) = buckets.put(&plaintext, 2);
     let gateway = Server::start(&data, &["--grid", grid.to_str().unwrap()]);
     let path = format!("/uri/{cap}");
     for down in 0..3 {
@@ -432,17 +483,15 @@ fn objects_overwritten_in_a_bucket_never_give_wrong_bytes() {
     let Some(buckets) = Buckets::start(4) else {
         return;
     };
-    let grid = buckets.grid_file(&[]);
-    let data = buckets.dir.path().join("client");
+    let data = buckets.data();
     let plaintext = random_bytes(700_000, 13);
-    let cap = put_with_grid(&grid, &data, &plaintext, 2, 4);
+    let (grid, cap) = buckets.put(&plaintext, 2);
     let read_cap: ReadCap = cap.parse().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     // Two of four shares rewritten in place with flipped bytes, through S3 itself.
     for i in 0..2 {
         let server = &buckets.servers[i];
-        let options = server.options();
-        let store = S3Store::new(&format!("s3://bucket-{i}/segvault"), &options).unwrap();
+        let store = buckets.store(i);
         let share = runtime
             .block_on(store.list(read_cap.storage_index()))
             .unwrap()[0];
@@ -548,7 +597,7 @@ fn an_interrupted_put_leaves_no_share_and_no_pending_upload() {
         return;
     };
     let grid = buckets.grid_file(&[]);
-    let data = buckets.dir.path().join("client");
+    let data = buckets.data();
     let input = buckets.dir.path().join("big");
     std::fs::write(&input, random_bytes(120 << 20, 15)).unwrap();
     let mut child = process::segvault()

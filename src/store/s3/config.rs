@@ -296,19 +296,19 @@ pub(super) fn build(
         builder = builder.with_virtual_hosted_style_request(!path_style);
     }
     // Set key by key: the environment's other client settings (a proxy) stay.
-    let seconds = |d: Duration| format!("{}ms", d.as_millis());
+    let millis = |d: Duration| format!("{}ms", d.as_millis());
     builder = builder
         .with_config(
             AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
-            seconds(options.request_timeout),
+            millis(options.request_timeout),
         )
         .with_config(
             AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
-            seconds(Duration::from_secs(5)),
+            millis(Duration::from_secs(5)),
         )
         .with_config(
             AmazonS3ConfigKey::Client(ClientConfigKey::PoolIdleTimeout),
-            seconds(Duration::from_secs(50)),
+            millis(Duration::from_secs(50)),
         );
     if let Some(allow) = options.allow_http {
         builder = builder.with_allow_http(allow);
@@ -336,11 +336,23 @@ pub(super) fn build(
             ),
         });
     }
-    #[cfg(target_os = "linux")]
-    if builder
+    let plain_http = builder
         .get_config_value(&AmazonS3ConfigKey::Endpoint)
-        .is_some_and(|endpoint| endpoint.starts_with("http://"))
+        .is_some_and(|endpoint| endpoint.starts_with("http://"));
+    if plain_http
+        && builder
+            .get_config_value(&AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp))
+            .is_none_or(|allowed| allowed != "true")
     {
+        return Err(S3UrlError::Options {
+            server: name,
+            why: "the endpoint is plain http://: requests and shares would cross the network \
+                  unencrypted; set allow_http = true (or AWS_ALLOW_HTTP=true) if that is meant"
+                .into(),
+        });
+    }
+    #[cfg(target_os = "linux")]
+    if plain_http {
         builder = builder.with_http_connector(super::connector::QuickAckConnector {
             timeout: options.request_timeout,
         });

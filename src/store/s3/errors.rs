@@ -56,6 +56,14 @@ fn s3_code(text: &str) -> Option<&str> {
     Some(&text[start..start + len]).filter(|code| code.len() < 64)
 }
 
+/// Whether the store refused a ranged read as past the end (416), or `object_store` found
+/// the answer shorter than asked: the only failures where the share's length says more.
+pub(super) fn is_range_error(error: &object_store::Error) -> bool {
+    let text = full_text(error);
+    http_status(&text).is_some_and(|status| status.starts_with("416"))
+        || text.contains("object was only")
+}
+
 pub(super) trait StoreErrorExt {
     /// The store's error kind for this error from the store called `store`, while doing
     /// `context`.

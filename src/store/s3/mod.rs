@@ -79,6 +79,10 @@ struct Inner {
     /// [`LEDGER_ENTRIES`] writes (an upload takes its shares back within seconds of writing
     /// them, and a long-running gateway must not remember every share it ever stored).
     ledger: Mutex<LruCache<(StorageIndex, ShareNum), Written>>,
+    /// Memory for share bytes on their way up, in KiB: twice `part_size`, shared by every
+    /// write through this handle (a gateway's concurrent uploads included), so that writes
+    /// to a bucket never hold more than that in memory.
+    write_memory: Arc<tokio::sync::Semaphore>,
     /// Multipart uploads of cancelled writes being aborted.
     aborting: Mutex<HashMap<(StorageIndex, ShareNum), tokio::task::JoinHandle<()>>>,
 }
@@ -119,6 +123,9 @@ impl S3Store {
                 ledger: Mutex::new(LruCache::new(
                     NonZeroUsize::new(LEDGER_ENTRIES).expect("not zero"),
                 )),
+                write_memory: Arc::new(tokio::sync::Semaphore::new(
+                    2 * options.part_size.div_ceil(1024),
+                )),
                 aborting: Mutex::default(),
             }),
         })
@@ -128,6 +135,11 @@ impl S3Store {
     pub fn key(&self, si: &StorageIndex, share: ShareNum) -> String {
         self.inner.key(si, share).to_string()
     }
+}
+
+/// The write-memory budget of a handle (see [`Inner::write_memory`]), in KiB.
+fn write_memory_kib(options: &S3Options) -> usize {
+    2 * options.part_size.div_ceil(1024)
 }
 
 impl Inner {
@@ -176,9 +188,9 @@ impl Inner {
         let options = GetOptions::new().with_range(Some(GetRange::Bounded(range.clone())));
         let got = match self.client.get_opts(key, options).await {
             Ok(got) => got,
-            // Ranged reads skip `HEAD`; only a failed one asks for the length, to tell a
-            // range past the end (416, or a store's own wording) from a store in trouble.
-            Err(e) if !matches!(e, object_store::Error::NotFound { .. }) => {
+            // Ranged reads skip `HEAD`; only one refused as past the end asks for the length
+            // (a store in trouble is not asked twice).
+            Err(e) if errors::is_range_error(&e) => {
                 let error = e.to_store_error(&self.name, "reading a share");
                 return Err(match self.client.head(key).await {
                     Ok(meta) if range.end > meta.size => StoreError::OutOfBounds {

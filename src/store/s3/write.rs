@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
-use futures::stream::FuturesUnordered;
 use object_store::path::Path as ObjectPath;
 use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::errors::StoreErrorExt as _;
 use super::{Inner, Written};
@@ -17,9 +17,26 @@ use crate::core::cap::StorageIndex;
 use crate::core::geometry::ShareNum;
 use crate::store::{SpooledShare, StoreError};
 
-/// Parts of one multipart upload in flight at once: enough to fill a long link, bounded so
-/// a write holds at most this many parts in memory.
+/// Parts of one multipart upload in flight at once: enough to fill a long link (the store's
+/// write memory may allow fewer).
 const PARTS_IN_FLIGHT: usize = 3;
+
+/// `bytes` of the store's write memory (all of it, if more is asked), held until dropped.
+async fn reserve(inner: &Inner, bytes: u64) -> Result<OwnedSemaphorePermit, object_store::Error> {
+    let total = super::write_memory_kib(&inner.options);
+    let kib = usize::try_from(bytes.div_ceil(1024))
+        .unwrap_or(usize::MAX)
+        .min(total);
+    inner
+        .write_memory
+        .clone()
+        .acquire_many_owned(u32::try_from(kib).unwrap_or(u32::MAX))
+        .await
+        .map_err(|e| object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(e),
+        })
+}
 
 /// Marks a share's write in flight in the ledger until it ends; dropped before it ended
 /// (the upload was cancelled), the share may or may not have landed.
@@ -142,6 +159,7 @@ async fn put_whole(
     key: &ObjectPath,
     spool: &SpooledShare,
 ) -> Result<(), object_store::Error> {
+    let _memory = reserve(inner, spool.len()).await?;
     let bytes = read_at(spool.file(), 0, spool.len() as usize)
         .await
         .map_err(|e| object_store::Error::Generic {
@@ -229,26 +247,44 @@ async fn send_parts(
 ) -> Result<(), object_store::Error> {
     let upload = multipart.upload.as_mut().expect("held until complete");
     let part_size = inner.options.part_size as u64;
-    let mut in_flight = FuturesUnordered::new();
+    // Parts run as tasks of their own, each holding its memory until sent: waiting for
+    // memory here never waits on a part nobody polls. Dropping the set (a cancelled write)
+    // stops them.
+    let mut in_flight = tokio::task::JoinSet::new();
     let mut offset = 0;
     while offset < spool.len() {
         while in_flight.len() >= PARTS_IN_FLIGHT {
-            in_flight.next().await.expect("not empty")?;
+            part_sent(in_flight.join_next().await)?;
         }
         let len = part_size.min(spool.len() - offset);
+        let memory = reserve(inner, len).await?;
         let part = read_at(spool.file(), offset, len as usize)
             .await
             .map_err(|e| object_store::Error::Generic {
                 store: "S3",
                 source: Box::new(e),
             })?;
-        in_flight.push(upload.put_part(PutPayload::from(part)));
+        let sending = upload.put_part(PutPayload::from(part));
+        in_flight.spawn(async move {
+            let _memory = memory;
+            sending.await
+        });
         offset += len;
     }
-    while let Some(sent) = in_flight.next().await {
-        sent?;
+    while let Some(sent) = in_flight.join_next().await {
+        part_sent(Some(sent))?;
     }
     Ok(())
+}
+
+fn part_sent(
+    joined: Option<Result<Result<(), object_store::Error>, tokio::task::JoinError>>,
+) -> Result<(), object_store::Error> {
+    match joined {
+        None | Some(Ok(Ok(()))) => Ok(()),
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(e)) => Err(object_store::Error::JoinError { source: e }),
+    }
 }
 
 /// A share is already stored under the key: succeeds if it holds exactly the spool's bytes

@@ -345,11 +345,20 @@ fn flipped_cache_bytes_and_a_kill_mid_read_never_serve_wrong_bytes() {
     check_probes(&gateway, &other_cap, &other);
     assert!(full(&gateway, &other_cap) == other);
     assert!(metric(&gateway, "segvault_shares_rejected_total") > 0.0);
-    // Whatever was dropped was fetched again: a second pass is exact and mostly cached.
-    settle(&gateway);
-    let before = storage_requests(&gateway);
-    assert!(full(&gateway, &cap) == plaintext);
-    assert_eq!(storage_requests(&gateway), before);
+    // Whatever was dropped was fetched again and written back: passes soon need no storage
+    // request at all. (A loaded machine may skip an insertion while the pending-write bound
+    // is full, so one more pass may still fetch a block or two.)
+    let mut requests = Vec::new();
+    for _ in 0..5 {
+        settle(&gateway);
+        let before = storage_requests(&gateway);
+        assert!(full(&gateway, &cap) == plaintext);
+        requests.push(storage_requests(&gateway) - before);
+        if requests.last() == Some(&0.0) {
+            break;
+        }
+    }
+    assert_eq!(requests.last(), Some(&0.0), "storage requests per pass: {requests:?}");
     // Every dropped entry was written back: with every storage node stopped, the file
     // still reads whole from the cache.
     for node in &grid.nodes {

@@ -66,6 +66,7 @@ pub mod node;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod upload;
 mod vault;
 

@@ -68,16 +68,137 @@ pub enum UrlError {
     /// Not a URL.
     #[error("{0:?} is not a URL: {1}")]
     Malformed(String, String),
-    /// A scheme other than `http`.
+    /// A scheme other than `https` or `http`.
     #[error(
-        "{0:?}: only http:// storage nodes are supported (for TLS, put the nodes behind a tunnel or a private network)"
+        "{0:?}: a storage node is https://host:port#spki-sha256=… (as storage-server prints it), or http://127.0.0.1:port on this machine"
     )]
     Scheme(String),
-    /// Credentials, a query or a fragment in the URL (not repeated: it may hold a secret).
+    /// Credentials, a query or a fragment other than a key pin in the URL (not repeated: it
+    /// may hold a secret).
     #[error(
-        "a storage-node URL is http://host:port[/prefix], without credentials, query or fragment (pass tokens with --token-file)"
+        "a storage-node URL is https://host:port[/prefix]#spki-sha256=…, without credentials or query (pass tokens with --token-file)"
     )]
     Extra,
+    /// `https://` without the node's key pin.
+    #[error(
+        "{0}: an https:// storage node needs its key pin, #spki-sha256=… at the end of the URL as storage-server prints it (nodes have self-signed keys; there is no certificate authority to fall back on)"
+    )]
+    NoPin(String),
+    /// The pin is not well formed.
+    #[error("{0}: {1}")]
+    BadPin(String, crate::tls::PinError),
+    /// `http://` to a host that is not this machine's loopback.
+    #[error("{}", plain_http_refusal(.url, *.with_token))]
+    PlainHttpOffLoopback {
+        /// The URL (without anything that may be credentials).
+        url: String,
+        /// Whether a token would have been sent.
+        with_token: bool,
+    },
+}
+
+fn plain_http_refusal(url: &str, with_token: bool) -> String {
+    let why = if with_token {
+        "refusing to send the access token in cleartext"
+    } else {
+        "plain HTTP would let anyone on the path read and change share traffic"
+    };
+    format!(
+        "{url}: {why}; http:// is only for nodes on this machine's loopback address. Start the node with TLS (it is on whenever it listens off loopback) and use the https://…#spki-sha256=… URL it prints"
+    )
+}
+
+/// A storage-node URL, checked: where it is, and the key it must present if it is TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeUrl {
+    /// `https://host:port/prefix` or `http://host:port/prefix` (no pin, no trailing slash).
+    pub base: String,
+    /// `host:port`.
+    pub authority: String,
+    /// The path prefix (empty, or `/segvault`).
+    pub prefix: String,
+    /// The pinned key of an `https://` node; `None` for a loopback `http://` one.
+    pub pin: Option<crate::tls::SpkiPin>,
+}
+
+impl NodeUrl {
+    /// Checks `url` by the transport policy: `https://` with a key pin anywhere, `http://`
+    /// only to a loopback address (`127.0.0.0/8`, `::1`, `localhost`), and then
+    /// `with_token` changes only the words of the refusal.
+    ///
+    /// ```
+    /// use segvault::store::http::NodeUrl;
+    /// let pin = "spki-sha256=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    /// assert!(NodeUrl::parse(&format!("https://10.0.0.5:7000#{pin}"), true).unwrap().pin.is_some());
+    /// assert!(NodeUrl::parse("http://127.0.0.1:7000", true).is_ok());
+    /// assert!(NodeUrl::parse("http://10.0.0.5:7000", true).is_err());
+    /// assert!(NodeUrl::parse("https://10.0.0.5:7000", false).is_err());
+    /// ```
+    pub fn parse(url: &str, with_token: bool) -> Result<NodeUrl, UrlError> {
+        let (address, fragment) = match url.split_once('#') {
+            Some((address, fragment)) => (address, Some(fragment)),
+            None => (url, None),
+        };
+        let uri: Uri = address.parse().map_err(|e: hyper::http::uri::InvalidUri| {
+            UrlError::Malformed(without_credentials(url), e.to_string())
+        })?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            Some(_) => return Err(UrlError::Scheme(without_credentials(address))),
+            None => {
+                return Err(UrlError::Malformed(
+                    without_credentials(address),
+                    "it needs https:// (or http:// on this machine)".into(),
+                ));
+            }
+        };
+        let Some(authority) = uri.authority() else {
+            return Err(UrlError::Malformed(
+                without_credentials(address),
+                "no host".into(),
+            ));
+        };
+        if authority.as_str().contains('@') || uri.query().is_some() {
+            return Err(UrlError::Extra);
+        }
+        let prefix = uri.path().trim_end_matches('/');
+        let scheme = if tls { "https" } else { "http" };
+        let base = format!("{scheme}://{authority}{prefix}");
+        let pin = match (tls, fragment) {
+            (true, Some(fragment)) => Some(
+                fragment
+                    .parse()
+                    .map_err(|e| UrlError::BadPin(base.clone(), e))?,
+            ),
+            (true, None) => return Err(UrlError::NoPin(base)),
+            (false, Some(_)) => return Err(UrlError::Extra),
+            (false, None) => {
+                if !is_loopback_host(authority.host()) {
+                    return Err(UrlError::PlainHttpOffLoopback {
+                        url: base,
+                        with_token,
+                    });
+                }
+                None
+            }
+        };
+        Ok(NodeUrl {
+            base,
+            authority: authority.as_str().to_owned(),
+            prefix: prefix.to_owned(),
+            pin,
+        })
+    }
+}
+
+/// A host that names this machine's loopback interface.
+fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `url` for an error message, with anything that may be credentials (before an `@`) cut.
@@ -104,7 +225,13 @@ struct Inner {
     authority: String,
     /// The URL's path prefix (empty, or `/segvault`).
     prefix: String,
-    client: Client<HttpConnector, Body>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
+    /// For uploads' own connections to a TLS node: the pooled client's configuration
+    /// (pin and session cache) and the name to present.
+    upload_tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     options: HttpOptions,
     /// Sent with every upload, so that this store (and only it) can take back a share it
     /// wrote if the upload is abandoned (in memory only; never logged).
@@ -122,42 +249,31 @@ impl fmt::Debug for HttpStore {
 }
 
 impl HttpStore {
-    /// A store for the node at `url` (`http://host:port`, optionally with a path prefix).
+    /// A store for the node at `url`: `https://host:port#spki-sha256=…` (TLS, accepting
+    /// only the pinned key), or `http://` on a loopback address; optionally with a path
+    /// prefix. See [`NodeUrl::parse`] for the policy.
     ///
     /// ```
     /// # use segvault::store::{HttpStore, HttpOptions};
     /// let store = HttpStore::new("http://127.0.0.1:7001", HttpOptions::default()).unwrap();
     /// assert!(HttpStore::new("https://node", HttpOptions::default()).is_err());
+    /// assert!(HttpStore::new("http://node:7001", HttpOptions::default()).is_err());
     /// ```
     pub fn new(url: &str, options: HttpOptions) -> Result<HttpStore, UrlError> {
-        let uri: Uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| {
-            UrlError::Malformed(without_credentials(url), e.to_string())
-        })?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some(_) => return Err(UrlError::Scheme(without_credentials(url))),
-            None => {
-                return Err(UrlError::Malformed(
-                    without_credentials(url),
-                    "it needs http://".into(),
-                ));
-            }
-        }
-        let Some(authority) = uri.authority() else {
-            return Err(UrlError::Malformed(
-                without_credentials(url),
-                "no host".into(),
-            ));
-        };
-        if authority.as_str().contains('@') || uri.query().is_some() || url.contains('#') {
-            return Err(UrlError::Extra);
-        }
-        let prefix = uri.path().trim_end_matches('/');
-        let base = format!("http://{authority}{prefix}");
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(options.connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(30)));
+        let url = NodeUrl::parse(url, options.token.is_some())?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(options.connect_timeout));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(30)));
+        // One configuration per node: its pin, and one session cache that every connection
+        // to the node (pooled or an upload's) resumes from.
+        let tls_config = Arc::new(crate::tls::node_client_config(url.pin));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls_config).clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             // Shorter than the node's keep-alive idle time (30 s), so the client drops a
@@ -165,6 +281,19 @@ impl HttpStore {
             .pool_idle_timeout(Duration::from_secs(20))
             .pool_max_idle_per_host(64)
             .build(connector);
+        let upload_tls = url.pin.map(|_| {
+            let host = url.authority.rsplit_once(':').map_or(url.authority.as_str(), |(host, _)| host);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                .unwrap_or_else(|_| rustls::pki_types::ServerName::try_from("segvault-node").unwrap_or_else(|e| unreachable!("a valid DNS name: {e}")));
+            (tokio_rustls::TlsConnector::from(tls_config), name)
+        });
+        let NodeUrl {
+            base,
+            authority,
+            prefix,
+            ..
+        } = url;
         // Without randomness the secret would be guessable: then send none (the node then
         // never lets anyone take the uploads back).
         let mut secret = zeroize::Zeroizing::new([0u8; 32]);
@@ -173,9 +302,10 @@ impl HttpStore {
             inner: Arc::new(Inner {
                 name: base.clone(),
                 base,
-                authority: authority.as_str().to_owned(),
-                prefix: prefix.to_owned(),
+                authority,
+                prefix,
                 client,
+                upload_tls,
                 options,
                 uploads: tokio::sync::Semaphore::new(UPLOADS_PER_NODE),
                 upload_secret: zeroize::Zeroizing::new(if random {
@@ -416,8 +546,12 @@ fn status_error(status: StatusCode, body: &[u8], ranges: &[Range<u64>]) -> Store
 }
 
 /// A client error with its cause (hyper's own message is only "client error (Connect)").
+/// A TLS failure is said in an operator's words (a wrong key, a plain-HTTP node).
 fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
-    with_causes(e)
+    match crate::tls::describe_failure(e) {
+        Some(tls) => tls,
+        None => with_causes(e),
+    }
 }
 
 /// An error's message followed by each of its causes'.

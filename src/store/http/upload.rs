@@ -175,7 +175,21 @@ impl HttpStore {
             .map_err(|_| connect_error(format!("no connection within {timeout:?}")))?
             .map_err(|e| connect_error(e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let io = hyper_util::rt::TokioIo::new(LenientWrites::new(stream));
+        let stream = LenientWrites::new(stream);
+        let stream: Box<dyn NodeStream> = match &self.inner.upload_tls {
+            Some((connector, name)) => Box::new(
+                tokio::time::timeout(timeout, connector.connect(name.clone(), stream))
+                    .await
+                    .map_err(|_| connect_error(format!("no TLS handshake within {timeout:?}")))?
+                    .map_err(|e| {
+                        connect_error(
+                            crate::tls::describe_failure(&e).unwrap_or_else(|| e.to_string()),
+                        )
+                    })?,
+            ),
+            None => Box::new(stream),
+        };
+        let io = hyper_util::rt::TokioIo::new(stream);
         let (sender, connection) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|e| connect_error(e.to_string()))?;
@@ -314,6 +328,11 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for LenientWrites<T
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+/// An upload connection: TLS over TCP, or TCP alone to a loopback node.
+trait NodeStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> NodeStream for T {}
 
 /// An upload's failure, with its cause; a node that closed without answering says so.
 fn describe_upload_error(e: &hyper::Error) -> String {

@@ -358,7 +358,11 @@ fn flipped_cache_bytes_and_a_kill_mid_read_never_serve_wrong_bytes() {
             break;
         }
     }
-    assert_eq!(requests.last(), Some(&0.0), "storage requests per pass: {requests:?}");
+    assert_eq!(
+        requests.last(),
+        Some(&0.0),
+        "storage requests per pass: {requests:?}"
+    );
     // Every dropped entry was written back: with every storage node stopped, the file
     // still reads whole from the cache.
     for node in &grid.nodes {

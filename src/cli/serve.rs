@@ -10,6 +10,8 @@ use segvault::PutOptions;
 use segvault::gateway::{Gateway, GatewayConfig, shutdown_signal, url_for};
 use segvault::grid::EMBEDDED_SERVERS;
 use segvault::store::Durability;
+use segvault::tls::server::ServerCertificate;
+use std::sync::Arc;
 
 use super::Cli;
 
@@ -39,6 +41,15 @@ pub(crate) struct ServeArgs {
     /// Seconds a client has to send a request's headers (also the keep-alive idle time)
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     header_timeout: u64,
+    /// Serve HTTPS with this certificate chain (PEM; reloaded with the key on SIGHUP)
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Serve HTTP/1.1 only (by default HTTP/2 is offered too: by ALPN over HTTPS, by prior knowledge over plain HTTP)
+    #[arg(long)]
+    no_http2: bool,
     #[command(flatten)]
     cache: super::CacheArgs,
 }
@@ -59,6 +70,13 @@ pub(crate) async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode>
     config.max_uploads = args.max_uploads;
     config.reader.metadata_bytes = args.metadata_size;
     config.put = put;
+    config.http2 = !args.no_http2;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let certificate = Arc::new(ServerCertificate::from_pem_files(cert, key)?);
+        reload_on_hangup(certificate.clone())?;
+        config.tls = Some(certificate);
+    }
+    let tls = config.tls.is_some();
     // The cache (and its lock) before the port: a second gateway on the same cache directory
     // fails before it takes an address.
     let servers = grid.len();
@@ -69,15 +87,33 @@ pub(crate) async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode>
     let address = listener.local_addr()?;
     // The URL on stdout is the contract scripts rely on (with --listen 127.0.0.1:0 it names the port).
     let mut stdout = std::io::stdout();
-    writeln!(stdout, "{}", url_for(address))?;
+    writeln!(stdout, "{}", url_for(address, tls))?;
     stdout.flush()?;
     eprintln!(
         "segvault: serving {} from {} storage servers; Ctrl-C stops",
-        url_for(address),
+        url_for(address, tls),
         servers
     );
     Gateway::with_client(client, config)
         .serve(listener, shutdown_signal())
         .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the certificate files again on each SIGHUP; new connections get the new
+/// certificate, open ones keep theirs. A bad file is reported and the old one stays.
+fn reload_on_hangup(certificate: Arc<ServerCertificate>) -> anyhow::Result<()> {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot watch for SIGHUP")?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match certificate.reload() {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "TLS certificate not reloaded; the previous one stays")
+                }
+            }
+        }
+    });
+    Ok(())
 }

@@ -10,6 +10,7 @@ use clap::Args;
 use segvault::node::{NodeConfig, StorageNode, check_listen_address};
 use segvault::server::shutdown_signal;
 use segvault::store::{DirectoryStore, Durability};
+use segvault::tls::identity::{IDENTITY_FILE, NodeIdentity};
 
 use super::Cli;
 
@@ -30,11 +31,32 @@ pub(crate) struct StorageServerArgs {
     /// Uploads received at once; more are answered 503 with Retry-After
     #[arg(long, value_name = "N", default_value_t = NodeConfig::default().max_uploads)]
     max_uploads: usize,
+    /// Serve TLS on a loopback address too (always on off loopback). The key and
+    /// self-signed certificate live in DIR/tls-identity.pem; the URL printed pins the key
+    #[arg(long)]
+    tls: bool,
+    /// Replace the node's TLS key with a new one, print the new URL pin, and exit (restart
+    /// the node, then give clients the new URL)
+    #[arg(long)]
+    rotate_key: bool,
 }
 
 pub(crate) async fn run(cli: &Cli, args: &StorageServerArgs) -> anyhow::Result<ExitCode> {
+    if args.rotate_key {
+        std::fs::create_dir_all(&args.dir)
+            .with_context(|| format!("creating {}", args.dir.display()))?;
+        let identity = NodeIdentity::rotate(&args.dir)?;
+        println!("{}", identity.pin);
+        eprintln!(
+            "segvault: new TLS key in {}; restart the node and give clients its new URL (ending #{})",
+            args.dir.join(IDENTITY_FILE).display(),
+            identity.pin
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let token = cli.token()?;
     check_listen_address(args.listen, token.as_ref())?;
+    let tls = args.tls || !args.listen.ip().is_loopback();
     let store = DirectoryStore::open_with(&args.dir, Durability::Fsync)
         .with_context(|| format!("opening the share directory {}", args.dir.display()))?;
     let mut config = NodeConfig::default();
@@ -42,12 +64,25 @@ pub(crate) async fn run(cli: &Cli, args: &StorageServerArgs) -> anyhow::Result<E
     config.token = token;
     config.max_share_bytes = args.max_share_size;
     config.max_uploads = args.max_uploads;
+    if tls {
+        let (identity, made) = NodeIdentity::load_or_create(&args.dir)?;
+        if made {
+            eprintln!(
+                "segvault: made a TLS key for this node in {}",
+                args.dir.join(IDENTITY_FILE).display()
+            );
+        }
+        config.identity = Some(identity);
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
     // The URL on stdout is what `--server` takes (with --listen 127.0.0.1:0 it names the port).
-    let url = format!("http://{address}");
+    let url = match &config.identity {
+        Some(identity) => format!("https://{address}#{}", identity.pin),
+        None => format!("http://{address}"),
+    };
     let mut stdout = std::io::stdout();
     writeln!(stdout, "{url}")?;
     stdout.flush()?;
@@ -60,6 +95,12 @@ pub(crate) async fn run(cli: &Cli, args: &StorageServerArgs) -> anyhow::Result<E
             ""
         }
     );
+    if address.ip().is_unspecified() {
+        eprintln!(
+            "segvault: listening on every address: clients use this machine's address in place of {} (the pin stays the same)",
+            address.ip()
+        );
+    }
     StorageNode::new(store, config)
         .serve(listener, shutdown_signal())
         .await?;

@@ -76,6 +76,11 @@ pub struct GatewayConfig {
     pub put: PutOptions,
     /// How files are read.
     pub reader: ReaderConfig,
+    /// HTTPS: the certificate presented (replaceable while serving); `None` serves plain
+    /// HTTP.
+    pub tls: Option<Arc<crate::tls::server::ServerCertificate>>,
+    /// HTTP/2 besides HTTP/1.1: by ALPN over HTTPS, by prior knowledge over plain HTTP.
+    pub http2: bool,
 }
 
 impl Default for GatewayConfig {
@@ -89,6 +94,8 @@ impl Default for GatewayConfig {
             ranges: RangeLimits::default(),
             put: PutOptions::default(),
             reader: ReaderConfig::default(),
+            tls: None,
+            http2: true,
         }
     }
 }
@@ -137,10 +144,18 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
+        let config = &self.inner.config;
+        let tls = config.tls.as_ref().map(|certificate| {
+            crate::tls::server::server_config(
+                certificate.clone(),
+                crate::tls::server::ServerProfile::Gateway,
+            )
+        });
         let gateway = self.clone();
         server::serve(
             listener,
-            &self.inner.config.connections,
+            &config.connections,
+            &server::Transport::new(tls, config.http2),
             shutdown,
             move |request, peer| {
                 let gateway = gateway.clone();
@@ -151,7 +166,9 @@ impl Gateway {
     }
 }
 
-/// The address a gateway is reachable at, for messages (`http://127.0.0.1:3456/`).
-pub fn url_for(addr: SocketAddr) -> String {
-    format!("http://{addr}/")
+/// The address a gateway is reachable at, for messages (`http://127.0.0.1:3456/`, or
+/// `https://…` when it serves TLS).
+pub fn url_for(addr: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{addr}/")
 }

@@ -71,6 +71,9 @@ pub struct NodeConfig {
     /// An upload slower than this (bytes per second, over any 10 s) is abandoned: a client
     /// that trickles bytes must not hold an upload slot for long.
     pub min_upload_rate: u64,
+    /// The node's TLS key and certificate: with one, every connection is TLS (required off
+    /// loopback; see [`NodeIdentity`](crate::tls::identity::NodeIdentity)).
+    pub identity: Option<crate::tls::identity::NodeIdentity>,
 }
 
 impl Default for NodeConfig {
@@ -83,6 +86,7 @@ impl Default for NodeConfig {
             max_response_bytes: 16 << 20,
             max_uploads: 16,
             min_upload_rate: 16 << 10,
+            identity: None,
         }
     }
 }
@@ -144,10 +148,25 @@ impl StorageNode {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> io::Result<()> {
+        let tls = self.inner.config.identity.as_ref().map(|identity| {
+            crate::tls::server::server_config(
+                Arc::new(crate::tls::server::ServerCertificate::fixed(
+                    identity.certified.clone(),
+                )),
+                crate::tls::server::ServerProfile::Node,
+            )
+        });
+        if tls.is_none() && !listener.local_addr()?.ip().is_loopback() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a storage node listening off loopback serves TLS: give it an identity",
+            ));
+        }
         let node = self.clone();
         server::serve(
             listener,
             &self.inner.config.connections,
+            &server::Transport::new(tls, false),
             shutdown,
             move |request, peer| {
                 let node = node.clone();

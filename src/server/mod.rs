@@ -31,12 +31,13 @@ use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Version};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_io_timeout::TimeoutStream;
 use tracing::{debug, info, warn};
 
@@ -60,6 +61,14 @@ pub struct ConnectionLimits {
     pub max_header_bytes: usize,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
+    /// HTTP/2: requests at once on one connection.
+    pub max_streams_per_connection: u32,
+    /// HTTP/2: bytes a client may send on one stream before the server reads them (its
+    /// receive window); the connection's window is four times this.
+    pub stream_receive_window: u32,
+    /// HTTP/2: response bytes buffered per stream beyond the piece being sent, so that a
+    /// slow h2 stream holds no more than an HTTP/1.1 connection does.
+    pub stream_send_buffer: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -71,6 +80,9 @@ impl Default for ConnectionLimits {
             write_timeout: Duration::from_secs(120),
             max_header_bytes: 16 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            max_streams_per_connection: 32,
+            stream_receive_window: 256 << 10,
+            stream_send_buffer: 64 << 10,
         }
     }
 }
@@ -134,11 +146,65 @@ fn out_of_descriptors(error: &io::Error) -> bool {
     matches!(error.raw_os_error(), Some(23 | 24))
 }
 
-/// Serves HTTP/1.1 connections from `listener` with `handler` until `shutdown` completes,
-/// then stops accepting and waits (up to the grace period) for requests in flight.
+/// How a server's connections speak: TLS or not, HTTP/2 besides HTTP/1.1 or not.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Transport {
+    /// Every connection starts with a TLS handshake (within the first-request timeout). A
+    /// client speaking plain HTTP to it gets a plain 400 saying to use `https://`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// HTTP/2 too: negotiated by ALPN under TLS, and by the prior-knowledge preface
+    /// without (`curl --http2-prior-knowledge`).
+    pub http2: bool,
+}
+
+impl Transport {
+    /// Plain HTTP/1.1.
+    pub fn plain() -> Transport {
+        Transport::default()
+    }
+
+    /// `tls` if given, with or without HTTP/2.
+    pub fn new(tls: Option<Arc<rustls::ServerConfig>>, http2: bool) -> Transport {
+        Transport { tls, http2 }
+    }
+}
+
+/// A connection's byte stream: TLS over TCP, or TCP alone.
+trait Io: AsyncRead + AsyncWrite + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Send> Io for T {}
+
+/// The first byte of every TLS connection (a handshake record).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// On a TLS port: whether the client starts a TLS handshake. One that starts with an HTTP
+/// method instead gets a plain-text 400 naming the problem (as nginx does), then the
+/// connection closes.
+async fn starts_tls(stream: &mut TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first).await {
+        Ok(1) if first[0] == TLS_HANDSHAKE_RECORD => true,
+        Ok(1) if first[0].is_ascii_uppercase() => {
+            let text = "this server speaks TLS: use its https:// URL\n";
+            let response = format!(
+                "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                text.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+            false
+        }
+        _ => false,
+    }
+}
+
+/// Serves connections from `listener` with `handler` until `shutdown` completes, then stops
+/// accepting and waits (up to the grace period) for requests in flight.
 pub async fn serve<H, F>(
     listener: TcpListener,
     limits: &ConnectionLimits,
+    transport: &Transport,
     shutdown: impl Future<Output = ()>,
     handler: H,
 ) -> io::Result<()>
@@ -150,11 +216,28 @@ where
     let mut last_descriptor_warning: Option<Instant> = None;
     let graceful = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_header_size(limits.max_header_bytes)
+        .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .initial_stream_window_size(limits.stream_receive_window)
+        .initial_connection_window_size(limits.stream_receive_window.saturating_mul(4))
+        .max_send_buf_size(limits.stream_send_buffer)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let http = if transport.http2 {
+        http
+    } else {
+        http.http1_only()
+    };
+    let http = Arc::new(http);
+    let acceptor = transport.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -185,8 +268,6 @@ where
             },
         };
         let _ = stream.set_nodelay(true);
-        let mut io = TimeoutStream::new(stream);
-        io.set_write_timeout(Some(limits.write_timeout));
         let service = {
             let (handler, slots, connection) = (handler.clone(), slots.clone(), connection.clone());
             service_fn(move |mut request: Request<Incoming>| {
@@ -205,13 +286,44 @@ where
                 }
             })
         };
-        let served = graceful.watch(http.serve_connection(TokioIo::new(Box::pin(io)), service));
+        let watcher = graceful.watcher();
         let first_request_timeout = limits.first_request_timeout;
-        let slots = slots.clone();
+        let write_timeout = limits.write_timeout;
+        let (slots, http, acceptor) = (slots.clone(), http.clone(), acceptor.clone());
         tokio::spawn(async move {
             let _slot = SlotGuard {
                 slots,
                 connection: connection.clone(),
+            };
+            // The handshake counts against the first request's time: a client that opens
+            // a connection and never finishes it holds an idle slot, like a silent one.
+            let served = async {
+                let mut stream = stream;
+                let io: std::pin::Pin<Box<dyn Io>> = match &acceptor {
+                    Some(acceptor) => {
+                        if !starts_tls(&mut stream).await {
+                            debug!(%peer, "not a TLS client");
+                            return Ok(());
+                        }
+                        let mut io = TimeoutStream::new(stream);
+                        io.set_write_timeout(Some(write_timeout));
+                        match acceptor.accept(Box::pin(io)).await {
+                            Ok(tls) => Box::pin(tls),
+                            Err(e) => {
+                                debug!(%peer, error = %e, "TLS handshake failed");
+                                return Ok(());
+                            }
+                        }
+                    }
+                    None => {
+                        let mut io = TimeoutStream::new(stream);
+                        io.set_write_timeout(Some(write_timeout));
+                        Box::pin(io)
+                    }
+                };
+                watcher
+                    .watch(http.serve_connection(TokioIo::new(io), service))
+                    .await
             };
             let first_request = async {
                 tokio::time::sleep(first_request_timeout).await;

@@ -31,9 +31,7 @@ pub enum IdentityError {
         source: io::Error,
     },
     /// The file is not a key and a certificate that belong together.
-    #[error(
-        "{path}: {why} (move it away to make a new identity; the node's URL pin then changes)"
-    )]
+    #[error("{path}: {why} (move it away to make a new identity; the node's URL pin then changes)")]
     Invalid {
         /// The file.
         path: PathBuf,
@@ -80,8 +78,8 @@ impl NodeIdentity {
 fn generate() -> Result<Zeroizing<String>, IdentityError> {
     let generate = |e: rcgen::Error| IdentityError::Generate(e.to_string());
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(generate)?;
-    let mut params = rcgen::CertificateParams::new(vec!["segvault-node".to_owned()])
-        .map_err(generate)?;
+    let mut params =
+        rcgen::CertificateParams::new(vec!["segvault-node".to_owned()]).map_err(generate)?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
         .distinguished_name
@@ -98,8 +96,8 @@ fn parse(path: &Path, pem: &[u8]) -> Result<NodeIdentity, IdentityError> {
         why,
     };
     let key = PrivateKeyDer::from_pem_slice(pem).map_err(|e| invalid(format!("no key: {e}")))?;
-    let certificate = CertificateDer::from_pem_slice(pem)
-        .map_err(|e| invalid(format!("no certificate: {e}")))?;
+    let certificate =
+        CertificateDer::from_pem_slice(pem).map_err(|e| invalid(format!("no certificate: {e}")))?;
     let pin = SpkiPin::of_certificate(&certificate).map_err(|e| invalid(e.to_string()))?;
     let certified = CertifiedKey::from_der(vec![certificate], key, &provider())
         .map_err(|e| invalid(format!("key and certificate do not match: {e}")))?;

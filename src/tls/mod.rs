@@ -52,9 +52,7 @@ pub const PIN_PREFIX: &str = "spki-sha256=";
 #[non_exhaustive]
 pub enum PinError {
     /// Not `spki-sha256=` and 52 base32 characters.
-    #[error(
-        "a key pin is spki-sha256= and 52 characters a-z, 2-7 (as storage-server prints it)"
-    )]
+    #[error("a key pin is spki-sha256= and 52 characters a-z, 2-7 (as storage-server prints it)")]
     Malformed,
     /// The certificate could not be parsed.
     #[error("the certificate cannot be parsed: {0}")]
@@ -154,12 +152,12 @@ impl ServerCertVerifier for PinnedKey {
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         match self.pin {
             Some(expected) if expected.same_as(&presented) => Ok(ServerCertVerified::assertion()),
-            Some(expected) => Err(rustls::Error::InvalidCertificate(
-                CertificateError::Other(rustls::OtherError(Arc::new(PinMismatch {
+            Some(expected) => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                rustls::OtherError(Arc::new(PinMismatch {
                     expected,
                     presented,
-                }))),
-            )),
+                })),
+            ))),
             None => Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
             )),

@@ -54,7 +54,10 @@ impl ServerCertificate {
     /// certificate.reload()?; // after the files were replaced
     /// # Ok::<(), segvault::tls::server::CertificateFileError>(())
     /// ```
-    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<ServerCertificate, CertificateFileError> {
+    pub fn from_pem_files(
+        cert: &Path,
+        key: &Path,
+    ) -> Result<ServerCertificate, CertificateFileError> {
         let certified = load_pem_files(cert, key)?;
         Ok(ServerCertificate {
             current: RwLock::new(Arc::new(certified)),
@@ -98,7 +101,8 @@ fn load_pem_files(cert: &Path, key: &Path) -> Result<CertifiedKey, CertificateFi
     if chain.is_empty() {
         return Err(error(cert, "no CERTIFICATE in the file".into()));
     }
-    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| error(key, format!("no private key: {e}")))?;
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| error(key, format!("no private key: {e}")))?;
     CertifiedKey::from_der(chain, private, &provider())
         .map_err(|e| error(key, format!("not the key of the certificate: {e}")))
 }
@@ -114,7 +118,10 @@ pub enum ServerProfile {
 }
 
 /// A server configuration presenting `certificate`.
-pub fn server_config(certificate: Arc<ServerCertificate>, profile: ServerProfile) -> Arc<ServerConfig> {
+pub fn server_config(
+    certificate: Arc<ServerCertificate>,
+    profile: ServerProfile,
+) -> Arc<ServerConfig> {
     let versions: &[&rustls::SupportedProtocolVersion] = match profile {
         ServerProfile::Node => &[&rustls::version::TLS13],
         ServerProfile::Gateway => rustls::DEFAULT_VERSIONS,

@@ -45,7 +45,10 @@ mod handshake {
         let result = match connector.connect(name, client_io).await {
             Ok(mut stream) => {
                 let mut got = Vec::new();
-                stream.read_to_end(&mut got).await.map_err(|e| e.to_string())?;
+                stream
+                    .read_to_end(&mut got)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 Ok(got)
             }
             Err(e) => Err(describe_failure(&e).unwrap_or_else(|| e.to_string())),
@@ -58,7 +61,10 @@ mod handshake {
     async fn the_pinned_key_is_accepted_and_any_other_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let (identity, _) = NodeIdentity::load_or_create(dir.path()).unwrap();
-        assert_eq!(connect(&identity, Some(identity.pin)).await.unwrap(), b"hello");
+        assert_eq!(
+            connect(&identity, Some(identity.pin)).await.unwrap(),
+            b"hello"
+        );
 
         let other = NodeIdentity::rotate(dir.path()).unwrap();
         let refused = connect(&other, Some(identity.pin)).await.unwrap_err();

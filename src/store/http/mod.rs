@@ -270,7 +270,12 @@ impl HttpStore {
         // to the node (pooled or an upload's) resumes from.
         let tls_config = Arc::new(crate::tls::node_client_config(url.pin));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*tls_config).clone())
+            .with_tls_config({
+                // hyper-rustls sets ALPN itself from the protocols enabled below.
+                let mut config = (*tls_config).clone();
+                config.alpn_protocols.clear();
+                config
+            })
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
@@ -282,10 +287,16 @@ impl HttpStore {
             .pool_max_idle_per_host(64)
             .build(connector);
         let upload_tls = url.pin.map(|_| {
-            let host = url.authority.rsplit_once(':').map_or(url.authority.as_str(), |(host, _)| host);
+            let host = url
+                .authority
+                .rsplit_once(':')
+                .map_or(url.authority.as_str(), |(host, _)| host);
             let host = host.trim_start_matches('[').trim_end_matches(']');
-            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-                .unwrap_or_else(|_| rustls::pki_types::ServerName::try_from("segvault-node").unwrap_or_else(|e| unreachable!("a valid DNS name: {e}")));
+            let name =
+                rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap_or_else(|_| {
+                    rustls::pki_types::ServerName::try_from("segvault-node")
+                        .unwrap_or_else(|e| unreachable!("a valid DNS name: {e}"))
+                });
             (tokio_rustls::TlsConnector::from(tls_config), name)
         });
         let NodeUrl {

@@ -78,8 +78,45 @@ fn urls_are_checked() {
         let error = HttpStore::new(bad, options()).unwrap_err().to_string();
         assert!(!error.contains("secret"), "{error}");
     }
-    let store = HttpStore::new("http://node:7001/segvault/", options()).unwrap();
-    assert_eq!(store.name(), "http://node:7001/segvault");
+    let store = HttpStore::new("http://127.0.0.1:7001/segvault/", options()).unwrap();
+    assert_eq!(store.name(), "http://127.0.0.1:7001/segvault");
+    let pin = "spki-sha256=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let store = HttpStore::new(&format!("https://node:7001/segvault/#{pin}"), options()).unwrap();
+    assert_eq!(store.name(), "https://node:7001/segvault");
+}
+
+#[test]
+fn plain_http_is_refused_off_loopback_and_a_token_never_goes_in_cleartext() {
+    for loopback in [
+        "http://127.0.0.1:7001",
+        "http://127.8.0.1:7001",
+        "http://[::1]:7001",
+        "http://localhost:7001",
+    ] {
+        assert!(NodeUrl::parse(loopback, true).is_ok(), "{loopback}");
+    }
+    for remote in [
+        "http://10.0.0.5:7001",
+        "http://node:7001",
+        "http://[2001:db8::1]:7001",
+    ] {
+        let with_token = NodeUrl::parse(remote, true).unwrap_err().to_string();
+        assert!(
+            with_token.contains("refusing to send the access token in cleartext"),
+            "{with_token}"
+        );
+        let without = NodeUrl::parse(remote, false).unwrap_err().to_string();
+        assert!(
+            without.contains("only for nodes on this machine"),
+            "{without}"
+        );
+    }
+    let no_pin = NodeUrl::parse("https://10.0.0.5:7001", true)
+        .unwrap_err()
+        .to_string();
+    assert!(no_pin.contains("needs its key pin"), "{no_pin}");
+    let bad_pin = NodeUrl::parse("https://10.0.0.5:7001#spki-sha256=zz", true).unwrap_err();
+    assert!(matches!(bad_pin, UrlError::BadPin(..)), "{bad_pin}");
 }
 
 #[tokio::test]

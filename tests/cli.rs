@@ -472,7 +472,7 @@ fn bad_input_gets_a_clear_error_and_no_panic() {
         ),
         (
             vec!["put", "--server", "ftp://127.0.0.1:1", &input],
-            "only http://",
+            "a storage node is https://host:port#spki-sha256=",
         ),
         (
             vec!["put", "--server", "http://user:s3cret@127.0.0.1:1", &input],

@@ -9,9 +9,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::http::{self, Server, get, multipart_parts, request};
+use common::http::{self, Client, Http1, Server, get, multipart_parts, request};
+use common::http2::H2Client;
 use common::process;
 use common::random_bytes;
+use common::tls::{self, TestCertificates};
 use segvault::core::cap::ReadCap;
 use segvault::core::geometry::SegmentIndex;
 use segvault::core::layout::ShareLayout;
@@ -51,6 +53,24 @@ impl Site {
         Server::start(&self.data(), extra)
     }
 
+    /// The gateway over every transport a client can pick: plain HTTP/1.1, cleartext HTTP/2
+    /// with prior knowledge, and HTTPS with HTTP/2 chosen by ALPN.
+    fn every_transport(&self) -> Transports {
+        let certificates = TestCertificates::new(self.root.path(), "gateway");
+        let plain = self.serve(&[]);
+        let tls_args = certificates.serve_args();
+        let tls = self.serve(&tls_args.iter().map(String::as_str).collect::<Vec<_>>());
+        let clients: Vec<Box<dyn Client>> = vec![
+            Box::new(Http1(plain.addr.clone())),
+            Box::new(H2Client::prior_knowledge(&plain.addr)),
+            Box::new(H2Client::tls(&tls.addr, &certificates)),
+        ];
+        Transports {
+            clients,
+            _servers: [plain, tls],
+        }
+    }
+
     /// Share files of a file, by scanning the embedded grid.
     fn share_files(&self, cap: &str) -> Vec<PathBuf> {
         let si = cap.parse::<ReadCap>().unwrap().storage_index().to_string();
@@ -67,6 +87,12 @@ impl Site {
         files.sort();
         files
     }
+}
+
+/// Clients over each transport, and the gateways they talk to (stopped on drop).
+struct Transports {
+    clients: Vec<Box<dyn Client>>,
+    _servers: [Server; 2],
 }
 
 fn uri(cap: &str) -> String {
@@ -93,8 +119,16 @@ fn single_ranges_and_heads_follow_rfc_9110() {
     let site = Site::new();
     let plain = random_bytes(3 * SEGMENT as usize + 12_345, 1);
     let cap = site.put(&plain, &[]);
-    let server = site.serve(&[]);
-    let (addr, path, len) = (server.addr.as_str(), uri(&cap), plain.len() as u64);
+    let empty = site.put(b"", &[]);
+    let transports = site.every_transport();
+    for client in &transports.clients {
+        eprintln!("over {}", client.name());
+        single_ranges_and_heads(client.as_ref(), &plain, &cap, &empty);
+    }
+}
+
+fn single_ranges_and_heads(client: &dyn Client, plain: &[u8], cap: &str, empty: &str) {
+    let (path, len) = (uri(cap), plain.len() as u64);
 
     let mut cases: Vec<(String, u64, u64)> = vec![
         ("bytes=1-10".into(), 1, 10),
@@ -115,10 +149,10 @@ fn single_ranges_and_heads_follow_rfc_9110() {
         ));
     }
     for (range, first, last) in &cases {
-        let response = get(addr, &path, &[("Range", range)]);
-        expect_range(&response, &plain, *first, *last, range);
+        let response = client.get(&path, &[("Range", range)]);
+        expect_range(&response, plain, *first, *last, range);
         assert_eq!(response.header("accept-ranges"), Some("bytes"));
-        let head = request(addr, "HEAD", &path, &[("Range", range)], b"");
+        let head = client.request("HEAD", &path, &[("Range", range)], b"");
         assert_eq!(head.status, 206, "HEAD {range}");
         assert_eq!(
             head.header("content-range"),
@@ -134,15 +168,15 @@ fn single_ranges_and_heads_follow_rfc_9110() {
     }
 
     for ignored in ["BOGUS=fizbop-quarnak", "items=0-5", "bytes=5-2", "bytes=x-"] {
-        let response = get(addr, &path, &[("Range", ignored)]);
+        let response = client.get(&path, &[("Range", ignored)]);
         assert_eq!(response.status, 200, "{ignored} is ignored");
         assert!(response.header("content-range").is_none());
         assert!(response.body == plain, "{ignored}: whole file");
     }
-    let whole = get(addr, &path, &[]);
+    let whole = client.get(&path, &[]);
     assert_eq!((whole.status, whole.content_length()), (200, Some(len)));
     assert!(whole.body == plain);
-    let head = request(addr, "HEAD", &path, &[], b"");
+    let head = client.request("HEAD", &path, &[], b"");
     assert_eq!(
         (head.status, head.content_length(), head.body.len()),
         (200, Some(len), 0)
@@ -154,7 +188,7 @@ fn single_ranges_and_heads_follow_rfc_9110() {
         "bytes=-0".into(),
     ] {
         for method in ["GET", "HEAD"] {
-            let response = request(addr, method, &path, &[("Range", &unsatisfiable)], b"");
+            let response = client.request(method, &path, &[("Range", &unsatisfiable)], b"");
             assert_eq!(response.status, 416, "{method} {unsatisfiable}");
             assert_eq!(
                 response.header("content-range"),
@@ -163,8 +197,7 @@ fn single_ranges_and_heads_follow_rfc_9110() {
         }
     }
 
-    let empty = site.put(b"", &[]);
-    let response = get(addr, &uri(&empty), &[]);
+    let response = client.get(&uri(empty), &[]);
     assert_eq!(
         (
             response.status,
@@ -173,11 +206,11 @@ fn single_ranges_and_heads_follow_rfc_9110() {
         ),
         (200, Some(0), 0)
     );
-    let response = get(addr, &uri(&empty), &[("Range", "bytes=0-0")]);
+    let response = client.get(&uri(empty), &[("Range", "bytes=0-0")]);
     assert_eq!(response.status, 416);
     assert_eq!(response.header("content-range"), Some("bytes */0"));
     assert_eq!(
-        get(addr, &uri(&empty), &[("Range", "bytes=-5")]).status,
+        client.get(&uri(empty), &[("Range", "bytes=-5")]).status,
         200,
         "a suffix of nothing is the empty body"
     );
@@ -188,18 +221,17 @@ fn multiple_ranges_come_back_as_multipart_in_request_order() {
     let site = Site::new();
     let plain = random_bytes(1_000_000, 2);
     let cap = site.put(&plain, &[]);
-    let server = site.serve(&[]);
-    let (addr, path, len) = (
-        server.addr.as_str(),
-        format!("{}/clip.mp4", uri(&cap)),
-        plain.len(),
-    );
+    let transports = site.every_transport();
+    for client in &transports.clients {
+        eprintln!("over {}", client.name());
+        multipart_ranges(client.as_ref(), &plain, &cap);
+    }
+}
 
-    let response = get(
-        addr,
-        &path,
-        &[("Range", "bytes=500000-500099,0-99,999990-")],
-    );
+fn multipart_ranges(client: &dyn Client, plain: &[u8], cap: &str) {
+    let (path, len) = (format!("{}/clip.mp4", uri(cap)), plain.len());
+
+    let response = client.get(&path, &[("Range", "bytes=500000-500099,0-99,999990-")]);
     assert_eq!(response.status, 206);
     assert_eq!(
         response.content_length(),
@@ -222,8 +254,7 @@ fn multiple_ranges_come_back_as_multipart_in_request_order() {
     );
 
     // Overlapping and nearly adjacent ranges are coalesced where the first of them was.
-    let parts = multipart_parts(&get(
-        addr,
+    let parts = multipart_parts(&client.get(
         &path,
         &[("Range", "bytes=900000-900009,0-99,50-199,300-399")],
     ));
@@ -242,17 +273,11 @@ fn multiple_ranges_come_back_as_multipart_in_request_order() {
         .map(|i| format!("{}-{}", i * 20_000, i * 20_000))
         .collect::<Vec<_>>()
         .join(",");
-    let response = get(addr, &path, &[("Range", &format!("bytes={many}"))]);
+    let response = client.get(&path, &[("Range", &format!("bytes={many}"))]);
     assert_eq!(response.status, 200);
     assert!(response.body == plain);
 
-    let head = request(
-        addr,
-        "HEAD",
-        &path,
-        &[("Range", "bytes=0-0,500000-500000")],
-        b"",
-    );
+    let head = client.request("HEAD", &path, &[("Range", "bytes=0-0,500000-500000")], b"");
     assert_eq!(head.status, 206);
     assert!(
         head.header("content-type")
@@ -267,9 +292,16 @@ fn conditional_requests_use_a_strong_etag_from_the_public_identity() {
     let site = Site::new();
     let plain = random_bytes(300_000, 3);
     let cap = site.put(&plain, &[]);
-    let server = site.serve(&[]);
-    let (addr, path) = (server.addr.as_str(), uri(&cap));
-    let first = get(addr, &path, &[]);
+    let transports = site.every_transport();
+    for client in &transports.clients {
+        eprintln!("over {}", client.name());
+        conditional_requests(client.as_ref(), &plain, &cap);
+    }
+}
+
+fn conditional_requests(client: &dyn Client, plain: &[u8], cap: &str) {
+    let path = uri(cap);
+    let first = client.get(&path, &[]);
     let etag = first.header("etag").unwrap().to_owned();
     assert!(
         etag.starts_with("\"sv1-") && etag.ends_with('"'),
@@ -282,43 +314,31 @@ fn conditional_requests_use_a_strong_etag_from_the_public_identity() {
         "{cache}"
     );
 
-    let not_modified = get(addr, &path, &[("If-None-Match", &etag)]);
+    let not_modified = client.get(&path, &[("If-None-Match", &etag)]);
     assert_eq!(not_modified.status, 304);
     assert!(not_modified.body.is_empty());
     assert_eq!(not_modified.header("etag"), Some(etag.as_str()));
     assert_eq!(
-        get(addr, &path, &[("If-None-Match", "\"other\"")]).status,
+        client.get(&path, &[("If-None-Match", "\"other\"")]).status,
         200
     );
-    assert_eq!(get(addr, &path, &[("If-Match", "\"other\"")]).status, 412);
+    assert_eq!(client.get(&path, &[("If-Match", "\"other\"")]).status, 412);
     expect_range(
-        &get(
-            addr,
-            &path,
-            &[("If-Match", &etag), ("Range", "bytes=10-19")],
-        ),
-        &plain,
+        &client.get(&path, &[("If-Match", &etag), ("Range", "bytes=10-19")]),
+        plain,
         10,
         19,
         "If-Match",
     );
     expect_range(
-        &get(
-            addr,
-            &path,
-            &[("If-Range", &etag), ("Range", "bytes=10-19")],
-        ),
-        &plain,
+        &client.get(&path, &[("If-Range", &etag), ("Range", "bytes=10-19")]),
+        plain,
         10,
         19,
         "If-Range",
     );
     for stale in ["\"other\"", "Wed, 21 Oct 2015 07:28:00 GMT"] {
-        let response = get(
-            addr,
-            &path,
-            &[("If-Range", stale), ("Range", "bytes=10-19")],
-        );
+        let response = client.get(&path, &[("If-Range", stale), ("Range", "bytes=10-19")]);
         assert_eq!(response.status, 200, "If-Range {stale}");
         assert!(response.body == plain);
     }
@@ -564,6 +584,49 @@ fn a_late_segment_that_cannot_be_verified_aborts_the_transfer() {
         99,
         "before the damage",
     );
+
+    // Over HTTP/2 the failure resets the stream (never a clean end), and the connection
+    // carries on with other streams.
+    let certificates = TestCertificates::new(site.root.path(), "abort");
+    let tls_args = certificates.serve_args();
+    let tls = site.serve(&tls_args.iter().map(String::as_str).collect::<Vec<_>>());
+    for client in [
+        H2Client::prior_knowledge(&server.addr),
+        H2Client::tls(&tls.addr, &certificates),
+    ] {
+        let response = client.get(&uri(&cap), &[]);
+        assert_eq!(response.status, 200, "{}", client.name());
+        assert!(
+            response
+                .reset
+                .as_deref()
+                .is_some_and(|r| r.starts_with("RST_STREAM(")),
+            "{}: the stream ends with a reset, not {:?}",
+            client.name(),
+            response.reset
+        );
+        assert!(response.body.len() as u64 <= bad.0 * SEGMENT);
+        assert!(response.body == plain[..response.body.len()]);
+        expect_range(
+            &client.get(&uri(&cap), &[("Range", "bytes=0-99")]),
+            &plain,
+            0,
+            99,
+            "the same connection after the reset",
+        );
+    }
+    let curl = Command::new("curl")
+        .args(["-s", "--http2", "--cacert"])
+        .arg(&certificates.ca_file)
+        .args(["-o", "/dev/null"])
+        .arg(format!("https://{}{}", tls.addr, uri(&cap)))
+        .status()
+        .unwrap();
+    assert_eq!(
+        curl.code(),
+        Some(92),
+        "curl: HTTP/2 stream not closed cleanly"
+    );
 }
 
 fn form(name: &str, data: &[u8]) -> (String, Vec<u8>) {
@@ -729,6 +792,179 @@ fn slow_loris_connections_are_closed_and_shutdown_is_graceful() {
         status.success(),
         "SIGTERM stops the gateway cleanly: {status:?}"
     );
+}
+
+#[test]
+fn sixteen_slow_http2_streams_hold_no_more_than_sixteen_slow_connections() {
+    let site = Site::new();
+    let plain = random_bytes(64 << 20, 13);
+    let cap = site.put(&plain, &[]);
+    let certificates = TestCertificates::new(site.root.path(), "slow");
+    let tls_args = certificates.serve_args();
+
+    // Sixteen HTTP/1.1 clients that read 256 KiB and stop.
+    let plain_server = site.serve(&[]);
+    assert!(
+        get(
+            &plain_server.addr,
+            &uri(&cap),
+            &[("Range", "bytes=0-999999")]
+        )
+        .complete()
+    );
+    let baseline = plain_server.rss_kib();
+    let mut connections = Vec::new();
+    for _ in 0..16 {
+        let mut stalled = http::send(&plain_server.addr, "GET", &uri(&cap), &[], b"");
+        let mut head = vec![0u8; 256 * 1024];
+        stalled.read_exact(&mut head).unwrap();
+        connections.push(stalled);
+    }
+    let http1_growth = peak_rss_kib(&plain_server, 15) - baseline;
+    drop(connections);
+
+    // Sixteen streams on one HTTP/2 connection over TLS, each advertising a 64 KiB window
+    // and reading nothing.
+    let tls = site.serve(&tls_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let client = H2Client::tls_with_window(&tls.addr, &certificates, Some(64 * 1024));
+    assert!(
+        client
+            .get(&uri(&cap), &[("Range", "bytes=0-999999")])
+            .complete()
+    );
+    let baseline = tls.rss_kib();
+    let streams: Vec<_> = (0..16).map(|_| client.stall(&uri(&cap), &[])).collect();
+    assert!(streams.iter().all(|s| s.status == 200));
+    let http2_growth = peak_rss_kib(&tls, 15) - baseline;
+    eprintln!(
+        "RSS growth: 16 slow HTTP/1.1 connections {http1_growth} KiB, 16 slow h2 streams {http2_growth} KiB"
+    );
+    assert!(
+        http2_growth < 32 * 1024,
+        "16 stalled h2 streams grew the gateway by {http2_growth} KiB"
+    );
+    assert!(
+        http2_growth <= http1_growth + http1_growth / 2 + 4 * 1024,
+        "16 stalled h2 streams grew the gateway by {http2_growth} KiB, \
+         16 stalled HTTP/1.1 connections by {http1_growth} KiB"
+    );
+
+    // The streams resume and complete, byte for byte.
+    for stream in streams.into_iter().take(2) {
+        assert!(client.finish(stream).unwrap() == plain);
+    }
+}
+
+/// The largest resident size of `server` over `samples` samples 100 ms apart.
+fn peak_rss_kib(server: &Server, samples: usize) -> u64 {
+    let mut peak = 0;
+    for _ in 0..samples {
+        std::thread::sleep(Duration::from_millis(100));
+        peak = peak.max(server.rss_kib());
+    }
+    peak
+}
+
+#[test]
+fn a_certificate_reloaded_on_sighup_serves_new_connections_and_spares_open_ones() {
+    let site = Site::new();
+    let plain = random_bytes(16 << 20, 14);
+    let cap = site.put(&plain, &[]);
+    let first = TestCertificates::new(site.root.path(), "first");
+    let tls_args = first.serve_args();
+    let server = site.serve(&tls_args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        tls::presented_certificate(&server.addr, &first).unwrap(),
+        first.cert_der
+    );
+
+    // A transfer in flight, stalled by its reader, across the reload.
+    let client = H2Client::tls_with_window(&server.addr, &first, Some(64 * 1024));
+    let in_flight = client.stall(&uri(&cap), &[]);
+
+    let second = TestCertificates::new(site.root.path(), "second");
+    std::fs::copy(&second.cert_file, &first.cert_file).unwrap();
+    std::fs::copy(&second.key_file, &first.key_file).unwrap();
+    process::signal(server.pid(), "HUP");
+    process::wait_for(
+        "the new certificate to be presented",
+        Duration::from_secs(10),
+        || tls::presented_certificate(&server.addr, &second).ok() == Some(second.cert_der.clone()),
+    );
+    assert!(
+        tls::presented_certificate(&server.addr, &first).is_err(),
+        "the old certificate is gone for new connections"
+    );
+
+    // A broken file on the next reload keeps the current certificate.
+    std::fs::write(&first.key_file, "not a key").unwrap();
+    process::signal(server.pid(), "HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        tls::presented_certificate(&server.addr, &second).unwrap(),
+        second.cert_der
+    );
+
+    assert!(
+        client.finish(in_flight).unwrap() == plain,
+        "the transfer begun before the reload completes"
+    );
+    expect_range(
+        &client.get(&uri(&cap), &[("Range", "bytes=10-19")]),
+        &plain,
+        10,
+        19,
+        "the old connection after the reload",
+    );
+}
+
+#[test]
+fn curl_speaks_http2_over_tls_and_in_cleartext() {
+    let site = Site::new();
+    let plain = random_bytes(500_000, 15);
+    let cap = site.put(&plain, &[]);
+    let certificates = TestCertificates::new(site.root.path(), "curl");
+    let tls_args = certificates.serve_args();
+    let server = site.serve(&tls_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let plain_server = site.serve(&[]);
+    let https = format!("https://{}{}", server.addr, uri(&cap));
+    let h2c = format!("http://{}{}", plain_server.addr, uri(&cap));
+    let cacert = certificates.ca_file.display().to_string();
+    for (flags, url) in [
+        (vec!["--http2", "--cacert", cacert.as_str()], &https),
+        (vec!["--http1.1", "--cacert", cacert.as_str()], &https),
+        (vec!["--http2-prior-knowledge"], &h2c),
+    ] {
+        let output = Command::new("curl")
+            .args([
+                "-s",
+                "--fail",
+                "-r",
+                "131000-131199",
+                "-w",
+                "%{stderr}%{http_version}",
+            ])
+            .args(&flags)
+            .arg(url)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "curl {flags:?}");
+        assert!(output.stdout == plain[131_000..131_200], "curl {flags:?}");
+        let expected = if flags.contains(&"--http1.1") {
+            "1.1"
+        } else {
+            "2"
+        };
+        assert_eq!(
+            String::from_utf8_lossy(&output.stderr),
+            expected,
+            "curl {flags:?}"
+        );
+    }
+    // A plain-HTTP client on the HTTPS port is told what to use.
+    let response = get(&server.addr, &uri(&cap), &[]);
+    assert_eq!(response.status, 400);
+    assert!(response.text().contains("https://"), "{}", response.text());
 }
 
 #[test]

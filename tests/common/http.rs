@@ -15,6 +15,9 @@ pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// How the body ended early over HTTP/2 (a stream reset, with its reason); `None` over
+    /// HTTP/1.1, where a cut-short body is one shorter than its Content-Length.
+    pub reset: Option<String>,
 }
 
 impl Response {
@@ -29,9 +32,9 @@ impl Response {
         self.header("content-length").and_then(|v| v.parse().ok())
     }
 
-    /// Whether the body is as long as Content-Length promised.
+    /// Whether the body is as long as Content-Length promised and was not reset.
     pub fn complete(&self) -> bool {
-        self.content_length() == Some(self.body.len() as u64)
+        self.reset.is_none() && self.content_length() == Some(self.body.len() as u64)
     }
 
     pub fn text(&self) -> String {
@@ -63,6 +66,7 @@ pub fn parse(raw: &[u8]) -> Response {
             })
             .collect(),
         body: raw[head_len..].to_vec(),
+        reset: None,
     }
 }
 
@@ -133,6 +137,32 @@ pub fn request(
 
 pub fn get(addr: &str, path: &str, headers: &[(&str, &str)]) -> Response {
     request(addr, "GET", path, headers, b"")
+}
+
+/// Something that sends one request and reads the whole response: the raw HTTP/1.1 client
+/// above, or HTTP/2 ([`super::http2::H2Client`]), so one test body checks every transport.
+pub trait Client {
+    /// What the transport is, for assertion messages.
+    fn name(&self) -> &str;
+
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response;
+
+    fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        self.request("GET", path, headers, b"")
+    }
+}
+
+/// The raw HTTP/1.1 client, one connection per request.
+pub struct Http1(pub String);
+
+impl Client for Http1 {
+    fn name(&self) -> &str {
+        "HTTP/1.1"
+    }
+
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        request(&self.0, method, path, headers, body)
+    }
 }
 
 /// Parts of a `multipart/byteranges` body: (Content-Range value, bytes).
@@ -210,6 +240,7 @@ impl Server {
         let line = process::first_line(&mut child);
         let addr = line
             .strip_prefix("http://")
+            .or_else(|| line.strip_prefix("https://"))
             .and_then(|s| s.strip_suffix('/'))
             .unwrap_or_else(|| panic!("serve printed {line:?}"))
             .to_owned();

@@ -4,8 +4,10 @@
 
 pub mod grid;
 pub mod http;
+pub mod http2;
 pub mod process;
 pub mod s3;
+pub mod tls;
 
 use std::sync::Arc;
 

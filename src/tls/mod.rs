@@ -217,15 +217,17 @@ pub fn node_client_config(pin: Option<SpkiPin>) -> ClientConfig {
 pub fn describe_failure(error: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = current {
-        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
-            e.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(tls) = tls {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(describe_tls_error(tls));
         }
-        current = e.source();
+        // An io::Error's `source()` skips the error it wraps (tokio-rustls wraps rustls's
+        // error in one, and connectors wrap that in another): step into it instead.
+        current = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     None
 }

@@ -20,21 +20,38 @@ pub struct Node {
 
 impl Node {
     pub fn start(dir: &Path, token_file: Option<&Path>) -> Node {
+        Node::start_on(dir, token_file, false, "127.0.0.1:0")
+    }
+
+    /// A node listening on `listen`, over TLS if `tls` (its URL then pins its key).
+    pub fn start_on(dir: &Path, token_file: Option<&Path>, tls: bool, listen: &str) -> Node {
         let mut command = process::segvault();
         if let Some(token) = token_file {
             command.arg("--token-file").arg(token);
         }
+        if tls {
+            command.arg("storage-server").arg("--tls");
+        } else {
+            command.arg("storage-server");
+        }
         let mut child = command
-            .arg("storage-server")
             .arg("--dir")
             .arg(dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("start segvault storage-server");
         let url = process::first_line(&mut child);
-        assert!(url.starts_with("http://127.0.0.1:"), "printed {url:?}");
+        let expected = if tls {
+            "https://127.0.0.1:"
+        } else {
+            "http://127.0.0.1:"
+        };
+        assert!(url.starts_with(expected), "printed {url:?}");
+        if tls {
+            assert!(url.contains("#spki-sha256="), "printed {url:?}");
+        }
         Node {
             child,
             url,
@@ -42,8 +59,19 @@ impl Node {
         }
     }
 
+    /// host:port, without the scheme or the key pin.
     pub fn addr(&self) -> &str {
-        self.url.trim_start_matches("http://")
+        let rest = self
+            .url
+            .strip_prefix("http://")
+            .or_else(|| self.url.strip_prefix("https://"))
+            .unwrap();
+        rest.split('#').next().unwrap()
+    }
+
+    /// The key pin of a TLS node's URL (`spki-sha256=…`).
+    pub fn pin(&self) -> &str {
+        self.url.split_once('#').expect("a pinned URL").1
     }
 
     pub fn kill(&mut self) {
@@ -103,7 +131,16 @@ impl TestGrid {
         TestGrid::build(Some(token))
     }
 
+    /// Ten nodes speaking TLS, their URLs pinning their keys.
+    pub fn tls(token: Option<&str>) -> TestGrid {
+        TestGrid::build_with(token, true)
+    }
+
     pub fn build(token: Option<&str>) -> TestGrid {
+        TestGrid::build_with(token, false)
+    }
+
+    fn build_with(token: Option<&str>, tls: bool) -> TestGrid {
         let root = tempfile::tempdir().unwrap();
         let token_file = token.map(|token| {
             let path = root.path().join("token");
@@ -111,7 +148,10 @@ impl TestGrid {
             path
         });
         let nodes = (0..N)
-            .map(|i| Node::start(&root.path().join(format!("node{i}")), token_file.as_deref()))
+            .map(|i| {
+                let dir = root.path().join(format!("node{i}"));
+                Node::start_on(&dir, token_file.as_deref(), tls, "127.0.0.1:0")
+            })
             .collect();
         TestGrid {
             root,

@@ -368,14 +368,21 @@ impl HttpStore {
     }
 
     async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, StoreError> {
-        self.inner
-            .client
-            .request(request)
-            .await
-            .map_err(|e| StoreError::Io {
+        self.inner.client.request(request).await.map_err(|e| {
+            let message = match crate::tls::describe_failure(&e) {
+                Some(tls) => {
+                    // A wrong key or a node that dropped TLS is worth an operator's look
+                    // even when the read routes around it.
+                    tracing::warn!(node = %self.inner.name, problem = %tls, "TLS refused");
+                    tls
+                }
+                None => with_causes(&e),
+            };
+            StoreError::Io {
                 context: "request",
-                message: describe_client_error(&e),
-            })
+                message,
+            }
+        })
     }
 
     /// `send`, then the whole body if it is at most `limit` bytes, within the request timeout.
@@ -523,10 +530,17 @@ fn wrong_length(expected: u64, got: &str) -> StoreError {
 /// An error for a non-success status, with the node's own message when it sent one.
 fn status_error(status: StatusCode, body: &[u8], ranges: &[Range<u64>]) -> StoreError {
     let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
-    let message = parsed
-        .as_ref()
-        .map(|b| b.error.chars().take(200).collect::<String>())
-        .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_owned());
+    // A node answers errors in JSON; whatever else answered (a proxy, or a TLS port told
+    // of plain HTTP) may have said why in a line of text.
+    let text = std::str::from_utf8(body)
+        .ok()
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 200 && !t.chars().any(char::is_control));
+    let message = match (&parsed, text) {
+        (Some(parsed), _) => parsed.error.chars().take(200).collect::<String>(),
+        (None, Some(text)) => text.to_owned(),
+        (None, None) => status.canonical_reason().unwrap_or("").to_owned(),
+    };
     match status {
         StatusCode::NOT_FOUND => StoreError::NotFound,
         StatusCode::RANGE_NOT_SATISFIABLE => {
@@ -556,16 +570,8 @@ fn status_error(status: StatusCode, body: &[u8], ranges: &[Range<u64>]) -> Store
     }
 }
 
-/// A client error with its cause (hyper's own message is only "client error (Connect)").
-/// A TLS failure is said in an operator's words (a wrong key, a plain-HTTP node).
-fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
-    match crate::tls::describe_failure(e) {
-        Some(tls) => tls,
-        None => with_causes(e),
-    }
-}
-
-/// An error's message followed by each of its causes'.
+/// An error's message followed by each of its causes' (hyper's own message is only
+/// "client error (Connect)").
 fn with_causes(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);

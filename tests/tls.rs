@@ -169,7 +169,7 @@ fn plain_http_and_tls_never_fall_back_to_each_other() {
 
     // A TLS node behind an http:// URL: it answers 400 and the client says why.
     let downgraded = format!("http://{}", grid.nodes[holder].addr());
-    let output = get_with(&grid, &[downgraded.clone()], &cap);
+    let output = get_with(&grid, std::slice::from_ref(&downgraded), &cap);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -62,7 +62,7 @@ impl Gateway {
         request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<Body> {
-        let started = Started::new(peer, request.method().clone());
+        let started = Started::new(peer, &request);
         let mut access = Access::default();
         let mut response = self.route(request, &mut access).await;
         let headers = response.headers_mut();

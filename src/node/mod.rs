@@ -177,7 +177,7 @@ impl StorageNode {
     }
 
     async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let started = Started::new(peer, request.method().clone());
+        let started = Started::new(peer, &request);
         let mut access = Access::default();
         let response = self.route(request, peer, &mut access).await;
         started.log(access, response, None)

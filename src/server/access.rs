@@ -12,7 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use hyper::{Method, Response};
+use hyper::{Method, Response, Version};
 
 use super::Body;
 use crate::core::cap::StorageIndex;
@@ -40,14 +40,16 @@ pub(crate) struct Started {
     at: Instant,
     peer: SocketAddr,
     method: Method,
+    version: Version,
 }
 
 impl Started {
-    pub(crate) fn new(peer: SocketAddr, method: Method) -> Started {
+    pub(crate) fn new<B>(peer: SocketAddr, request: &hyper::Request<B>) -> Started {
         Started {
             at: Instant::now(),
             peer,
-            method,
+            method: request.method().clone(),
+            version: request.version(),
         }
     }
 
@@ -104,6 +106,7 @@ impl Line {
             target: "segvault::access",
             peer = %started.peer,
             method = %started.method,
+            version = ?started.version,
             route = access.route,
             si = access.storage_index.map(|si| si.to_string()).unwrap_or_default(),
             share = access.share.map_or(-1, |s| i32::from(s.0)),

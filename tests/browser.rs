@@ -9,12 +9,13 @@
 mod common;
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::http::{self, Server};
 use common::process;
+use common::tls::TestCertificates;
 use serde_json::{Value, json};
 
 fn have(tool: &str) -> bool {
@@ -46,7 +47,8 @@ struct Driver {
 }
 
 impl Driver {
-    fn start() -> Driver {
+    /// Starts chromedriver and a headless Chromium with `extra` command-line arguments.
+    fn start(extra: &[String]) -> Driver {
         let port = free_port();
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
@@ -59,17 +61,27 @@ impl Driver {
             std::net::TcpStream::connect(&addr).is_ok()
         });
         let profile = tempfile::tempdir().unwrap().keep();
+        let mut args: Vec<String> = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--autoplay-policy=no-user-gesture-required",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.push(format!("--user-data-dir={}", profile.display()));
+        args.extend_from_slice(extra);
         let capabilities = json!({ "capabilities": { "alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": "/usr/bin/chromium",
-                "args": [
-                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--disable-quic", "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync",
-                    "--autoplay-policy=no-user-gesture-required",
-                    format!("--user-data-dir={}", profile.display()),
-                ]
+                "args": args,
             }
         }}});
         let reply = post(&addr, "/session", &capabilities);
@@ -164,8 +176,9 @@ if (arguments[0] && !v.dataset.started) {
 return { readyState: v.readyState, currentTime: v.currentTime, paused: v.paused, error: v.error ? v.error.code : null };
 "#;
 
-#[test]
-fn chromium_seeks_a_stored_mp4_and_plays_from_there() {
+/// Whether the browser tools are here; a missing one fails the test when
+/// `SEGVAULT_BROWSER_TESTS=1`, and otherwise skips it.
+fn browser_tools_present() -> bool {
     let required = std::env::var_os("SEGVAULT_BROWSER_TESTS").is_some_and(|v| v == "1");
     let tools = ["chromium", "chromedriver", "ffmpeg"];
     if let Some(missing) = tools.iter().find(|t| !have(t)) {
@@ -176,12 +189,16 @@ fn chromium_seeks_a_stored_mp4_and_plays_from_there() {
         eprintln!(
             "skipped: {missing} is not installed (set SEGVAULT_BROWSER_TESTS=1 to require it)"
         );
-        return;
+        return false;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let video = dir.path().join("clip.mp4");
-    // Noisy frames keep the bitrate (and the number of segments) up; no faststart, so the
-    // index is at the end and the browser must ask for ranges before it can play.
+    true
+}
+
+/// A 20 s MP4 in `dir`: noisy frames keep the bitrate (and the number of segments) up; no
+/// faststart, so the index is at the end and the browser must ask for ranges before it can
+/// play.
+fn make_video(dir: &Path) -> PathBuf {
+    let video = dir.join("clip.mp4");
     let made = Command::new("ffmpeg")
         .args([
             "-hide_banner",
@@ -207,14 +224,13 @@ fn chromium_seeks_a_stored_mp4_and_plays_from_there() {
         .status()
         .unwrap();
     assert!(made.success(), "ffmpeg failed");
-    let size = std::fs::metadata(&video).unwrap().len();
-    let data = dir.path().join("data");
-    let cap = put(&data, &video);
+    video
+}
 
-    let log = dir.path().join("gateway.log");
-    let server = Server::start_logging(&data, &[], Some(&log));
-    let mut driver = Driver::start();
-    let url = format!("http://{}/#cap={cap}&name=clip.mp4", server.addr);
+/// Opens the gateway's page at `origin` for `cap`, seeks the player to 5 s and asserts it
+/// plays from there.
+fn page_seeks_and_plays(driver: &mut Driver, origin: &str, cap: &str) {
+    let url = format!("{origin}/#cap={cap}&name=clip.mp4");
     driver.command("url", &json!({ "url": url }));
     let outcome = driver.command(
         "execute/async",
@@ -223,13 +239,30 @@ fn chromium_seeks_a_stored_mp4_and_plays_from_there() {
     let value = &outcome["value"];
     assert_eq!(
         value["stage"], "playing",
-        "the video did not play from 5 s: {outcome}"
+        "the video did not play from 5 s at {origin}: {outcome}"
     );
     assert!(value["currentTime"].as_f64().unwrap() >= 5.5, "{outcome}");
     assert!(
         (value["duration"].as_f64().unwrap() - 20.0).abs() < 0.5,
         "{outcome}"
     );
+}
+
+#[test]
+fn chromium_seeks_a_stored_mp4_and_plays_from_there() {
+    if !browser_tools_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let video = make_video(dir.path());
+    let size = std::fs::metadata(&video).unwrap().len();
+    let data = dir.path().join("data");
+    let cap = put(&data, &video);
+
+    let log = dir.path().join("gateway.log");
+    let server = Server::start_logging(&data, &[], Some(&log));
+    let mut driver = Driver::start(&[]);
+    page_seeks_and_plays(&mut driver, &format!("http://{}", server.addr), &cap);
 
     // Opened directly, a stored file is a sandboxed document under the `/uri` policy
     // (`sandbox; default-src 'none'` with `media-src 'self'`): Chromium's own player still
@@ -293,4 +326,63 @@ fn put(data: &Path, file: &Path) -> String {
             .args(["put", "--segment-size", "64KiB"])
             .arg(file),
     )
+}
+
+/// The same page over HTTPS: Chromium negotiates HTTP/2 by ALPN with the gateway's
+/// certificate (trusted by its key pin, as a user would trust their own certificate), seeks
+/// with range requests over h2 streams and plays.
+#[test]
+fn chromium_plays_a_stored_mp4_over_https_with_http2() {
+    if !browser_tools_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let video = make_video(dir.path());
+    let data = dir.path().join("data");
+    let cap = put(&data, &video);
+    let certificates = TestCertificates::new(dir.path(), "gateway");
+    let args = certificates.serve_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let log = dir.path().join("gateway.log");
+    let server = Server::start_logging(&data, &args, Some(&log));
+
+    let mut driver = Driver::start(&[format!(
+        "--ignore-certificate-errors-spki-list={}",
+        certificates.spki_sha256_base64
+    )]);
+    page_seeks_and_plays(
+        &mut driver,
+        &format!("https://localhost:{}", port_of(&server.addr)),
+        &cap,
+    );
+    let protocol = driver.command(
+        "execute/sync",
+        &json!({
+            "script": "return performance.getEntriesByType('navigation')[0].nextHopProtocol",
+            "args": []
+        }),
+    );
+    assert_eq!(protocol["value"], "h2", "{protocol}");
+
+    drop(driver);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut server = server;
+    server.terminate();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let h2_partial = logged
+        .lines()
+        .filter(|l| l.contains("status=206") && l.contains("version=HTTP/2.0"))
+        .count();
+    assert!(
+        h2_partial >= 2,
+        "the browser seeked with range requests over HTTP/2 ({h2_partial} h2 206s):\n{logged}"
+    );
+    assert!(
+        !logged.contains("version=HTTP/1.1"),
+        "a request fell back to HTTP/1.1:\n{logged}"
+    );
+}
+
+fn port_of(addr: &str) -> &str {
+    addr.rsplit_once(':').unwrap().1
 }

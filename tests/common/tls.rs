@@ -14,6 +14,9 @@ pub struct TestCertificates {
     pub key_file: PathBuf,
     /// The server certificate (DER), to recognise which one a server presented.
     pub cert_der: Vec<u8>,
+    /// Base64 of the SHA-256 of the server key's SubjectPublicKeyInfo, the form Chromium's
+    /// `--ignore-certificate-errors-spki-list` takes.
+    pub spki_sha256_base64: String,
 }
 
 impl TestCertificates {
@@ -40,6 +43,14 @@ impl TestCertificates {
             cert_file: dir.join(format!("{name}-cert.pem")),
             key_file: dir.join(format!("{name}-key.pem")),
             cert_der: cert.der().to_vec(),
+            spki_sha256_base64: {
+                use base64::Engine as _;
+                let digest = aws_lc_rs::digest::digest(
+                    &aws_lc_rs::digest::SHA256,
+                    &rcgen::PublicKeyData::subject_public_key_info(&key),
+                );
+                base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+            },
         };
         std::fs::write(&certificates.ca_file, &certificates.ca_pem).unwrap();
         std::fs::write(&certificates.cert_file, cert.pem()).unwrap();

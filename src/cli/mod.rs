@@ -29,11 +29,11 @@ struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     data: Option<PathBuf>,
 
-    /// Storage server: a storage node's http://host:port or a directory path. Repeat for several. Without it, the embedded grid in the data directory is used.
+    /// Storage server: a storage node's URL as `storage-server` prints it (https://host:port#spki-sha256=…, or http://127.0.0.1:port on loopback), an s3://bucket/prefix, or a directory path. Repeat for several. Without it, the embedded grid in the data directory is used.
     #[arg(long = "server", global = true, value_name = "URL|DIR")]
     servers: Vec<String>,
 
-    /// Grid file (TOML: `servers = ["http://…", …]`, optional `token_file = "…"`); its servers come before any --server
+    /// Grid file (TOML: `servers = ["https://…#spki-sha256=…", "s3://…", "/dir", …]`, optional `token_file = "…"`); its servers come before any --server
     #[arg(long, global = true, value_name = "FILE", env = "SEGVAULT_GRID")]
     grid: Option<PathBuf>,
 

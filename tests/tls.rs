@@ -195,10 +195,17 @@ fn plain_http_and_tls_never_fall_back_to_each_other() {
     );
 }
 
-/// A TCP proxy that forwards to `target` and records every byte both ways.
+/// A TCP proxy that forwards to `target` and records every byte both ways, and what the
+/// client sent on each connection (its TLS ClientHello and records).
 struct RecordingProxy {
     addr: String,
     capture: Arc<Mutex<Vec<u8>>>,
+    connections: Arc<Mutex<Vec<ProxiedConnection>>>,
+}
+
+struct ProxiedConnection {
+    client: TcpStream,
+    hello: Arc<Mutex<Vec<u8>>>,
 }
 
 impl RecordingProxy {
@@ -206,36 +213,77 @@ impl RecordingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let capture = Arc::new(Mutex::new(Vec::new()));
-        let recorded = capture.clone();
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let (recorded, accepted) = (capture.clone(), connections.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let Ok(server) = TcpStream::connect(&target) else {
                     continue;
                 };
-                for (from, to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
+                let hello = Arc::new(Mutex::new(Vec::new()));
+                accepted.lock().unwrap().push(ProxiedConnection {
+                    client: client.try_clone().unwrap(),
+                    hello: hello.clone(),
+                });
+                for (from, to, first) in [
+                    (
+                        client.try_clone().unwrap(),
+                        server.try_clone().unwrap(),
+                        Some(hello),
+                    ),
+                    (server, client, None),
                 ] {
                     let recorded = recorded.clone();
-                    std::thread::spawn(move || forward(from, to, &recorded));
+                    std::thread::spawn(move || forward(from, to, &recorded, first.as_deref()));
                 }
             }
         });
-        RecordingProxy { addr, capture }
+        RecordingProxy {
+            addr,
+            capture,
+            connections,
+        }
     }
 
     fn captured(&self) -> Vec<u8> {
         self.capture.lock().unwrap().clone()
     }
+
+    /// What the client sent on each connection so far (up to 1 MiB each), oldest first.
+    fn client_streams(&self) -> Vec<Vec<u8>> {
+        let connections = self.connections.lock().unwrap();
+        connections
+            .iter()
+            .map(|c| c.hello.lock().unwrap().clone())
+            .collect()
+    }
+
+    /// Closes every connection so far, as a network dropping them would.
+    fn cut(&self) {
+        for connection in self.connections.lock().unwrap().iter() {
+            let _ = connection.client.shutdown(Shutdown::Both);
+        }
+    }
 }
 
-fn forward(mut from: TcpStream, mut to: TcpStream, recorded: &Mutex<Vec<u8>>) {
+/// Copies `from` to `to`, recording everything in `recorded` and the first MiB in `first`.
+fn forward(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    recorded: &Mutex<Vec<u8>>,
+    first: Option<&Mutex<Vec<u8>>>,
+) {
     let mut buf = [0u8; 16 * 1024];
     loop {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 recorded.lock().unwrap().extend_from_slice(&buf[..n]);
+                if let Some(first) = first {
+                    let mut first = first.lock().unwrap();
+                    let room = (1usize << 20).saturating_sub(first.len());
+                    first.extend_from_slice(&buf[..n.min(room)]);
+                }
                 if to.write_all(&buf[..n]).is_err() {
                     break;
                 }
@@ -243,6 +291,54 @@ fn forward(mut from: TcpStream, mut to: TcpStream, recorded: &Mutex<Vec<u8>>) {
         }
     }
     let _ = to.shutdown(Shutdown::Write);
+    let _ = from.shutdown(Shutdown::Read);
+}
+
+/// How many encrypted records (TLS 1.3 application data) a client sent on a connection:
+/// its Finished and then one per request.
+fn encrypted_records(stream: &[u8]) -> usize {
+    let mut at = 0;
+    let mut count = 0;
+    while at + 5 <= stream.len() {
+        count += usize::from(stream[at] == 23);
+        at += 5 + usize::from(u16::from_be_bytes([stream[at + 3], stream[at + 4]]));
+    }
+    count
+}
+
+/// Whether `bytes` start with a TLS ClientHello offering to resume a session (a
+/// `pre_shared_key` extension, RFC 8446 §4.2.11); `None` if they are not a whole
+/// ClientHello.
+fn offers_resumption(bytes: &[u8]) -> Option<bool> {
+    const PRE_SHARED_KEY: u16 = 41;
+    let u16_at = |at: usize| -> Option<usize> {
+        Some(usize::from(u16::from_be_bytes([
+            *bytes.get(at)?,
+            *bytes.get(at + 1)?,
+        ])))
+    };
+    // Record header (type 22 = handshake), then handshake header (type 1 = ClientHello).
+    if bytes.first() != Some(&22) || bytes.get(5) != Some(&1) {
+        return None;
+    }
+    let end = 5 + u16_at(3)?;
+    if bytes.len() < end {
+        return None;
+    }
+    // Version (2) and random (32), then session id, cipher suites and compression methods.
+    let mut at = 5 + 4 + 2 + 32;
+    at += 1 + usize::from(*bytes.get(at)?);
+    at += 2 + u16_at(at)?;
+    at += 1 + usize::from(*bytes.get(at)?);
+    let extensions_end = at + 2 + u16_at(at)?;
+    at += 2;
+    while at + 4 <= extensions_end.min(end) {
+        if u16_at(at)? == usize::from(PRE_SHARED_KEY) {
+            return Some(true);
+        }
+        at += 4 + u16_at(at + 2)?;
+    }
+    Some(false)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -329,4 +425,87 @@ fn a_proxy_on_the_path_sees_no_token_and_no_share_bytes() {
     let (captured, shares, _) = through_proxies(false);
     assert!(contains(&captured, TOKEN.as_bytes()));
     assert!(share_bytes_seen(&captured, &shares));
+}
+
+/// A gateway over TLS nodes keeps its connections across requests, and when the network
+/// drops them, its new connections resume their TLS sessions (no full handshake).
+#[test]
+fn a_gateway_keeps_its_node_connections_and_resumes_tls_sessions() {
+    let grid = TestGrid::tls(Some(TOKEN));
+    let plain = random_bytes(3_000_000, 11);
+    let cap = grid.put(&plain);
+    let proxies: Vec<RecordingProxy> = grid
+        .nodes
+        .iter()
+        .map(|n| RecordingProxy::start(n.addr().to_owned()))
+        .collect();
+    let mut args = vec![
+        "--token-file".to_owned(),
+        grid.token_file.as_ref().unwrap().display().to_string(),
+    ];
+    for (node, proxy) in grid.nodes.iter().zip(&proxies) {
+        args.push("--server".into());
+        args.push(format!("https://{}#{}", proxy.addr, node.pin()));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&grid.data(), &args);
+    let read_ranges = |count: usize, seed: usize| {
+        for i in 0..count {
+            let start = (seed + i * 104_729) % (plain.len() - 65_536);
+            let range = format!("bytes={start}-{}", start + 65_535);
+            let response = http::get(&server.addr, &format!("/uri/{cap}"), &[("Range", &range)]);
+            assert_eq!(response.status, 206, "{}", response.text());
+            assert!(
+                response.body == plain[start..start + 65_536],
+                "range {range} differs"
+            );
+        }
+    };
+    let connections = |proxies: &[RecordingProxy]| -> usize {
+        proxies.iter().map(|p| p.client_streams().len()).sum()
+    };
+
+    read_ranges(40, 0);
+    // Without reuse every request would have a connection of its own (one encrypted record
+    // for the client's Finished, one for the request). Hedged requests cancelled mid-response
+    // close theirs, so some connections carry one request: 27-50 connections carried 120+
+    // requests in a debug build.
+    let streams: Vec<Vec<u8>> = proxies.iter().flat_map(|p| p.client_streams()).collect();
+    let requests: usize = streams
+        .iter()
+        .map(|s| encrypted_records(s).saturating_sub(1))
+        .sum();
+    assert!(
+        requests >= 40 * K && requests * 2 >= streams.len() * 3,
+        "{} TLS connections carried {requests} requests for 40 ranges",
+        streams.len()
+    );
+
+    let before: Vec<usize> = proxies.iter().map(|p| p.client_streams().len()).collect();
+    for proxy in &proxies {
+        proxy.cut();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    read_ranges(10, 7);
+    let mut resumed = 0;
+    for (proxy, &before) in proxies.iter().zip(&before) {
+        for hello in &proxy.client_streams()[before..] {
+            let offered = offers_resumption(hello);
+            assert!(offered.is_some(), "not a whole ClientHello: {hello:?}");
+            // A node first reached after the cut has no session to resume.
+            if before > 0 {
+                assert_eq!(
+                    offered,
+                    Some(true),
+                    "a new connection to {} did not resume its TLS session",
+                    proxy.addr
+                );
+                resumed += 1;
+            }
+        }
+    }
+    assert!(
+        resumed >= K,
+        "only {resumed} connections were made again after the cut"
+    );
 }

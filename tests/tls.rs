@@ -461,10 +461,6 @@ fn a_gateway_keeps_its_node_connections_and_resumes_tls_sessions() {
             );
         }
     };
-    let connections = |proxies: &[RecordingProxy]| -> usize {
-        proxies.iter().map(|p| p.client_streams().len()).sum()
-    };
-
     read_ranges(40, 0);
     // Without reuse every request would have a connection of its own (one encrypted record
     // for the client's Finished, one for the request). Hedged requests cancelled mid-response

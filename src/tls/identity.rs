@@ -55,6 +55,17 @@ pub struct NodeIdentity {
 impl NodeIdentity {
     /// Loads `dir`'s identity, making one first if there is none. Returns it and whether it
     /// was made now.
+    ///
+    /// ```
+    /// # use segvault::tls::identity::NodeIdentity;
+    /// let dir = tempfile::tempdir()?;
+    /// let (made, new) = NodeIdentity::load_or_create(dir.path())?;
+    /// let (again, _) = NodeIdentity::load_or_create(dir.path())?;
+    /// assert!(new);
+    /// assert_eq!(made.pin, again.pin); // kept across restarts
+    /// assert_ne!(NodeIdentity::rotate(dir.path())?.pin, made.pin);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn load_or_create(dir: &Path) -> Result<(NodeIdentity, bool), IdentityError> {
         let path = dir.join(IDENTITY_FILE);
         match fs::read(&path) {

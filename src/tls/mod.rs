@@ -201,6 +201,14 @@ impl ServerCertVerifier for PinnedKey {
 
 /// A client configuration for one storage node: TLS 1.3, ALPN `http/1.1`, the pinned key,
 /// and session resumption (connections after the first skip the full handshake).
+///
+/// ```
+/// # use segvault::tls::{node_client_config, SpkiPin};
+/// let pin: SpkiPin = "spki-sha256=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".parse()?;
+/// let config = node_client_config(Some(pin));
+/// assert_eq!(config.alpn_protocols, [b"http/1.1".to_vec()]);
+/// # Ok::<(), segvault::tls::PinError>(())
+/// ```
 pub fn node_client_config(pin: Option<SpkiPin>) -> ClientConfig {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])

@@ -426,6 +426,112 @@ fn verify_and_info_report_the_state_of_the_shares() {
 }
 
 #[test]
+fn verify_checks_a_list_of_caps_a_line_per_file_and_sums_up() {
+    let vault = Segvault::new();
+    let healthy = vault.put_bytes(&random_bytes(300_000, 21), &[]);
+    let damaged = vault.put_bytes(&random_bytes(300_000, 22), &[]);
+    let lost = vault.put_bytes(&random_bytes(300_000, 23), &[]);
+    let damaged_shares = vault.share_files(&damaged);
+    std::fs::remove_file(&damaged_shares[0]).unwrap();
+    let mut bytes = std::fs::read(&damaged_shares[1]).unwrap();
+    bytes[2000] ^= 0x55;
+    std::fs::write(&damaged_shares[1], bytes).unwrap();
+    // Two shares left of k = 3.
+    for share in &vault.share_files(&lost)[2..] {
+        std::fs::remove_file(share).unwrap();
+    }
+    let list = vault.root.path().join("caps.txt");
+    std::fs::write(
+        &list,
+        format!("# three films\nholiday.mp4 {healthy}\n\n{damaged}\nthe lost one {lost}\n"),
+    )
+    .unwrap();
+
+    let output = vault.run(
+        &["verify", "--caps", list.to_str().unwrap(), "--jobs", "2"],
+        None,
+    );
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{report}");
+    let line_of = |line: &str| {
+        report
+            .lines()
+            .find(|l| l.contains(&format!("(line {line}")))
+            .unwrap_or_else(|| panic!("no line {line}: {report}"))
+            .to_owned()
+    };
+    let first = line_of("2");
+    assert!(
+        first.starts_with("healthy") && first.contains("holiday.mp4"),
+        "{first}"
+    );
+    assert!(first.contains("10 of 10 shares good"), "{first}");
+    let second = line_of("4");
+    assert!(second.starts_with("UNHEALTHY"), "{second}");
+    assert!(
+        second.contains("8 of 10 shares good")
+            && second.contains("missing")
+            && second.contains("bad"),
+        "{second}"
+    );
+    let third = line_of("5");
+    assert!(
+        third.starts_with("UNRECOVERABLE") && third.contains("the lost one"),
+        "{third}"
+    );
+    assert!(
+        report.ends_with(
+            "3 files: 1 healthy, 1 unhealthy (repairable), 1 unrecoverable, 0 with an altered cap\n"
+        ),
+        "{report}"
+    );
+    for cap in [&healthy, &damaged, &lost] {
+        assert!(
+            !report.contains(cap.as_str()),
+            "a cap was printed: {report}"
+        );
+    }
+
+    // From stdin; a healthy list exits 0.
+    let output = vault.run(
+        &["verify", "--caps", "-"],
+        Some(format!("{healthy}\n").as_bytes()),
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+
+    // A bad line stops it before any file is checked, naming the line and not quoting it.
+    let secret = format!("sv1-read:{}:short:3:10:131072:5", "q".repeat(52));
+    std::fs::write(&list, format!("{healthy}\nbroken {secret}\n")).unwrap();
+    let output = vault.run(&["verify", "--caps", list.to_str().unwrap()], None);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("line 2"), "{stderr}");
+    assert!(!stderr.contains(&"q".repeat(52)), "{stderr}");
+    assert!(
+        output.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    // A cap and a list together, or no jobs, are refused by the parser.
+    assert!(
+        !vault
+            .run(&["verify", &healthy, "--caps", "-"], None)
+            .status
+            .success()
+    );
+    assert!(
+        !vault
+            .run(&["verify", "--caps", "-", "--jobs", "0"], Some(b""))
+            .status
+            .success()
+    );
+}
+
+#[test]
 fn bad_input_gets_a_clear_error_and_no_panic() {
     let vault = Segvault::new();
     let cap = vault.put_bytes(b"some bytes", &[]);

@@ -55,8 +55,8 @@ enum Command {
     Put(put::PutArgs),
     /// Download a file or a byte range of it.
     Get(get::GetArgs),
-    /// Check every share of a file; exits non-zero if any is bad or missing.
-    Verify(CapArgs),
+    /// Check every share of a file (or of every file in a list); exits non-zero if any is bad or missing.
+    Verify(info::VerifyArgs),
     /// Show a file's parameters and where its shares are.
     Info(CapArgs),
     /// Serve files over HTTP, with Range requests, uploads and a small page at `/`.

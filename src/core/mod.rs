@@ -4,6 +4,7 @@
 
 pub mod cache_entry;
 pub mod cap;
+pub mod cap_list;
 pub mod choice;
 pub mod cipher;
 pub mod codec;

@@ -440,10 +440,23 @@ fn verify_checks_a_list_of_caps_a_line_per_file_and_sums_up() {
     for share in &vault.share_files(&lost)[2..] {
         std::fs::remove_file(share).unwrap();
     }
+    // A verify cap of the healthy file with one character of its UEB hash changed.
+    let info = String::from_utf8(vault.ok(&["info", &healthy], None)).unwrap();
+    let verify_cap = info
+        .lines()
+        .find_map(|l| l.strip_prefix("verify cap:"))
+        .unwrap()
+        .trim();
+    let mut fields: Vec<String> = verify_cap.split(':').map(str::to_owned).collect();
+    let flipped = if fields[2].starts_with('m') { "n" } else { "m" };
+    fields[2].replace_range(0..1, flipped);
+    let altered = fields.join(":");
     let list = vault.root.path().join("caps.txt");
     std::fs::write(
         &list,
-        format!("# three films\nholiday.mp4 {healthy}\n\n{damaged}\nthe lost one {lost}\n"),
+        format!(
+            "# four films\nholiday.mp4 {healthy}\n\n{damaged}\nthe lost one {lost}\nretyped {altered}\n"
+        ),
     )
     .unwrap();
 
@@ -481,11 +494,17 @@ fn verify_checks_a_list_of_caps_a_line_per_file_and_sums_up() {
     );
     assert!(
         report.ends_with(
-            "3 files: 1 healthy, 1 unhealthy (repairable), 1 unrecoverable, 0 with an altered cap\n"
+            "4 files: 1 healthy, 1 unhealthy (repairable), 1 unrecoverable, 1 with an altered cap\n"
         ),
         "{report}"
     );
-    for cap in [&healthy, &damaged, &lost] {
+    let fourth = line_of("6");
+    assert!(
+        fourth.starts_with("ALTERED CAP") && fourth.contains("retyped"),
+        "{fourth}"
+    );
+    assert!(fourth.contains("altered or mistyped"), "{fourth}");
+    for cap in [&healthy, &damaged, &lost, &altered] {
         assert!(
             !report.contains(cap.as_str()),
             "a cap was printed: {report}"

@@ -1,5 +1,6 @@
 //! `segvault verify` and `segvault info`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::cli::size;
@@ -7,8 +8,6 @@ use segvault::ReaderConfig;
 use segvault::core::cap::Cap;
 use segvault::core::layout::ShareLayout;
 use segvault::engine::audit;
-
-use std::path::PathBuf;
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
@@ -184,10 +183,8 @@ fn summary_line(entry: &CapListEntry, report: &VerifyReport, n: u16) -> String {
         Verdict::Unhealthy => "UNHEALTHY",
         Verdict::Unrecoverable => "UNRECOVERABLE",
         Verdict::AlteredCap => {
-            return format!(
-                "ALTERED CAP    {}: the cap does not match the file its storage index names: altered or mistyped",
-                where_in_list(entry, report)
-            );
+            // The report's own words, which are `get`'s.
+            return format!("ALTERED CAP    {}: {report}", where_in_list(entry, report));
         }
     };
     format!(

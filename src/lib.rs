@@ -63,6 +63,7 @@ pub mod grid;
 pub mod metrics;
 #[cfg(feature = "node")]
 pub mod node;
+pub mod repair;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod store;

@@ -197,16 +197,7 @@ fn summary_line(entry: &CapListEntry, report: &VerifyReport, n: u16) -> String {
 /// `verify --caps`: every cap is read and checked first (a bad line stops it before any
 /// file is looked at), then `jobs` files at a time, a line each as they finish, and a summary.
 async fn verify_list(cli: &Cli, list: &std::path::Path, jobs: usize) -> anyhow::Result<ExitCode> {
-    let text = if list.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin()).context("reading the cap list from stdin")?
-    } else {
-        std::fs::read_to_string(list)
-            .with_context(|| format!("reading the cap list {}", list.display()))?
-    };
-    let text = zeroize::Zeroizing::new(text);
-    let entries =
-        parse_cap_list(&text).with_context(|| format!("in the cap list {}", list.display()))?;
-    drop(text);
+    let entries = load_cap_list(list)?;
     let grid = cli.grid()?;
     let config = ReaderConfig::default();
     let total = entries.len();
@@ -246,4 +237,17 @@ async fn verify_list(cli: &Cli, list: &std::path::Path, jobs: usize) -> anyhow::
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Reads and parses a cap list (`-`: stdin); every line is checked before any is used.
+pub(crate) fn load_cap_list(list: &std::path::Path) -> anyhow::Result<Vec<CapListEntry>> {
+    let text = if list.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the cap list from stdin")?
+    } else {
+        std::fs::read_to_string(list)
+            .with_context(|| format!("reading the cap list {}", list.display()))?
+    };
+    // The list is all caps: its text is wiped once parsed.
+    let text = zeroize::Zeroizing::new(text);
+    parse_cap_list(&text).with_context(|| format!("in the cap list {}", list.display()))
 }

@@ -3,6 +3,7 @@
 mod get;
 mod info;
 mod put;
+mod repair;
 #[cfg(feature = "gateway")]
 mod serve;
 mod size;
@@ -59,6 +60,8 @@ enum Command {
     Verify(info::VerifyArgs),
     /// Show a file's parameters and where its shares are.
     Info(CapArgs),
+    /// Rebuild a file's missing and corrupt shares from any k good ones (or every file in a list); exits non-zero unless all end healthy.
+    Repair(repair::RepairArgs),
     /// Serve files over HTTP, with Range requests, uploads and a small page at `/`.
     #[cfg(feature = "gateway")]
     Serve(serve::ServeArgs),
@@ -372,6 +375,7 @@ pub(crate) fn main() -> ExitCode {
             Command::Get(args) => get::run(&cli, args).await,
             Command::Verify(args) => info::verify(&cli, args).await,
             Command::Info(args) => info::info(&cli, args).await,
+            Command::Repair(args) => repair::run(&cli, args).await,
             #[cfg(feature = "gateway")]
             Command::Serve(args) => serve::run(&cli, args).await,
             #[cfg(feature = "node")]

@@ -129,13 +129,13 @@ const CLEAN_UP_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The signal that stopped a command.
 #[derive(Clone, Copy, Debug)]
-enum Interrupt {
+pub(crate) enum Interrupt {
     Interrupt,
     Terminate,
 }
 
 impl Interrupt {
-    fn number(self) -> u8 {
+    pub(crate) fn number(self) -> u8 {
         match self {
             Interrupt::Interrupt => 2,
             Interrupt::Terminate => 15,
@@ -153,7 +153,7 @@ impl std::fmt::Display for Interrupt {
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM, saying which.
-async fn interrupted() -> Interrupt {
+pub(crate) async fn interrupted() -> Interrupt {
     let mut terminate =
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(signal) => signal,

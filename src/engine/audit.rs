@@ -23,6 +23,7 @@ use crate::core::tree::{self, NodeIndex, TreeShape};
 use crate::core::ueb::Ueb;
 use crate::core::verifier;
 use crate::grid::Grid;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::store::{MAX_READ_BYTES, StoreError};
@@ -151,19 +152,33 @@ fn altered_cap_message(storage_index: StorageIndex) -> String {
     super::ReadError::AlteredCap { storage_index }.to_string()
 }
 
-/// A store read that gives up after `timeout` (a stalled server must not hang a check).
-async fn read(
-    grid: &Grid,
-    server: usize,
-    cap: &VerifyCap,
-    share: ShareNum,
-    ranges: Vec<std::ops::Range<u64>>,
+/// Store reads that give up after `timeout` (a stalled server must not hang a check), with
+/// the bytes they brought counted.
+struct ShareReader<'a> {
+    grid: &'a Grid,
+    cap: &'a VerifyCap,
     timeout: Duration,
-) -> Result<Vec<bytes::Bytes>, StoreError> {
-    let store = grid.servers()[server].store();
-    tokio::time::timeout(timeout, store.read(cap.storage_index(), share, ranges))
+    bytes: AtomicU64,
+}
+
+impl ShareReader<'_> {
+    async fn read(
+        &self,
+        server: usize,
+        share: ShareNum,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> Result<Vec<bytes::Bytes>, StoreError> {
+        let store = self.grid.servers()[server].store();
+        let parts = tokio::time::timeout(
+            self.timeout,
+            store.read(self.cap.storage_index(), share, ranges),
+        )
         .await
-        .unwrap_or(Err(StoreError::Timeout(timeout)))
+        .unwrap_or(Err(StoreError::Timeout(self.timeout)))?;
+        let len: usize = parts.iter().map(bytes::Bytes::len).sum();
+        self.bytes.fetch_add(len as u64, Ordering::Relaxed);
+        Ok(parts)
+    }
 }
 
 struct Candidate {
@@ -182,133 +197,239 @@ pub async fn verify(
     config: &ReaderConfig,
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> VerifyReport {
-    let si = cap.storage_index();
-    let g = *cap.geometry();
-    let layout = ShareLayout::new(&g);
-    let mut report = VerifyReport {
-        storage_index: si,
-        shares: Vec::new(),
-        missing: Vec::new(),
-        server_errors: Vec::new(),
-        unrecoverable: Vec::new(),
-        segments: g.num_segments(),
-        altered_cap: false,
-    };
-    let mut candidates = Vec::new();
-    for (server, listing) in discover(grid, si, g.n(), config.request_timeout)
+    Survey::new(grid, cap, config)
         .await
-        .into_iter()
-        .enumerate()
-    {
-        match listing {
-            Ok(shares) => candidates.extend(shares.into_iter().map(|share| Candidate {
-                server,
-                check: ShareCheck {
-                    server: grid.servers()[server].name().to_owned(),
-                    share,
-                    problems: Vec::new(),
-                    more_problems: 0,
-                },
-                root: None,
-                header_problem: None,
-            })),
-            Err(e) => report
-                .server_errors
-                .push((grid.servers()[server].name().to_owned(), e)),
-        }
-    }
-    report.missing = (0..g.n())
-        .map(|s| ShareNum(s as u8))
-        .filter(|s| !candidates.iter().any(|c| c.check.share == *s))
-        .collect();
+        .check_segments(progress, None)
+        .await
+        .report
+}
 
-    let ueb_found = futures::future::join_all(
-        candidates
-            .iter_mut()
-            .map(|c| check_front(grid, cap, &layout, c, config.request_timeout)),
-    )
-    .await;
-    let Some(ueb) = ueb_found.into_iter().flatten().next() else {
-        // No share holds the UEB the cap names. If the shares hold the UEB the cap's hash
-        // names but other parameters, or k of them agree on another UEB, the cap is wrong
-        // (altered or mistyped), not every share.
-        let mut other_uebs: HashMap<Hash, HashSet<ShareNum>> = HashMap::new();
-        for c in &candidates {
-            if let Some(Problem::OtherUeb(hash)) = &c.header_problem {
-                other_uebs.entry(*hash).or_default().insert(c.check.share);
+/// What a repairer is handed for each segment whose shares decode to what the ciphertext
+/// tree names: the blocks every share should hold (`blocks[i]` is share `i`'s, data then
+/// parity) and the segment's ciphertext leaf. Called from the blocking pool, segments in
+/// any order.
+pub(crate) trait SegmentSink: Send + Sync {
+    /// Takes one segment.
+    fn segment(
+        &self,
+        segment: SegmentIndex,
+        blocks: &[Vec<u8>],
+        ciphertext_leaf: Hash,
+    ) -> std::io::Result<()>;
+}
+
+/// The first part of a check: every share found, its front (header, UEB, block-tree root
+/// proven through the share chain) and its tree sections checked. [`check_segments`]
+/// (Self::check_segments) does the rest.
+pub(crate) struct Survey<'a> {
+    reader: ShareReader<'a>,
+    layout: ShareLayout,
+    report: VerifyReport,
+    candidates: Vec<Candidate>,
+    ueb: Option<Ueb>,
+}
+
+/// Everything a whole check found.
+pub(crate) struct Checked {
+    /// What `verify` prints.
+    pub(crate) report: VerifyReport,
+    /// Every copy found: server, share, whether it was wholly good, and its proven
+    /// block-tree root.
+    pub(crate) copies: Vec<(usize, ShareNum, bool, Option<Hash>)>,
+    /// Bytes read from the stores.
+    pub(crate) bytes_read: u64,
+    /// Why the sink failed, if it did (its segments are then not all written).
+    pub(crate) sink_error: Option<String>,
+}
+
+impl<'a> Survey<'a> {
+    /// Finds every share and checks what can be checked without reading the blocks.
+    pub(crate) async fn new(
+        grid: &'a Grid,
+        cap: &'a VerifyCap,
+        config: &ReaderConfig,
+    ) -> Survey<'a> {
+        let si = cap.storage_index();
+        let g = *cap.geometry();
+        let layout = ShareLayout::new(&g);
+        let reader = ShareReader {
+            grid,
+            cap,
+            timeout: config.request_timeout,
+            bytes: AtomicU64::new(0),
+        };
+        let mut report = VerifyReport {
+            storage_index: si,
+            shares: Vec::new(),
+            missing: Vec::new(),
+            server_errors: Vec::new(),
+            unrecoverable: Vec::new(),
+            segments: g.num_segments(),
+            altered_cap: false,
+        };
+        let mut candidates = Vec::new();
+        for (server, listing) in discover(grid, si, g.n(), config.request_timeout)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            match listing {
+                Ok(shares) => candidates.extend(shares.into_iter().map(|share| Candidate {
+                    server,
+                    check: ShareCheck {
+                        server: grid.servers()[server].name().to_owned(),
+                        share,
+                        problems: Vec::new(),
+                        more_problems: 0,
+                    },
+                    root: None,
+                    header_problem: None,
+                })),
+                Err(e) => report
+                    .server_errors
+                    .push((grid.servers()[server].name().to_owned(), e)),
             }
         }
-        report.altered_cap = candidates
-            .iter()
-            .any(|c| matches!(c.header_problem, Some(Problem::AlteredCap)))
-            || other_uebs.values().any(|s| s.len() >= usize::from(g.k()));
-        report.unrecoverable = (0..g.num_segments()).map(SegmentIndex).collect();
-        report.shares = candidates.into_iter().map(|c| c.check).collect();
-        return report;
-    };
-    futures::stream::iter(candidates.iter_mut())
-        .for_each_concurrent(TREE_CHECKS_IN_FLIGHT, |c| {
-            check_trees(grid, cap, &layout, &ueb, c, config.request_timeout)
-        })
-        .await;
+        report.missing = (0..g.n())
+            .map(|s| ShareNum(s as u8))
+            .filter(|s| !candidates.iter().any(|c| c.check.share == *s))
+            .collect();
 
-    let codec = Codec::new(g.k(), g.n()).ok();
-    let proven: Vec<(usize, ShareNum, Option<Hash>)> = candidates
-        .iter()
-        .map(|c| (c.server, c.check.share, c.root))
-        .collect();
-    let checker = SegmentChecker {
-        grid,
-        cap,
-        layout: &layout,
-        ueb: &ueb,
-        codec: codec.as_ref(),
-        candidates: &proven,
-        timeout: config.request_timeout,
-    };
-    let mut segments = futures::stream::iter(0..g.num_segments())
-        .map(|s| {
-            let checker = &checker;
-            async move { (s, check_segment(checker, SegmentIndex(s)).await) }
-        })
-        .buffered(SEGMENTS_IN_FLIGHT);
-    let mut done = 0;
-    while let Some((s, outcome)) = segments.next().await {
-        for (index, problem) in outcome.problems {
-            candidates[index].check.problem(problem);
+        let ueb_found = futures::future::join_all(
+            candidates
+                .iter_mut()
+                .map(|c| check_front(&reader, &layout, c)),
+        )
+        .await;
+        let ueb = ueb_found.into_iter().flatten().next();
+        match &ueb {
+            Some(ueb) => {
+                futures::stream::iter(candidates.iter_mut())
+                    .for_each_concurrent(TREE_CHECKS_IN_FLIGHT, |c| {
+                        check_trees(&reader, &layout, ueb, c)
+                    })
+                    .await;
+            }
+            None => {
+                // No share holds the UEB the cap names. If the shares hold the UEB the cap's
+                // hash names but other parameters, or k of them agree on another UEB, the
+                // cap is wrong (altered or mistyped), not every share.
+                let mut other_uebs: HashMap<Hash, HashSet<ShareNum>> = HashMap::new();
+                for c in &candidates {
+                    if let Some(Problem::OtherUeb(hash)) = &c.header_problem {
+                        other_uebs.entry(*hash).or_default().insert(c.check.share);
+                    }
+                }
+                report.altered_cap = candidates
+                    .iter()
+                    .any(|c| matches!(c.header_problem, Some(Problem::AlteredCap)))
+                    || other_uebs.values().any(|s| s.len() >= usize::from(g.k()));
+                report.unrecoverable = (0..g.num_segments()).map(SegmentIndex).collect();
+            }
         }
-        if !outcome.recoverable {
-            report.unrecoverable.push(SegmentIndex(s));
-        }
-        done += 1;
-        if let Some(progress) = progress {
-            progress(done);
+        Survey {
+            reader,
+            layout,
+            report,
+            candidates,
+            ueb,
         }
     }
-    report.shares = candidates.into_iter().map(|c| c.check).collect();
-    report
+
+    /// Share numbers with a copy whose front and tree sections are good so far.
+    pub(crate) fn sound_so_far(&self) -> std::collections::BTreeSet<ShareNum> {
+        self.candidates
+            .iter()
+            .filter(|c| c.root.is_some() && c.check.is_good())
+            .map(|c| c.check.share)
+            .collect()
+    }
+
+    /// The file's UEB, if any share held the one the cap names.
+    pub(crate) fn ueb(&self) -> Option<&Ueb> {
+        self.ueb.as_ref()
+    }
+
+    /// Checks every segment of every share (the blocks, their chains, and that the shares
+    /// agree), handing each decoded segment to `sink`.
+    pub(crate) async fn check_segments(
+        self,
+        progress: Option<&(dyn Fn(u64) + Sync)>,
+        sink: Option<std::sync::Arc<dyn SegmentSink>>,
+    ) -> Checked {
+        let Survey {
+            reader,
+            layout,
+            mut report,
+            mut candidates,
+            ueb,
+        } = self;
+        let g = *reader.cap.geometry();
+        let mut sink_error = None;
+        if let Some(ueb) = &ueb {
+            let codec = Codec::new(g.k(), g.n()).ok();
+            let proven: Vec<(usize, ShareNum, Option<Hash>)> = candidates
+                .iter()
+                .map(|c| (c.server, c.check.share, c.root))
+                .collect();
+            let checker = SegmentChecker {
+                reader: &reader,
+                layout: &layout,
+                ueb,
+                codec: codec.as_ref(),
+                candidates: &proven,
+                sink: sink.as_ref(),
+            };
+            let mut segments = futures::stream::iter(0..g.num_segments())
+                .map(|s| {
+                    let checker = &checker;
+                    async move { (s, check_segment(checker, SegmentIndex(s)).await) }
+                })
+                .buffered(SEGMENTS_IN_FLIGHT);
+            let mut done = 0;
+            while let Some((s, outcome)) = segments.next().await {
+                for (index, problem) in outcome.problems {
+                    candidates[index].check.problem(problem);
+                }
+                if !outcome.recoverable {
+                    report.unrecoverable.push(SegmentIndex(s));
+                }
+                if let Some(e) = outcome.sink_error {
+                    sink_error.get_or_insert(e);
+                }
+                done += 1;
+                if let Some(progress) = progress {
+                    progress(done);
+                }
+            }
+        }
+        let copies = candidates
+            .iter()
+            .map(|c| (c.server, c.check.share, c.check.is_good(), c.root))
+            .collect();
+        report.shares = candidates.into_iter().map(|c| c.check).collect();
+        Checked {
+            report,
+            copies,
+            bytes_read: reader.bytes.load(Ordering::Relaxed),
+            sink_error,
+        }
+    }
 }
 
 /// Header and UEB (against the cap), then this share's block-tree root, proven through the
 /// share chain of its first record. Returns the UEB if the header region is good.
 async fn check_front(
-    grid: &Grid,
-    cap: &VerifyCap,
+    reader: &ShareReader<'_>,
     layout: &ShareLayout,
     c: &mut Candidate,
-    timeout: Duration,
 ) -> Option<Ueb> {
+    let cap = reader.cap;
     let g = cap.geometry();
     let share = c.check.share;
-    let region = match read(
-        grid,
-        c.server,
-        cap,
-        share,
-        vec![layout.header_region()],
-        timeout,
-    )
-    .await
+    let region = match reader
+        .read(c.server, share, vec![layout.header_region()])
+        .await
     {
         Ok(parts) => parts.into_iter().next().unwrap_or_default(),
         Err(e) => {
@@ -342,7 +463,7 @@ async fn check_front(
         layout.record_range(first),
         root_at..root_at + HASH_LEN as u64,
     ];
-    let (record, stored_root) = match read(grid, c.server, cap, share, reads, timeout).await {
+    let (record, stored_root) = match reader.read(c.server, share, reads).await {
         Ok(parts) if parts.len() == 2 => (parts[0].clone(), Hash::from_slice(&parts[1])),
         Ok(_) => return Some(ueb),
         Err(e) => {
@@ -385,15 +506,8 @@ async fn check_front(
 
 /// Both tree sections: every interior node is the hash of its children and the roots are
 /// the proven ones. Sections too large to hold in memory at once are skipped.
-async fn check_trees(
-    grid: &Grid,
-    cap: &VerifyCap,
-    layout: &ShareLayout,
-    ueb: &Ueb,
-    c: &mut Candidate,
-    timeout: Duration,
-) {
-    let shape = cap.geometry().segment_tree();
+async fn check_trees(reader: &ShareReader<'_>, layout: &ShareLayout, ueb: &Ueb, c: &mut Candidate) {
+    let shape = reader.cap.geometry().segment_tree();
     let sections = [
         ("block tree", layout.block_tree_range(), c.root),
         (
@@ -406,7 +520,7 @@ async fn check_trees(
         if range.end - range.start > MAX_READ_BYTES {
             continue;
         }
-        let bytes = match read(grid, c.server, cap, c.check.share, vec![range], timeout).await {
+        let bytes = match reader.read(c.server, c.check.share, vec![range]).await {
             Ok(parts) => parts.into_iter().next().unwrap_or_default(),
             Err(e) => {
                 c.check
@@ -441,37 +555,36 @@ fn section_problem(bytes: &[u8], shape: &TreeShape, root: Option<Hash>) -> Optio
 struct SegmentOutcome {
     problems: Vec<(usize, String)>,
     recoverable: bool,
+    sink_error: Option<String>,
 }
 
 /// What every segment check needs.
 struct SegmentChecker<'a> {
-    grid: &'a Grid,
-    cap: &'a VerifyCap,
+    reader: &'a ShareReader<'a>,
     layout: &'a ShareLayout,
     ueb: &'a Ueb,
     codec: Option<&'a Codec>,
     /// Per candidate: server, share, proven block-tree root.
     candidates: &'a [(usize, ShareNum, Option<Hash>)],
-    timeout: Duration,
+    sink: Option<&'a std::sync::Arc<dyn SegmentSink>>,
 }
 
 async fn check_segment(checker: &SegmentChecker<'_>, s: SegmentIndex) -> SegmentOutcome {
     let SegmentChecker {
-        grid,
-        cap,
+        reader,
         layout,
         ueb,
         codec,
         candidates,
-        timeout,
+        sink,
     } = *checker;
-    let g = cap.geometry();
+    let g = reader.cap.geometry();
     let range = layout.record_range(s);
     let reads = candidates.iter().map(|&(server, share, root)| {
         let range = range.clone();
         async move {
             match root {
-                Some(_) => Some(read(grid, server, cap, share, vec![range], timeout).await),
+                Some(_) => Some(reader.read(server, share, vec![range]).await),
                 None => None,
             }
         }
@@ -522,12 +635,14 @@ async fn check_segment(checker: &SegmentChecker<'_>, s: SegmentIndex) -> Segment
         return SegmentOutcome {
             problems,
             recoverable: false,
+            sink_error: None,
         };
     }
     let Some(codec) = codec else {
         return SegmentOutcome {
             problems,
             recoverable: true,
+            sink_error: None,
         };
     };
     // Find k shares whose decode the ciphertext tree accepts (trying sets the way a reader
@@ -559,6 +674,7 @@ async fn check_segment(checker: &SegmentChecker<'_>, s: SegmentIndex) -> Segment
         return SegmentOutcome {
             problems,
             recoverable: false,
+            sink_error: None,
         };
     };
     for (index, _, _, chain) in &verified {
@@ -572,23 +688,42 @@ async fn check_segment(checker: &SegmentChecker<'_>, s: SegmentIndex) -> Segment
     let refs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
     let mut parity = vec![vec![0u8; refs[0].len()]; usize::from(g.n() - g.k())];
     let mut parity_refs: Vec<&mut [u8]> = parity.iter_mut().map(Vec::as_mut_slice).collect();
-    if codec.encode(&refs, &mut parity_refs).is_ok() {
-        for (index, share, block, _) in &verified {
-            let expected: &[u8] = if share.index() < k {
-                &data[share.index()]
-            } else {
-                &parity[share.index() - k]
-            };
-            if &block[..] != expected {
-                problems.push((
-                    *index,
-                    format!("segment {s}: block disagrees with the other shares"),
-                ));
-            }
+    if codec.encode(&refs, &mut parity_refs).is_err() {
+        return SegmentOutcome {
+            problems,
+            recoverable: true,
+            sink_error: sink.map(|_| format!("segment {s}: cannot re-encode")),
+        };
+    }
+    for (index, share, block, _) in &verified {
+        let expected: &[u8] = if share.index() < k {
+            &data[share.index()]
+        } else {
+            &parity[share.index() - k]
+        };
+        if &block[..] != expected {
+            problems.push((
+                *index,
+                format!("segment {s}: block disagrees with the other shares"),
+            ));
         }
+    }
+    let mut sink_error = None;
+    if let Some(sink) = sink {
+        let sink = sink.clone();
+        let mut blocks = data;
+        blocks.extend(parity);
+        let written =
+            tokio::task::spawn_blocking(move || sink.segment(s, &blocks, ciphertext_leaf)).await;
+        sink_error = match written {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("segment {s}: {e}")),
+            Err(e) => Some(format!("segment {s}: {e}")),
+        };
     }
     SegmentOutcome {
         problems,
         recoverable: true,
+        sink_error,
     }
 }

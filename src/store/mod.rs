@@ -246,6 +246,32 @@ impl SpooledShare {
         Ok(SpooledShare { file, len })
     }
 
+    /// A second spool of the same finished share, to hand to a store while this one is kept
+    /// (a share that may need a second server if the first refuses it): a hard link beside
+    /// this one where the filesystem allows, else a copy. It is covered by this spool's lock
+    /// (one inode), so it must not outlive this spool.
+    pub fn duplicate(&self) -> io::Result<SpooledShare> {
+        let dir = self.path().parent().unwrap_or_else(|| Path::new("."));
+        let linked = tempfile::Builder::new()
+            .prefix("spool-")
+            .suffix(".part")
+            .make_in(dir, |path| {
+                std::fs::hard_link(self.path(), path)?;
+                File::open(path)
+            });
+        match linked {
+            Ok(file) => Ok(SpooledShare {
+                file,
+                len: self.len,
+            }),
+            Err(_) => {
+                let copy = SpooledShare::create(dir, self.len)?;
+                std::fs::copy(self.path(), copy.path())?;
+                Ok(copy)
+            }
+        }
+    }
+
     /// The spool's file, for positional writes.
     pub fn file(&self) -> &File {
         self.file.as_file()

@@ -478,37 +478,20 @@ fn finish_shares(
         if i != 0 {
             ciphertext.copy_to(file, layout.ciphertext_tree_range().start)?;
         }
-        let blocks = section(i, layout.block_tree_range());
-        let mut block_chains = blocks.chain_reader();
-        let mut ciphertext_chains = ciphertext.chain_reader();
-        // Every record ends with the same share chain: the path from the block-tree root on
-        // to the UEB's share root, so one contiguous read verifies a block from nothing.
-        let share_chain: Vec<u8> = tree::chain_of(&share_tree, &geometry.share_tree(), i as u64)
-            .iter()
-            .flat_map(|h| h.0)
-            .collect();
-        let mut path = Vec::with_capacity(layout.depth() as usize * 64 + share_chain.len());
-        for s in 0..geometry.num_segments() {
-            if s % 1024 == 0 && stop.load(Ordering::Relaxed) {
-                return Err(cancelled());
-            }
-            path.clear();
-            for level in 0..layout.depth() {
-                path.extend_from_slice(&block_chains.sibling(s, level)?.0);
-                path.extend_from_slice(&ciphertext_chains.sibling(s, level)?.0);
-            }
-            path.extend_from_slice(&share_chain);
-            file.write_all_at(&path, layout.chain_range(SegmentIndex(s)).start)?;
-        }
-        let mut front = ShareHeader {
-            share: ShareNum(i as u8),
-            geometry: *geometry,
+        let front = ShareFront {
+            geometry,
+            layout,
             storage_index: si,
-        }
-        .to_bytes();
-        front.extend_from_slice(&ueb_bytes);
-        debug_assert_eq!(front.len() as u64, layout.header_region().end);
-        file.write_all_at(&front, 0)
+            share_tree: &share_tree,
+            ueb_bytes: &ueb_bytes,
+        };
+        front.write(
+            file,
+            ShareNum(i as u8),
+            &section(i, layout.block_tree_range()),
+            &ciphertext,
+            stop,
+        )
     };
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..spools.len())
@@ -537,5 +520,67 @@ pub(super) fn cancelled_or(error: io::Error, stop: &AtomicBool) -> PutError {
         }
     } else {
         spool_error("share spools")(error)
+    }
+}
+
+/// What every share of a file has in common beyond its blocks: the geometry, the share tree
+/// (over every share's block-tree root) and the UEB.
+pub(crate) struct ShareFront<'a> {
+    pub(crate) geometry: &'a Geometry,
+    pub(crate) layout: &'a ShareLayout,
+    pub(crate) storage_index: StorageIndex,
+    /// The share tree's nodes, in array order.
+    pub(crate) share_tree: &'a [Hash],
+    pub(crate) ueb_bytes: &'a [u8],
+}
+
+impl ShareFront<'_> {
+    /// Writes share `share`'s record chains (block- and ciphertext-tree siblings, then the
+    /// share chain) and its front (header and UEB) into `file`, whose blocks and both tree
+    /// sections (`blocks`, and `ciphertext` wherever it is) are already built.
+    pub(crate) fn write(
+        &self,
+        file: &File,
+        share: ShareNum,
+        blocks: &TreeSection<'_>,
+        ciphertext: &TreeSection<'_>,
+        stop: &AtomicBool,
+    ) -> io::Result<()> {
+        let cancelled = || io::Error::new(io::ErrorKind::Interrupted, "cancelled");
+        let (geometry, layout) = (self.geometry, self.layout);
+        let mut block_chains = blocks.chain_reader();
+        let mut ciphertext_chains = ciphertext.chain_reader();
+        // Every record ends with the same share chain: the path from the block-tree root on
+        // to the UEB's share root, so one contiguous read verifies a block from nothing.
+        let share_chain: Vec<u8> = tree::chain_of(
+            self.share_tree,
+            &geometry.share_tree(),
+            share.index() as u64,
+        )
+        .iter()
+        .flat_map(|h| h.0)
+        .collect();
+        let mut path = Vec::with_capacity(layout.depth() as usize * 64 + share_chain.len());
+        for s in 0..geometry.num_segments() {
+            if s % 1024 == 0 && stop.load(Ordering::Relaxed) {
+                return Err(cancelled());
+            }
+            path.clear();
+            for level in 0..layout.depth() {
+                path.extend_from_slice(&block_chains.sibling(s, level)?.0);
+                path.extend_from_slice(&ciphertext_chains.sibling(s, level)?.0);
+            }
+            path.extend_from_slice(&share_chain);
+            file.write_all_at(&path, layout.chain_range(SegmentIndex(s)).start)?;
+        }
+        let mut front = ShareHeader {
+            share,
+            geometry: *geometry,
+            storage_index: self.storage_index,
+        }
+        .to_bytes();
+        front.extend_from_slice(self.ueb_bytes);
+        debug_assert_eq!(front.len() as u64, layout.header_region().end);
+        file.write_all_at(&front, 0)
     }
 }

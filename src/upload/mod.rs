@@ -10,9 +10,9 @@
 //! Input of unknown length (a pipe) is first spooled to an unnamed temporary file *already
 //! encrypted*, because the share layout depends on the size; plaintext never touches disk.
 
-mod encode;
+pub(crate) mod encode;
 mod options;
-mod tree_file;
+pub(crate) mod tree_file;
 
 #[cfg(any(test, feature = "testing"))]
 pub use options::Tamper;
@@ -240,7 +240,7 @@ const PREFLIGHT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 
 /// Checks every server at once: the indexes of those that answered, and a line for each
 /// that did not.
-async fn preflight(grid: &Grid) -> (Vec<usize>, String) {
+pub(crate) async fn preflight(grid: &Grid) -> (Vec<usize>, String) {
     let checks = grid.servers().iter().map(|server| async move {
         match tokio::time::timeout(PREFLIGHT_TIMEOUT, server.store().check()).await {
             Ok(Ok(())) => Ok(()),

@@ -5,129 +5,13 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
 
 use common::process::{self, last_line};
+use common::vault::Segvault;
 use common::{files_under, random_bytes};
 
 const SEGMENT: u64 = 128 * 1024;
-
-/// A data directory and the binary.
-struct Segvault {
-    root: tempfile::TempDir,
-}
-
-impl Segvault {
-    fn new() -> Segvault {
-        let root = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir_all(root.path().join("tmp")).unwrap();
-        Segvault { root }
-    }
-
-    fn data(&self) -> PathBuf {
-        self.root.path().join("data")
-    }
-
-    fn command(&self) -> Command {
-        let mut command = process::segvault();
-        command
-            .arg("--data")
-            .arg(self.data())
-            // Anything the program writes to a temp dir lands where the scan can see it.
-            .env("TMPDIR", self.root.path().join("tmp"));
-        command
-    }
-
-    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
-        let mut child = self
-            .command()
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn segvault");
-        if let Some(bytes) = stdin {
-            let mut pipe = child.stdin.take().unwrap();
-            let bytes = bytes.to_vec();
-            std::thread::spawn(move || pipe.write_all(&bytes));
-        }
-        let output = child.wait_with_output().expect("wait for segvault");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!stderr.contains("panicked"), "segvault panicked: {stderr}");
-        output
-    }
-
-    fn ok(&self, args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
-        let output = self.run(args, stdin);
-        assert!(
-            output.status.success(),
-            "segvault {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output.stdout
-    }
-
-    fn put_file(&self, path: &Path, extra: &[&str]) -> String {
-        let mut args = vec!["put"];
-        args.extend_from_slice(extra);
-        let path = path.to_str().unwrap();
-        args.push(path);
-        last_line(&self.ok(&args, None))
-    }
-
-    fn put_bytes(&self, bytes: &[u8], extra: &[&str]) -> String {
-        let path = self.root.path().join("input");
-        std::fs::write(&path, bytes).unwrap();
-        let cap = self.put_file(&path, extra);
-        std::fs::remove_file(path).unwrap();
-        cap
-    }
-
-    fn get(&self, cap: &str, range: Option<&str>) -> Output {
-        match range {
-            Some(range) => self.run(&["get", cap, "--range", range], None),
-            None => self.run(&["get", cap], None),
-        }
-    }
-
-    /// The share files of `cap`'s file.
-    fn share_files(&self, cap: &str) -> Vec<PathBuf> {
-        let info = String::from_utf8(self.ok(&["info", cap], None)).unwrap();
-        let si = info
-            .lines()
-            .find_map(|l| l.strip_prefix("storage index:"))
-            .unwrap()
-            .trim()
-            .to_owned();
-        self.dirs_holding(cap)
-            .iter()
-            .flat_map(|d| files_under(&d.join("shares").join(&si[..2]).join(&si)))
-            .collect()
-    }
-
-    /// Server directories holding shares of `cap`'s file.
-    fn dirs_holding(&self, cap: &str) -> Vec<PathBuf> {
-        let info = String::from_utf8(self.ok(&["info", cap], None)).unwrap();
-        let mut dirs: Vec<PathBuf> = info
-            .lines()
-            .filter_map(|l| {
-                l.strip_prefix("  share ")
-                    .and_then(|l| l.split_once(": "))
-                    .map(|(_, d)| PathBuf::from(d))
-            })
-            .collect();
-        dirs.sort();
-        dirs.dedup();
-        dirs
-    }
-}
 
 fn empty_directory(dir: &Path) {
     for entry in std::fs::read_dir(dir).unwrap().flatten() {

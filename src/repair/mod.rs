@@ -120,6 +120,9 @@ pub struct ShareOnServer {
     pub share: u8,
     /// The server's name (a path or URL; never a secret).
     pub server: String,
+    /// For a rebuilt share: whether it took the place of the server's corrupt copy.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub replaced: bool,
 }
 
 /// A share that could not be placed, and why.
@@ -190,7 +193,14 @@ fn list(shares: &[u8]) -> String {
 fn placed(shares: &[ShareOnServer]) -> String {
     shares
         .iter()
-        .map(|p| format!("{} on {}", p.share, p.server))
+        .map(|p| {
+            let instead = if p.replaced {
+                " (replacing its corrupt copy)"
+            } else {
+                ""
+            };
+            format!("{} on {}{instead}", p.share, p.server)
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -395,7 +405,7 @@ pub async fn repair(grid: &Grid, cap: &VerifyCap, options: &RepairOptions) -> Re
     let mut built: Vec<(ShareNum, SpooledShare)> = Vec::new();
     let mut roots: BTreeMap<ShareNum, Hash> = proven_roots(&checked);
     if let Some(r) = rebuild.take() {
-        match finish(r, cap, &ueb, &needed, &roots).await {
+        match finish(r, cap, &ueb, &needed, &mut roots).await {
             Ok(shares) => built.extend(shares),
             Err(e) => {
                 report.error = Some(e);
@@ -430,7 +440,7 @@ pub async fn repair(grid: &Grid, cap: &VerifyCap, options: &RepairOptions) -> Re
             return report;
         }
         roots.extend(proven_roots(&second));
-        match finish(r, cap, &ueb, &late, &roots).await {
+        match finish(r, cap, &ueb, &late, &mut roots).await {
             Ok(shares) => built.extend(shares),
             Err(e) => {
                 report.error = Some(e);
@@ -441,18 +451,26 @@ pub async fn repair(grid: &Grid, cap: &VerifyCap, options: &RepairOptions) -> Re
     }
 
     let (stored, unplaced) = place(grid, cap.storage_index(), &checked, built).await;
-    for (share, server, bytes) in &stored {
+    for &Stored {
+        share,
+        server,
+        bytes,
+        replaced,
+    } in &stored
+    {
         report.bytes_written += bytes;
         report.rebuilt.push(ShareOnServer {
             share: share.0,
-            server: grid.servers()[*server].name().to_owned(),
+            server: grid.servers()[server].name().to_owned(),
+            replaced,
         });
-        good.insert(*share);
-        needed.remove(share);
+
+        good.insert(share);
+        needed.remove(&share);
     }
     report.unplaced = unplaced;
     let mut servers: HashSet<usize> = checked.copies.iter().filter(|c| c.2).map(|c| c.0).collect();
-    servers.extend(stored.iter().map(|(_, server, _)| *server));
+    servers.extend(stored.iter().map(|s| s.server));
     report.servers_with_good_shares = servers.len();
     report.outcome = if needed.is_empty() {
         Outcome::Repaired
@@ -505,6 +523,7 @@ fn absorb(report: &mut RepairReport, grid: &Grid, checked: &Checked) {
         .map(|&(server, share, _, _)| ShareOnServer {
             share: share.0,
             server: grid.servers()[server].name().to_owned(),
+            replaced: false,
         })
         .collect();
     if !checked.report.altered_cap {
@@ -602,25 +621,26 @@ impl SegmentSink for Rebuild {
 
 /// Builds the rebuilt shares' trees, checks them against the UEB (the ciphertext root, and
 /// the share root over these roots and the other shares' proven ones), then writes their
-/// chains and fronts. Returns the finished shares that are still `needed`.
+/// chains and fronts. Returns the finished shares that are still `needed`, and adds their
+/// roots to `roots` (a later pass needs them for its share tree).
 async fn finish(
     rebuild: Arc<Rebuild>,
     cap: &VerifyCap,
     ueb: &Ueb,
     needed: &BTreeSet<ShareNum>,
-    proven_roots: &BTreeMap<ShareNum, Hash>,
+    roots: &mut BTreeMap<ShareNum, Hash>,
 ) -> Result<Vec<(ShareNum, SpooledShare)>, String> {
     let (si, ueb, needed, proven_roots) = (
         cap.storage_index(),
         *ueb,
         needed.clone(),
-        proven_roots.clone(),
+        roots.clone(),
     );
     let ueb_bytes = ueb.to_bytes();
     if hash::ueb(&ueb_bytes) != cap.ueb_hash() {
         return Err("the UEB does not encode back to the bytes the cap names".into());
     }
-    tokio::task::spawn_blocking(move || {
+    let (shares, all_roots) = tokio::task::spawn_blocking(move || {
         let rebuild = Arc::try_unwrap(rebuild)
             .map_err(|_| "the rebuilt shares are still being written".to_owned())?;
         let io = |e: std::io::Error| format!("building the new shares' trees: {e}");
@@ -669,14 +689,17 @@ async fn finish(
                 .write(spool.file(), *share, &rebuild.blocks_tree(index), &ciphertext, &stop)
                 .map_err(io)?;
         }
-        Ok(rebuild
+        let shares = rebuild
             .spools
             .into_iter()
             .filter(|(share, _)| needed.contains(share))
-            .collect())
+            .collect();
+        Ok((shares, roots))
     })
     .await
-    .map_err(|e| format!("tree task failed: {e}"))?
+    .map_err(|e| format!("tree task failed: {e}"))??;
+    *roots = all_roots;
+    Ok(shares)
 }
 
 /// Servers in the order new shares of the file should try them: those holding no share of
@@ -720,6 +743,7 @@ fn plan_placement(
         .map(|(i, share)| ShareOnServer {
             share: share.0,
             server: grid.servers()[order[i % order.len()]].name().to_owned(),
+            replaced: false,
         })
         .collect()
 }
@@ -752,26 +776,74 @@ impl Seats {
     }
 }
 
-/// Stores each finished share on a server that holds no share of the file, trying the next
-/// when one refuses. Returns (share, server, bytes) stored, and the shares no server took.
+/// A rebuilt share stored.
+struct Stored {
+    share: ShareNum,
+    server: usize,
+    bytes: u64,
+    /// In place of the server's corrupt copy.
+    replaced: bool,
+}
+
+/// Stores each finished share: in place of its corrupt copies where their stores allow,
+/// else on a server that holds no copy of it, trying the next when one refuses. Returns the
+/// shares stored, and those no server took.
 async fn place(
     grid: &Grid,
     si: StorageIndex,
     checked: &Checked,
     built: Vec<(ShareNum, SpooledShare)>,
-) -> (Vec<(ShareNum, usize, u64)>, Vec<Unplaced>) {
-    let (responsive, _) = preflight(grid).await;
+) -> (Vec<Stored>, Vec<Unplaced>) {
     let mut holders: BTreeMap<ShareNum, HashSet<usize>> = BTreeMap::new();
     for &(server, share, ..) in &checked.copies {
         holders.entry(share).or_default().insert(server);
     }
+    let mut stored = Vec::new();
+    let mut elsewhere = Vec::new();
+    for (share, spool) in built {
+        let corrupt_on: Vec<usize> = checked
+            .copies
+            .iter()
+            .filter(|c| c.1 == share && !c.2)
+            .map(|c| c.0)
+            .collect();
+        let mut replaced_any = false;
+        for server in corrupt_on {
+            let copy = match spool.duplicate() {
+                Ok(copy) => copy,
+                Err(_) => break,
+            };
+            let store = grid.servers()[server].store();
+            match store.replace_corrupt(si, share, copy).await {
+                Ok(()) => {
+                    replaced_any = true;
+                    stored.push(Stored {
+                        share,
+                        server,
+                        bytes: spool.len(),
+                        replaced: true,
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(%si, %share, server = grid.servers()[server].name(), error = %e, "corrupt copy not replaced");
+                }
+            }
+        }
+        if !replaced_any {
+            elsewhere.push((share, spool));
+        }
+    }
+    if elsewhere.is_empty() {
+        return (stored, Vec::new());
+    }
+    let (responsive, _) = preflight(grid).await;
     let seats = Mutex::new(Seats {
         order: preference(grid, si, checked, &responsive),
         taken: HashSet::new(),
         refused: HashSet::new(),
         holders,
     });
-    let writes = built.into_iter().map(|(share, spool)| {
+    let writes = elsewhere.into_iter().map(|(share, spool)| {
         let seats = &seats;
         async move {
             let mut tried = HashSet::new();
@@ -804,7 +876,14 @@ async fn place(
                     }
                 };
                 match grid.servers()[server].store().write(si, share, copy).await {
-                    Ok(()) => return Ok((share, server, spool.len())),
+                    Ok(()) => {
+                        return Ok(Stored {
+                            share,
+                            server,
+                            bytes: spool.len(),
+                            replaced: false,
+                        });
+                    }
                     Err(e) => {
                         warn!(%si, %share, server = name, error = %e, "a server refused a repaired share");
                         if !matches!(e, StoreError::Conflict { .. }) {
@@ -820,7 +899,6 @@ async fn place(
             }
         }
     });
-    let mut stored = Vec::new();
     let mut unplaced = Vec::new();
     for outcome in futures::future::join_all(writes).await {
         match outcome {

@@ -361,6 +361,23 @@ pub trait ShareStore: Send + Sync + fmt::Debug {
         ))))
     }
 
+    /// Puts `spool` (a share the caller rebuilt and verified against the file's cap) in
+    /// place of this store's copy of the share, which the caller found corrupt. Stores
+    /// that never overwrite a share refuse, as the default does, and a repairer stores the
+    /// share elsewhere. Replacing a copy that turns out good is harmless: both are the one
+    /// share the uploader made.
+    fn replace_corrupt(
+        &self,
+        storage_index: StorageIndex,
+        share: ShareNum,
+        spool: SpooledShare,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let _ = (storage_index, share, spool);
+        Box::pin(std::future::ready(Err(StoreError::InvalidRequest(
+            "this store never overwrites a share".into(),
+        ))))
+    }
+
     /// Tells the store that a share failed verification (why, in `reason`: never a secret),
     /// so its operator can repair or remove it. Best effort: the default does nothing.
     fn report_corrupt(

@@ -8,6 +8,7 @@ pub mod http2;
 pub mod process;
 pub mod s3;
 pub mod tls;
+pub mod vault;
 
 use std::sync::Arc;
 

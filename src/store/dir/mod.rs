@@ -520,6 +520,16 @@ impl ShareStore for DirectoryStore {
         blocking(move || this.write_blocking(spool, ticket))
     }
 
+    fn replace_corrupt(
+        &self,
+        si: StorageIndex,
+        share: ShareNum,
+        spool: SpooledShare,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let this = self.inner.clone();
+        blocking(move || this.replace_blocking(spool, si, share))
+    }
+
     fn abandon(&self, si: StorageIndex, share: ShareNum) -> BoxFuture<'_, Result<(), StoreError>> {
         let this = self.inner.clone();
         let owner = this.owner;

@@ -94,6 +94,50 @@ impl Inner {
         Ok(())
     }
 
+    /// Renames `spool` over the share's path (readers see the old copy or the new one,
+    /// whole), for a copy found corrupt; synced first when durable.
+    pub(super) fn replace_blocking(
+        &self,
+        spool: SpooledShare,
+        si: StorageIndex,
+        share: ShareNum,
+    ) -> Result<(), StoreError> {
+        let dir = self.file_dir(&si);
+        fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating share directory", e))?;
+        let mut temp = spool.into_temp_file();
+        let local;
+        if temp.path().parent() != Some(self.root.join("tmp").as_path()) {
+            // Built elsewhere, perhaps on another filesystem: copied beside the shares so
+            // the rename is atomic.
+            let len = temp
+                .as_file()
+                .metadata()
+                .map_err(|e| StoreError::io("reading spool", e))?
+                .len();
+            local = SpooledShare::create(&self.root.join("tmp"), len)
+                .map_err(|e| StoreError::io("creating spool", e))?;
+            io::copy(&mut temp.as_file(), &mut local.file())
+                .map_err(|e| StoreError::io("copying spool", e))?;
+            temp = local.into_temp_file();
+        }
+        if self.durability == Durability::Fsync {
+            temp.as_file()
+                .sync_all()
+                .map_err(|e| StoreError::io("syncing share", e))?;
+        }
+        // Readers in this process holding the old file open move to the new one.
+        self.lock_open().pop(&(si, share));
+        temp.persist(self.share_path(&si, share))
+            .map_err(|e| StoreError::io("moving share into place", e.error))?;
+        self.lock_open().pop(&(si, share));
+        if self.durability == Durability::Fsync {
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| StoreError::io("syncing share directory", e))?;
+        }
+        Ok(())
+    }
+
     /// Syncs (if durable) and renames `temp` to the share's path without overwriting.
     /// Whether it created the share (false: the same bytes were there already).
     fn persist(

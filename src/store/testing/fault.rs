@@ -208,6 +208,19 @@ impl ShareStore for FaultyStore {
         self.inner.abandon(si, share)
     }
 
+    fn replace_corrupt(
+        &self,
+        si: StorageIndex,
+        share: ShareNum,
+        spool: SpooledShare,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let faults = self.faults();
+            self.before_call(&faults).await?;
+            self.inner.replace_corrupt(si, share, spool).await
+        })
+    }
+
     fn spool_dir(&self) -> Option<PathBuf> {
         self.inner.spool_dir()
     }

@@ -1,0 +1,550 @@
+//! `segvault repair`: lost, corrupt and refused shares over directories and storage nodes,
+//! a file below k, dry runs, lists, JSON, a repair killed midway, two at once, and a
+//! property test that rebuilt shares are byte for byte the uploader's.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use common::grid::TestGrid;
+use common::process;
+use common::vault::Segvault;
+use common::{Fixture, files_under, random_bytes};
+use proptest::prelude::*;
+use segvault::repair::{Outcome, RepairOptions, repair};
+
+/// Every share file of the file `cap` names in `dirs`, by share number (a share may have
+/// several copies).
+fn copies_in(dirs: &[PathBuf], si: &str) -> BTreeMap<u8, Vec<(PathBuf, Vec<u8>)>> {
+    let mut copies: BTreeMap<u8, Vec<(PathBuf, Vec<u8>)>> = BTreeMap::new();
+    for dir in dirs {
+        let file_dir = dir.join("shares").join(&si[..2]).join(si);
+        for path in files_under(&file_dir) {
+            let share: u8 = path.file_name().unwrap().to_str().unwrap().parse().unwrap();
+            let bytes = std::fs::read(&path).unwrap();
+            copies.entry(share).or_default().push((path, bytes));
+        }
+    }
+    copies
+}
+
+/// The embedded grid's share directories.
+fn embedded_dirs(vault: &Segvault) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = files_under(&vault.data())
+        .into_iter()
+        .filter_map(|f| {
+            // <server>/tmp/spool.lock marks each share directory.
+            (f.file_name()? == "spool.lock").then(|| f.parent()?.parent().map(Path::to_path_buf))?
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    assert!(dirs.len() >= 10, "the embedded grid: {dirs:?}");
+    dirs
+}
+
+fn info_field(vault: &Segvault, cap: &str, field: &str) -> String {
+    let info = String::from_utf8(vault.ok(&["info", cap], None)).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .unwrap_or_else(|| panic!("no {field} in {info}"))
+        .trim()
+        .to_owned()
+}
+
+/// One copy of each share, as the uploader wrote it.
+fn originals(dirs: &[PathBuf], si: &str) -> BTreeMap<u8, Vec<u8>> {
+    copies_in(dirs, si)
+        .into_iter()
+        .map(|(share, mut copies)| {
+            assert_eq!(copies.len(), 1, "share {share} stored once by put");
+            (share, copies.remove(0).1)
+        })
+        .collect()
+}
+
+/// Every copy of every share is the uploader's, and all `n` are there.
+fn assert_all_original(dirs: &[PathBuf], si: &str, original: &BTreeMap<u8, Vec<u8>>) {
+    let now = copies_in(dirs, si);
+    assert_eq!(
+        now.keys().collect::<Vec<_>>(),
+        original.keys().collect::<Vec<_>>(),
+        "every share is present"
+    );
+    for (share, copies) in &now {
+        for (path, bytes) in copies {
+            assert!(
+                bytes == &original[share],
+                "{} is not the uploader's share {share}",
+                path.display()
+            );
+        }
+    }
+}
+
+fn flip(path: &Path, at: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = at % bytes.len();
+    bytes[at] ^= 0x20;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Paths and sizes of every file under `dir`: what "nothing written" compares.
+fn tree_state(dir: &Path) -> Vec<(PathBuf, u64)> {
+    files_under(dir)
+        .into_iter()
+        .map(|f| {
+            let len = std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
+            (f, len)
+        })
+        .collect()
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn lost_shares_are_rebuilt_from_the_verify_cap_and_the_file_survives_losing_the_rest() {
+    let vault = Segvault::new();
+    // Segments of 64 KiB and a tail that ends mid-segment.
+    let plaintext = random_bytes(1_300_001, 41);
+    let cap = vault.put_bytes(&plaintext, &["--segment-size", "64KiB"]);
+    let si = info_field(&vault, &cap, "storage index:");
+    let verify_cap = info_field(&vault, &cap, "verify cap:");
+    let dirs = embedded_dirs(&vault);
+    let original = originals(&dirs, &si);
+    assert_eq!(original.len(), 10);
+
+    let lost: Vec<PathBuf> = vault.share_files(&cap).into_iter().take(4).collect();
+    for share in &lost {
+        std::fs::remove_file(share).unwrap();
+    }
+    let output = vault.run(&["repair", &verify_cap], None);
+    let report = stdout(&output);
+    assert!(
+        output.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(report.starts_with("repaired"), "{report}");
+    assert!(report.contains("all 10 shares good"), "{report}");
+    assert!(
+        report.contains(&si),
+        "names the file by storage index: {report}"
+    );
+    assert!(
+        !report.contains(&verify_cap),
+        "never prints the cap: {report}"
+    );
+    assert_all_original(&dirs, &si, &original);
+    // Each share on a server of its own, as put placed them.
+    assert_eq!(vault.dirs_holding(&cap).len(), 10);
+    assert!(vault.run(&["verify", &cap], None).status.success());
+    // A second repair has nothing to do.
+    let again = vault.run(&["repair", &cap], None);
+    assert!(again.status.success());
+    assert!(stdout(&again).starts_with("healthy"), "{}", stdout(&again));
+
+    // Seven others gone, three of them rebuilt ones among the survivors: still exact.
+    let rebuilt: BTreeSet<PathBuf> = lost.iter().cloned().collect();
+    let mut keep: Vec<PathBuf> = vault
+        .share_files(&cap)
+        .into_iter()
+        .filter(|f| rebuilt.contains(f))
+        .take(2)
+        .collect();
+    keep.extend(
+        vault
+            .share_files(&cap)
+            .into_iter()
+            .filter(|f| !rebuilt.contains(f))
+            .take(1),
+    );
+    for share in vault.share_files(&cap) {
+        if !keep.contains(&share) {
+            std::fs::remove_file(share).unwrap();
+        }
+    }
+    assert_eq!(vault.share_files(&cap).len(), 3);
+    let output = vault.get(&cap, None);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.stdout == plaintext, "exact after the repair");
+    for (range, want) in [
+        ("0-0", &plaintext[..1]),
+        ("-1", &plaintext[plaintext.len() - 1..]),
+    ] {
+        assert_eq!(vault.get(&cap, Some(range)).stdout, want);
+    }
+}
+
+#[test]
+fn corrupt_copies_are_replaced_and_a_refusing_server_is_passed_over() {
+    let vault = Segvault::new();
+    let plaintext = random_bytes(700_000, 42);
+    let cap = vault.put_bytes(&plaintext, &["--segment-size", "32KiB"]);
+    let si = info_field(&vault, &cap, "storage index:");
+    let dirs = embedded_dirs(&vault);
+    let original = originals(&dirs, &si);
+    let shares = vault.share_files(&cap);
+    // Flips in a block, in a hash tree near the end, and in the header.
+    flip(&shares[0], 400_000);
+    flip(&shares[1], usize::MAX / 3);
+    flip(&shares[2], 10);
+    let output = vault.run(&["repair", &cap], None);
+    let report = stdout(&output);
+    assert!(output.status.success(), "{report}");
+    assert!(report.starts_with("repaired"), "{report}");
+    assert_eq!(
+        report.matches("replacing its corrupt copy").count(),
+        3,
+        "{report}"
+    );
+    assert_all_original(&dirs, &si, &original);
+    assert!(vault.run(&["verify", &cap], None).status.success());
+
+    // Two shares lost, and the server first in line for one of them refuses every write:
+    // its share directory is a file.
+    let shares = vault.share_files(&cap);
+    let refusing = shares[3].ancestors().nth(2).unwrap().to_path_buf();
+    std::fs::remove_file(&shares[3]).unwrap();
+    std::fs::remove_file(&shares[4]).unwrap();
+    std::fs::remove_dir_all(&refusing).unwrap();
+    std::fs::write(&refusing, b"not a directory").unwrap();
+    let output = vault.run(&["repair", &cap], None);
+    let report = stdout(&output);
+    assert!(output.status.success(), "{report}");
+    assert!(report.contains("all 10 shares good"), "{report}");
+    let refusing_server = refusing
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    assert!(
+        !report.contains(&format!("on {refusing_server}")),
+        "nothing is placed on the refusing server: {report}"
+    );
+    let dirs: Vec<PathBuf> = dirs
+        .into_iter()
+        .filter(|d| !refusing.starts_with(d))
+        .collect();
+    assert_all_original(&dirs, &si, &original);
+    assert!(vault.get(&cap, None).stdout == plaintext);
+}
+
+#[test]
+fn below_k_nothing_is_written_and_the_exit_says_why() {
+    let vault = Segvault::new();
+    let cap = vault.put_bytes(&random_bytes(300_000, 43), &[]);
+    let shares = vault.share_files(&cap);
+    for share in &shares[..8] {
+        std::fs::remove_file(share).unwrap();
+    }
+    let before = tree_state(&vault.data());
+    let output = vault.run(&["repair", &cap], None);
+    let report = stdout(&output);
+    assert!(!output.status.success(), "{report}");
+    assert!(report.starts_with("UNRECOVERABLE"), "{report}");
+    assert!(report.contains("fewer than k = 3 good shares"), "{report}");
+    assert!(report.contains("nothing written"), "{report}");
+    assert_eq!(tree_state(&vault.data()), before, "nothing written");
+}
+
+#[test]
+fn a_dry_run_says_what_it_would_do_and_writes_nothing() {
+    let vault = Segvault::new();
+    let cap = vault.put_bytes(&random_bytes(300_000, 44), &[]);
+    let shares = vault.share_files(&cap);
+    std::fs::remove_file(&shares[5]).unwrap();
+    flip(&shares[6], 1000);
+    let before = tree_state(&vault.data());
+    let output = vault.run(&["repair", "--dry-run", &cap], None);
+    let report = stdout(&output);
+    assert!(!output.status.success(), "still unhealthy: {report}");
+    assert!(report.contains("would rebuild"), "{report}");
+    assert!(report.contains("nothing written (dry run)"), "{report}");
+    assert!(report.contains("missing"), "{report}");
+    assert!(report.contains("corrupt"), "{report}");
+    assert_eq!(tree_state(&vault.data()), before, "nothing written");
+
+    let output = vault.run(&["repair", "--json", &cap], None);
+    assert!(output.status.success());
+    let json: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(json["outcome"], "repaired");
+    assert_eq!(json["rebuilt"].as_array().unwrap().len(), 2);
+    assert_eq!(json["missing"].as_array().unwrap().len(), 1);
+    assert!(json["bytes_written"].as_u64().unwrap() > 0);
+    assert!(json["bytes_read"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn a_list_of_caps_is_repaired_a_line_per_file_with_totals() {
+    let vault = Segvault::new();
+    let healthy = vault.put_bytes(&random_bytes(200_000, 45), &[]);
+    let damaged = vault.put_bytes(&random_bytes(200_000, 46), &[]);
+    let lost = vault.put_bytes(&random_bytes(200_000, 47), &[]);
+    std::fs::remove_file(&vault.share_files(&damaged)[0]).unwrap();
+    for share in &vault.share_files(&lost)[2..] {
+        std::fs::remove_file(share).unwrap();
+    }
+    let list = vault.root.path().join("caps.txt");
+    std::fs::write(
+        &list,
+        format!("# films\nholiday.mp4 {healthy}\n{damaged}\nthe lost one {lost}\n"),
+    )
+    .unwrap();
+    let output = vault.run(
+        &["repair", "--caps", list.to_str().unwrap(), "--jobs", "3"],
+        None,
+    );
+    let report = stdout(&output);
+    assert!(!output.status.success(), "one file is lost: {report}");
+    let line = |start: &str| {
+        report
+            .lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no {start} line in {report}"))
+            .to_owned()
+    };
+    assert!(line("healthy").contains("holiday.mp4 (line 2,"), "{report}");
+    assert!(line("repaired").contains("(line 3)"), "{report}");
+    assert!(
+        line("UNRECOVERABLE").contains("the lost one (line 4,"),
+        "{report}"
+    );
+    let totals = report.lines().last().unwrap();
+    assert!(
+        totals.starts_with("3 files: 1 healthy, 1 repaired, 0 happy, 0 unhealthy, 1 unrecoverable"),
+        "{totals}"
+    );
+    for cap in [&healthy, &damaged, &lost] {
+        assert!(!report.contains(cap.as_str()), "caps are never printed");
+    }
+    assert!(vault.run(&["verify", &damaged], None).status.success());
+
+    // The same list from stdin, as JSON: the lost file still fails, the others are healthy.
+    let text = std::fs::read(&list).unwrap();
+    let output = vault.run(&["repair", "--caps", "-", "--json"], Some(&text));
+    let lines: Vec<serde_json::Value> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    let by_line: BTreeMap<u64, &serde_json::Value> = lines
+        .iter()
+        .map(|v| (v["line"].as_u64().unwrap(), v))
+        .collect();
+    assert_eq!(by_line[&2]["outcome"], "healthy");
+    assert_eq!(by_line[&2]["name"], "holiday.mp4");
+    assert_eq!(by_line[&3]["outcome"], "healthy");
+    assert_eq!(by_line[&4]["outcome"], "unrecoverable");
+}
+
+#[test]
+fn a_repair_killed_midway_leaves_the_file_readable_and_the_next_one_finishes() {
+    let vault = Segvault::new();
+    let plaintext = random_bytes(24 << 20, 48);
+    let cap = vault.put_bytes(&plaintext, &[]);
+    let si = info_field(&vault, &cap, "storage index:");
+    let dirs = embedded_dirs(&vault);
+    let original = originals(&dirs, &si);
+    for share in vault.share_files(&cap).iter().take(4) {
+        std::fs::remove_file(share).unwrap();
+    }
+    let spools = || {
+        files_under(&vault.data())
+            .into_iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "part"))
+            .count()
+    };
+    let mut child = vault
+        .command()
+        .args(["repair", &cap])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once its spools exist: partway through the check.
+    process::wait_for("repair spools", std::time::Duration::from_secs(60), || {
+        spools() > 0
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Never a partial share where a reader can see it.
+    for (share, copies) in copies_in(&dirs, &si) {
+        for (path, bytes) in copies {
+            assert!(
+                bytes == original[&share],
+                "{} is whole or absent",
+                path.display()
+            );
+        }
+    }
+    assert!(vault.get(&cap, None).stdout == plaintext);
+
+    let output = vault.run(&["repair", &cap], None);
+    assert!(output.status.success(), "{}", stdout(&output));
+    assert_all_original(&dirs, &si, &original);
+    assert_eq!(
+        spools(),
+        0,
+        "the dead repair's spools are swept, the second's removed"
+    );
+}
+
+#[test]
+fn two_repairs_racing_on_one_file_both_end_healthy() {
+    let vault = Segvault::new();
+    let plaintext = random_bytes(3 << 20, 49);
+    let cap = vault.put_bytes(&plaintext, &["--segment-size", "64KiB"]);
+    let si = info_field(&vault, &cap, "storage index:");
+    let dirs = embedded_dirs(&vault);
+    let original = originals(&dirs, &si);
+    let shares = vault.share_files(&cap);
+    for share in &shares[..3] {
+        std::fs::remove_file(share).unwrap();
+    }
+    flip(&shares[3], 5000);
+    let start = || {
+        vault
+            .command()
+            .args(["repair", &cap])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (start(), start());
+    for child in [a, b] {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}{}",
+            stdout(&output),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert_all_original(&dirs, &si, &original);
+    let copies = copies_in(&dirs, &si);
+    assert!(
+        copies.values().all(|c| c.len() == 1),
+        "no share stored twice"
+    );
+    assert!(vault.run(&["verify", &cap], None).status.success());
+    assert!(vault.get(&cap, None).stdout == plaintext);
+}
+
+#[test]
+fn over_storage_nodes_lost_and_corrupt_shares_are_rebuilt_elsewhere() {
+    let grid = TestGrid::new();
+    let plaintext = random_bytes(900_000, 50);
+    let cap = grid.put(&plaintext);
+    for node in &grid.nodes[..3] {
+        for share in node.share_files() {
+            std::fs::remove_file(share).unwrap();
+        }
+    }
+    // Nodes never overwrite a share: the corrupt copy's share goes to another node.
+    let corrupt = grid.nodes[3].share_files();
+    flip(&corrupt[0], 200_000);
+    let verify_cap = {
+        let info = process::ok(grid.segvault().args(["info", &cap]));
+        String::from_utf8(info)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("verify cap:"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let output = process::run(grid.segvault().args(["repair", &verify_cap]));
+    let report = stdout(&output);
+    assert!(
+        output.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(report.starts_with("repaired"), "{report}");
+    assert!(report.contains("corrupt "), "{report}");
+    assert!(
+        !report.contains("replacing"),
+        "nodes do not overwrite: {report}"
+    );
+    // The nodes holding no share of it took the lost ones.
+    for node in &grid.nodes[..3] {
+        assert_eq!(node.share_files().len(), 1, "{report}");
+    }
+    // Down to three shares, none of them the corrupt copy: exact.
+    std::fs::remove_file(&corrupt[0]).unwrap();
+    let mut left: Vec<PathBuf> = grid.nodes.iter().flat_map(|n| n.share_files()).collect();
+    left.sort();
+    for share in &left[3..] {
+        std::fs::remove_file(share).unwrap();
+    }
+    let got = process::ok(grid.segvault().args(["get", &cap]));
+    assert!(got == plaintext, "exact from three shares, some rebuilt");
+}
+
+/// Builds a runtime for the property test's async body.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// For random geometries and random lost and corrupt share sets leaving at least k
+    /// good, repair stores shares byte for byte the uploader's.
+    #[test]
+    fn repaired_shares_are_the_uploaders_byte_for_byte(
+        k in 1u16..6,
+        extra in 0u16..6,
+        segment_kib in 1u64..9,
+        size in 0usize..150_000,
+        damage in proptest::collection::vec((any::<bool>(), any::<u64>()), 0..8),
+        order_seed in any::<u64>(),
+    ) {
+        let n = k + extra;
+        block_on(async {
+            let fixture = Fixture::new(size, segment_kib * 1024, k, n).await;
+            let dirs: Vec<PathBuf> = (0..n)
+                .map(|i| fixture.dir.path().join(format!("server-{i:02}")))
+                .collect();
+            let si = fixture.cap.storage_index().to_string();
+            let original = originals(&dirs, &si);
+            prop_assert_eq!(original.len(), usize::from(n));
+            // Up to n − k shares damaged: each lost or flipped somewhere.
+            let mut damaged_shares: Vec<u8> = (0..n as u8).collect();
+            damaged_shares.sort_by_key(|s| (u64::from(*s) + 1).wrapping_mul(order_seed | 1));
+            let copies = copies_in(&dirs, &si);
+            for (share, (lose, at)) in damaged_shares.iter().zip(&damage).take(usize::from(extra)) {
+                let path = &copies[share][0].0;
+                if *lose {
+                    std::fs::remove_file(path).unwrap();
+                } else {
+                    flip(path, *at as usize);
+                }
+            }
+            let report = repair(&fixture.grid, &fixture.cap.verify_cap(), &RepairOptions::new()).await;
+            prop_assert!(
+                matches!(report.outcome, Outcome::Healthy | Outcome::Repaired),
+                "{}", report.summary()
+            );
+            assert_all_original(&dirs, &si, &original);
+            Ok(())
+        })?;
+    }
+}

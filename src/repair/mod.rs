@@ -630,12 +630,8 @@ async fn finish(
     needed: &BTreeSet<ShareNum>,
     roots: &mut BTreeMap<ShareNum, Hash>,
 ) -> Result<Vec<(ShareNum, SpooledShare)>, String> {
-    let (si, ueb, needed, proven_roots) = (
-        cap.storage_index(),
-        *ueb,
-        needed.clone(),
-        roots.clone(),
-    );
+    let (si, ueb, needed, proven_roots) =
+        (cap.storage_index(), *ueb, needed.clone(), roots.clone());
     let ueb_bytes = ueb.to_bytes();
     if hash::ueb(&ueb_bytes) != cap.ueb_hash() {
         return Err("the UEB does not encode back to the bytes the cap names".into());

@@ -13,6 +13,9 @@ use segvault::store::Durability;
 use segvault::tls::server::ServerCertificate;
 use std::sync::Arc;
 
+use segvault::repair::RepairOptions;
+use segvault::repair::queue::{QueueLimits, RepairQueue};
+
 use super::Cli;
 
 #[derive(Args, Debug)]
@@ -50,6 +53,9 @@ pub(crate) struct ServeArgs {
     /// Serve HTTP/1.1 only (by default HTTP/2 is offered too: by ALPN over HTTPS, by prior knowledge over plain HTTP)
     #[arg(long)]
     no_http2: bool,
+    /// Rebuild a file's missing or corrupt shares in the background when a read finds them (one repair at a time; each file at most every 10 minutes; counted in /metrics)
+    #[arg(long)]
+    repair_on_read: bool,
     #[command(flatten)]
     cache: super::CacheArgs,
 }
@@ -80,7 +86,22 @@ pub(crate) async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode>
     // The cache (and its lock) before the port: a second gateway on the same cache directory
     // fails before it takes an address.
     let servers = grid.len();
+    // The queue counts into the client's metrics, so it starts once the client exists.
+    let repairs = Arc::new(std::sync::OnceLock::new());
+    let repair_grid = args.repair_on_read.then(|| grid.clone());
+    if args.repair_on_read {
+        config.reader.on_damage = Some(RepairQueue::hook_for(repairs.clone()));
+    }
     let client = args.cache.client(grid, config.reader.clone())?;
+    if let Some(grid) = repair_grid {
+        let queue = RepairQueue::start(
+            grid,
+            RepairOptions::new(),
+            QueueLimits::default(),
+            client.metrics().clone(),
+        );
+        let _ = repairs.set(queue);
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -85,6 +85,52 @@ pub struct ReaderConfig {
     /// then is waited for this much longer (primaries save decoding; a stalled server then
     /// costs this once per file opened, not a request timeout).
     pub primary_grace: Duration,
+    /// Told when a read finds a file's shares damaged (see [`DamageHook`]); `None`: nobody.
+    pub on_damage: Option<DamageHook>,
+}
+
+/// What a read found wrong with a file's shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Damage {
+    /// Every server answered its listing and fewer than n shares were found.
+    Missing,
+    /// A share failed verification (its server is also told).
+    Corrupt,
+}
+
+/// A function a [`Client`] calls when a read finds a file's shares missing or corrupt,
+/// with the file's verify cap: to queue a repair, say. It runs on the read's task, so it
+/// must return at once (queue the work, never do it); it is called at most once per kind
+/// of damage per open file.
+///
+/// ```
+/// use segvault::engine::{Damage, DamageHook, ReaderConfig};
+/// let mut config = ReaderConfig::default();
+/// config.on_damage = Some(DamageHook::new(|cap, damage: Damage| {
+///     eprintln!("file {} has {damage:?} shares", cap.storage_index());
+/// }));
+/// ```
+#[derive(Clone)]
+pub struct DamageHook(Arc<DamageFn>);
+
+type DamageFn = dyn Fn(&VerifyCap, Damage) + Send + Sync;
+
+impl DamageHook {
+    /// A hook calling `tell`.
+    pub fn new(tell: impl Fn(&VerifyCap, Damage) + Send + Sync + 'static) -> DamageHook {
+        DamageHook(Arc::new(tell))
+    }
+
+    pub(crate) fn tell(&self, cap: &VerifyCap, damage: Damage) {
+        (self.0)(cap, damage);
+    }
+}
+
+impl fmt::Debug for DamageHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DamageHook")
+    }
 }
 
 impl Default for ReaderConfig {
@@ -103,6 +149,7 @@ impl Default for ReaderConfig {
             share_choice: Policy::default(),
             slow_ttl: Duration::from_secs(10),
             primary_grace: Duration::from_millis(20),
+            on_damage: None,
         }
     }
 }

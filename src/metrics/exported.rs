@@ -41,6 +41,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RepairLabels {
+    event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EvictionLabels {
     reason: Eviction,
 }
@@ -68,6 +73,7 @@ pub(super) struct Exported {
     cache_entries: Gauge<i64, AtomicI64>,
     open_files: Gauge<i64, AtomicI64>,
     metadata_bytes: Gauge<i64, AtomicI64>,
+    background_repairs: Family<RepairLabels, Counter>,
 }
 
 impl Default for Exported {
@@ -151,8 +157,15 @@ impl Default for Exported {
             "Approximate memory of the open file nodes' metadata",
             metadata_bytes.clone(),
         );
+        let background_repairs = Family::<RepairLabels, Counter>::default();
+        registry.register(
+            "background_repairs",
+            "Repairs queued by reads that found damaged shares (serve --repair-on-read), by event: queued, skipped (queued, running or repaired lately), dropped (queue full), and each finished repair's outcome",
+            background_repairs.clone(),
+        );
         Exported {
             registry,
+            background_repairs,
             http_requests,
             http_bytes,
             share_requests,
@@ -227,6 +240,12 @@ impl Exported {
     }
 
     /// `files` file nodes hold `bytes` of metadata.
+    pub(super) fn background_repair(&self, event: &'static str) {
+        self.background_repairs
+            .get_or_create(&RepairLabels { event })
+            .inc();
+    }
+
     pub(super) fn open_files(&self, files: usize, bytes: u64) {
         self.open_files.set(gauge_value(files as u64));
         self.metadata_bytes.set(gauge_value(bytes));

@@ -179,6 +179,13 @@ impl Metrics {
         let _ = (entries, bytes);
     }
 
+    /// A background repair event (`queued`, `skipped`, `dropped`, or an outcome).
+    pub fn background_repair(&self, event: &'static str) {
+        #[cfg(feature = "metrics")]
+        self.exported.background_repair(event);
+        let _ = event;
+    }
+
     /// `files` file nodes hold `bytes` of metadata.
     pub fn open_files(&self, files: usize, bytes: u64) {
         #[cfg(feature = "metrics")]

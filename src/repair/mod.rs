@@ -38,6 +38,8 @@ use crate::upload::encode::ShareFront;
 use crate::upload::preflight;
 use crate::upload::tree_file::TreeSection;
 
+pub mod queue;
+
 /// How to repair.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]

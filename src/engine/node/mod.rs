@@ -61,6 +61,8 @@ pub struct FileNode {
     inflight: Mutex<HashMap<u64, WeakShared<BoxFuture<'static, SegmentResult>>>>,
     metrics: Arc<Metrics>,
     cache: Option<Arc<DiskCache>>,
+    /// Whether [`ReaderConfig::on_damage`] was told of a corrupt share.
+    corruption_told: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for FileNode {
@@ -108,6 +110,7 @@ impl FileNode {
             inflight: Mutex::new(HashMap::new()),
             metrics,
             cache,
+            corruption_told: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

@@ -26,8 +26,8 @@ use crate::core::hash::{self, Hash};
 use crate::core::layout::{HEADER_LEN, ShareLayout};
 use crate::core::share_header::ShareHeader;
 use crate::core::ueb::{UEB_LEN, Ueb};
-use crate::engine::ReaderConfig;
 use crate::engine::error::{Problem, ReadError};
+use crate::engine::{Damage, ReaderConfig};
 use crate::grid::Grid;
 use crate::metrics::Metrics;
 
@@ -47,7 +47,12 @@ impl FileNode {
             layout: ShareLayout::new(&geometry),
             codec: Codec::new(geometry.k(), geometry.n())
                 .map_err(|e| ReadError::Internal(e.to_string()))?,
-            shares: Arc::new(Shares::default()),
+            shares: Arc::new(Shares::telling(
+                config
+                    .on_damage
+                    .clone()
+                    .map(|hook| Box::new(move || hook.tell(&cap, Damage::Missing)) as _),
+            )),
             grid,
             config,
             cap,
@@ -223,6 +228,8 @@ async fn open(parts: NodeParts) -> Result<Arc<FileNode>, ReadError> {
                             other_uebs.entry(hash).or_default().insert(map.slots[slot].share);
                         }
                         map.reject_at_open(slot, &problem);
+                        drop(map);
+                        tell_if_corrupt(&config, &cap, &problem);
                     }
                 }
             }
@@ -255,6 +262,7 @@ async fn open(parts: NodeParts) -> Result<Arc<FileNode>, ReadError> {
             if let Ok((slot, Err(problem))) = joined {
                 metrics.share_rejected(problem.rejection());
                 shares.lock().reject_at_open(slot, &problem);
+                tell_if_corrupt(&config, &cap, &problem);
             }
         }
     };
@@ -303,4 +311,13 @@ pub(crate) fn check_header_region(
         return Err(corrupt("header parameters differ from the cap's".into()));
     }
     Ok(ueb_bytes.to_vec())
+}
+
+/// Tells [`ReaderConfig::on_damage`] of a share found corrupt while opening.
+fn tell_if_corrupt(config: &ReaderConfig, cap: &VerifyCap, problem: &Problem) {
+    if let Some(hook) = &config.on_damage
+        && problem.is_corruption()
+    {
+        hook.tell(cap, Damage::Corrupt);
+    }
 }

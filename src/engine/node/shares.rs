@@ -19,8 +19,8 @@ use super::FileNode;
 use crate::core::cap::StorageIndex;
 use crate::core::choice::{self, Candidate};
 use crate::core::geometry::ShareNum;
-use crate::engine::ReaderConfig;
 use crate::engine::error::{Problem, ReportLine, ShareReport};
+use crate::engine::{Damage, ReaderConfig};
 use crate::grid::{Grid, Server};
 use crate::metrics::Metrics;
 use crate::store::StoreError;
@@ -200,9 +200,21 @@ pub(super) struct Shares {
     map: Mutex<ShareMap>,
     /// Signalled after every change to the map.
     pub(super) changed: Notify,
+    /// Called once, when a listing every server answered finds fewer than n shares.
+    pub(super) on_missing: Option<Box<dyn Fn() + Send + Sync>>,
+    missing_told: std::sync::atomic::AtomicBool,
 }
 
 impl Shares {
+    /// An empty map whose first complete listing that finds shares missing calls
+    /// `on_missing`.
+    pub(super) fn telling(on_missing: Option<Box<dyn Fn() + Send + Sync>>) -> Shares {
+        Shares {
+            on_missing,
+            ..Shares::default()
+        }
+    }
+
     pub(super) fn lock(&self) -> MutexGuard<'_, ShareMap> {
         // Every critical section leaves the map consistent even if it panics midway.
         self.map.lock().unwrap_or_else(|p| p.into_inner())
@@ -244,9 +256,26 @@ impl Shares {
                     shares.lock().merge(server, listing);
                     shares.changed.notify_waiters();
                 }
+                shares.tell_if_missing(n);
             }
             .in_current_span(),
         );
+    }
+
+    /// Calls [`on_missing`](Self::on_missing) (once) if every server answered and fewer
+    /// than `n` shares were found.
+    fn tell_if_missing(&self, n: u16) {
+        use std::sync::atomic::Ordering;
+        let Some(tell) = &self.on_missing else {
+            return;
+        };
+        let missing = {
+            let map = self.lock();
+            map.listing_errors.is_empty() && map.distinct_shares() < usize::from(n)
+        };
+        if missing && !self.missing_told.swap(true, Ordering::Relaxed) {
+            tell();
+        }
     }
 
     /// Waits until `done` holds or no listing is in flight.
@@ -398,6 +427,13 @@ impl FileNode {
                 if problem.is_corruption() && !slot.reported {
                     slot.reported = true;
                     self.report_corruption(slot.server, slot.share, problem.to_string());
+                    if let Some(hook) = &self.config.on_damage
+                        && !self
+                            .corruption_told
+                            .swap(true, std::sync::atomic::Ordering::Relaxed)
+                    {
+                        hook.tell(&self.cap, Damage::Corrupt);
+                    }
                 }
             }
         }

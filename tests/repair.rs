@@ -608,3 +608,43 @@ fn serve_repair_on_read_heals_in_the_background_what_a_read_finds_damaged() {
     let response = http::get(&server.addr, &path, &[]);
     assert!(response.body == plaintext);
 }
+
+#[test]
+fn bad_arguments_get_a_clear_error_before_anything_is_touched() {
+    let vault = Segvault::new();
+    let cap = vault.put_bytes(&random_bytes(50_000, 52), &[]);
+    let before = tree_state(&vault.data());
+    let missing_list = vault.root.path().join("no-such-list");
+    let bad_list = vault.root.path().join("bad-list");
+    std::fs::write(&bad_list, format!("{cap}\nnot a cap at all\n")).unwrap();
+    let a = vault.root.path().join("a").display().to_string();
+    let b = vault.root.path().join("b").display().to_string();
+    for (args, says) in [
+        (vec!["repair", "sv1-read:nonsense"], "cap"),
+        (
+            vec!["repair", "--caps", missing_list.to_str().unwrap()],
+            "no-such-list",
+        ),
+        (
+            vec!["repair", "--caps", bad_list.to_str().unwrap()],
+            "line 2",
+        ),
+        (vec!["repair", "--jobs", "0", &cap], "--jobs"),
+        (vec!["repair", "--happy", "0", &cap], "--happy"),
+        (
+            vec![
+                "--server", &a, "--server", &b, "repair", "--happy", "3", &cap,
+            ],
+            "more servers than the grid has",
+        ),
+        (vec!["repair", &cap, "--caps", "-"], "cannot be used with"),
+    ] {
+        let output = vault.run(&args, None);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!stderr.contains(&cap), "{args:?} printed the cap: {stderr}");
+    }
+    assert_eq!(tree_state(&vault.data()), before, "nothing touched");
+    assert!(!Path::new(&a).exists() && !Path::new(&b).exists());
+}

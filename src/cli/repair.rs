@@ -49,6 +49,16 @@ pub(crate) async fn run(cli: &Cli, args: &RepairArgs) -> anyhow::Result<ExitCode
             cap: read_cap_argument(cap.as_deref().unwrap_or("-"))?,
         }],
     };
+    let specs = cli.server_specs()?;
+    if let Some(happy) = args.happy
+        && !specs.is_empty()
+        && usize::from(happy) > specs.len()
+    {
+        anyhow::bail!(
+            "--happy {happy} asks for more servers than the grid has ({})",
+            specs.len()
+        );
+    }
     let single = args.caps.is_none();
     let most_shares = entries
         .iter()

@@ -14,6 +14,7 @@ use common::process;
 use common::vault::Segvault;
 use common::{Fixture, files_under, random_bytes};
 use proptest::prelude::*;
+use segvault::core::layout::RECORDS_OFFSET;
 use segvault::repair::{Outcome, RepairOptions, repair};
 
 /// Every share file of the file `cap` names in `dirs`, by share number (a share may have
@@ -533,12 +534,19 @@ proptest! {
             let mut damaged_shares: Vec<u8> = (0..n as u8).collect();
             damaged_shares.sort_by_key(|s| (u64::from(*s) + 1).wrapping_mul(order_seed | 1));
             let copies = copies_in(&dirs, &si);
+            // Copies flipped in their front (header and UEB): one whose UEB no longer hashes
+            // to the cap's may be another file's share, so it is left where it is.
+            let mut front_flipped = BTreeSet::new();
             for (share, (lose, at)) in damaged_shares.iter().zip(&damage).take(usize::from(extra)) {
                 let path = &copies[share][0].0;
                 if *lose {
                     std::fs::remove_file(path).unwrap();
                 } else {
-                    flip(path, *at as usize);
+                    let at = *at as usize % original[share].len();
+                    flip(path, at);
+                    if (at as u64) < RECORDS_OFFSET {
+                        front_flipped.insert(path.clone());
+                    }
                 }
             }
             let report = repair(&fixture.grid, &fixture.cap.verify_cap(), &RepairOptions::new()).await;
@@ -546,7 +554,20 @@ proptest! {
                 matches!(report.outcome, Outcome::Healthy | Outcome::Repaired),
                 "{}", report.summary()
             );
-            assert_all_original(&dirs, &si, &original);
+            let now = copies_in(&dirs, &si);
+            prop_assert_eq!(now.len(), usize::from(n), "every share is present");
+            for (share, copies) in &now {
+                prop_assert!(
+                    copies.iter().any(|(_, bytes)| *bytes == original[share]),
+                    "share {} has a copy byte for byte the uploader's", share
+                );
+                for (path, bytes) in copies {
+                    prop_assert!(
+                        *bytes == original[share] || front_flipped.contains(path),
+                        "{} is neither the uploader's share nor a copy left alone", path.display()
+                    );
+                }
+            }
             Ok(())
         })?;
     }
@@ -647,4 +668,32 @@ fn bad_arguments_get_a_clear_error_before_anything_is_touched() {
     }
     assert_eq!(tree_state(&vault.data()), before, "nothing touched");
     assert!(!Path::new(&a).exists() && !Path::new(&b).exists());
+}
+
+#[test]
+fn a_forged_cap_naming_a_files_storage_index_writes_nothing() {
+    let vault = Segvault::new();
+    let cap = vault.put_bytes(&random_bytes(200_000, 53), &[]);
+    let shares = vault.share_files(&cap);
+    std::fs::remove_file(&shares[0]).unwrap();
+    flip(&shares[1], 100_000);
+    let before = tree_state(&vault.data());
+    // The file's storage index with another UEB hash (and so another file's parameters).
+    let verify_cap = info_field(&vault, &cap, "verify cap:");
+    let mut fields: Vec<String> = verify_cap.split(':').map(str::to_owned).collect();
+    let flipped = if fields[2].starts_with('m') { "n" } else { "m" };
+    fields[2].replace_range(0..1, flipped);
+    let forged = fields.join(":");
+    let output = vault.run(&["repair", &forged], None);
+    let report = stdout(&output);
+    assert!(!output.status.success(), "{report}");
+    assert!(report.starts_with("ALTERED CAP"), "{report}");
+    assert!(report.contains("nothing written"), "{report}");
+    assert_eq!(
+        tree_state(&vault.data()),
+        before,
+        "no share written or replaced"
+    );
+    // The real cap still repairs it.
+    assert!(vault.run(&["repair", &cap], None).status.success());
 }

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use futures::StreamExt as _;
 use segvault::core::cap_list::CapListEntry;
-use segvault::grid::EMBEDDED_SERVERS;
 use segvault::repair::{Outcome, RepairOptions, RepairReport, repair};
 use segvault::store::Durability;
 
@@ -60,16 +59,8 @@ pub(crate) async fn run(cli: &Cli, args: &RepairArgs) -> anyhow::Result<ExitCode
         );
     }
     let single = args.caps.is_none();
-    let most_shares = entries
-        .iter()
-        .map(|e| usize::from(e.cap.verify_cap().geometry().n()))
-        .max()
-        .unwrap_or(0);
-    let grid = cli.grid_with(
-        EMBEDDED_SERVERS.max(most_shares),
-        !args.dry_run,
-        Durability::Fsync,
-    )?;
+    // The servers there are: a cap (perhaps a forged one) never makes directories appear.
+    let grid = cli.grid_with(0, !args.dry_run, Durability::Fsync)?;
     let mut options = RepairOptions::new().dry_run(args.dry_run);
     options.happy = args.happy;
     let total = entries.len();

@@ -15,7 +15,7 @@ use super::node::shares::discover;
 use crate::core::cap::{StorageIndex, VerifyCap};
 use crate::core::codec::Codec as _;
 use crate::core::erasure::Codec;
-use crate::core::geometry::{SegmentIndex, ShareNum};
+use crate::core::geometry::{Geometry, SegmentIndex, ShareNum};
 use crate::core::hash::{self, HASH_LEN, Hash};
 use crate::core::layout::ShareLayout;
 use crate::core::planner::{Record, next_subset};
@@ -229,15 +229,33 @@ pub(crate) struct Survey<'a> {
     ueb: Option<Ueb>,
 }
 
+/// One copy of a share on one server, as a whole check judged it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CopyFound {
+    /// Index of the server in the grid.
+    pub(crate) server: usize,
+    pub(crate) share: ShareNum,
+    /// Wholly good: every byte verified.
+    pub(crate) good: bool,
+    /// Its block-tree root, proven through its share chain to the UEB.
+    pub(crate) root: Option<Hash>,
+    /// Whether it can be taken for this file's: its front proved so, or it is garbage (it
+    /// carries no other file's UEB and could be read). A copy of another file's (or one that
+    /// could not be read) is never called corrupt nor replaced.
+    pub(crate) ours: bool,
+}
+
 /// Everything a whole check found.
 pub(crate) struct Checked {
     /// What `verify` prints.
     pub(crate) report: VerifyReport,
-    /// Every copy found: server, share, whether it was wholly good, and its proven
-    /// block-tree root.
-    pub(crate) copies: Vec<(usize, ShareNum, bool, Option<Hash>)>,
+    /// Every copy found.
+    pub(crate) copies: Vec<CopyFound>,
     /// Bytes read from the stores.
     pub(crate) bytes_read: u64,
+    /// The most distinct share numbers found agreeing on one UEB other than the cap's: k or
+    /// more means another file lives at this storage index (or the cap is forged).
+    pub(crate) foreign_shares: usize,
     /// Why the sink failed, if it did (its segments are then not all written).
     pub(crate) sink_error: Option<String>,
 }
@@ -405,13 +423,30 @@ impl<'a> Survey<'a> {
         }
         let copies = candidates
             .iter()
-            .map(|c| (c.server, c.check.share, c.check.is_good(), c.root))
+            .map(|c| CopyFound {
+                server: c.server,
+                share: c.check.share,
+                good: c.check.is_good(),
+                root: c.root,
+                ours: c.root.is_some()
+                    || c.header_problem
+                        .as_ref()
+                        .is_some_and(|p| !matches!(p, Problem::OtherUeb(_) | Problem::AlteredCap)),
+            })
             .collect();
+        let mut other_uebs: HashMap<Hash, HashSet<ShareNum>> = HashMap::new();
+        for c in &candidates {
+            if let Some(Problem::OtherUeb(hash)) = &c.header_problem {
+                other_uebs.entry(*hash).or_default().insert(c.check.share);
+            }
+        }
+        let foreign_shares = other_uebs.values().map(HashSet::len).max().unwrap_or(0);
         report.shares = candidates.into_iter().map(|c| c.check).collect();
         Checked {
             report,
             copies,
             bytes_read: reader.bytes.load(Ordering::Relaxed),
+            foreign_shares,
             sink_error,
         }
     }
@@ -528,27 +563,38 @@ async fn check_trees(reader: &ShareReader<'_>, layout: &ShareLayout, ueb: &Ueb, 
                 continue;
             }
         };
-        if let Some(problem) = section_problem(&bytes, &shape, root) {
-            c.check.problem(format!("{name} section: {problem}"));
+        // Hashing a section of up to MAX_READ_BYTES is CPU work: off the async workers.
+        let checked = tokio::task::spawn_blocking(move || section_problem(&bytes, &shape, root));
+        match checked.await {
+            Ok(None) => {}
+            Ok(Some(problem)) => c.check.problem(format!("{name} section: {problem}")),
+            Err(e) => c
+                .check
+                .problem(format!("{name} section: check failed: {e}")),
         }
     }
 }
 
 fn section_problem(bytes: &[u8], shape: &TreeShape, root: Option<Hash>) -> Option<String> {
-    let nodes: Vec<Hash> = bytes
-        .chunks_exact(HASH_LEN)
-        .filter_map(Hash::from_slice)
-        .collect();
-    if nodes.len() as u64 != shape.node_count() {
+    if bytes.len() as u64 != shape.node_count() * HASH_LEN as u64 {
         return Some("wrong length".into());
     }
+    // Read in place, without a second copy of the section as hashes.
+    let node = |i: usize| Hash::from_slice(&bytes[i * HASH_LEN..][..HASH_LEN]);
     if let Some(root) = root
-        && nodes[0] != root
+        && node(0) != Some(root)
     {
         return Some("root does not match".into());
     }
     (0..shape.width() as usize - 1)
-        .find(|&i| nodes[i] != hash::node(&nodes[2 * i + 1], &nodes[2 * i + 2]))
+        .find(|&i| {
+            let (Some(parent), Some(left), Some(right)) =
+                (node(i), node(2 * i + 1), node(2 * i + 2))
+            else {
+                return true;
+            };
+            parent != hash::node(&left, &right)
+        })
         .map(|i| format!("node {} does not match its children", NodeIndex(i as u64)))
 }
 
@@ -578,152 +624,199 @@ async fn check_segment(checker: &SegmentChecker<'_>, s: SegmentIndex) -> Segment
         candidates,
         sink,
     } = *checker;
-    let g = reader.cap.geometry();
     let range = layout.record_range(s);
     let reads = candidates.iter().map(|&(server, share, root)| {
         let range = range.clone();
         async move {
             match root {
-                Some(_) => Some(reader.read(server, share, vec![range]).await),
+                Some(_) => Some(
+                    reader
+                        .read(server, share, vec![range])
+                        .await
+                        .map(|parts| parts.into_iter().next().unwrap_or_default())
+                        .map_err(|e| e.to_string()),
+                ),
                 None => None,
             }
         }
     });
-    let mut problems = Vec::new();
-    // Every verified copy, and the first copy of each share number (for decoding).
-    let mut verified: Vec<(usize, ShareNum, bytes::Bytes, Vec<Hash>)> = Vec::new();
-    let mut good: BTreeMap<ShareNum, usize> = BTreeMap::new();
-    for (index, result) in futures::future::join_all(reads)
-        .await
-        .into_iter()
-        .enumerate()
-    {
-        let (_, share, root) = candidates[index];
-        let (Some(result), Some(root)) = (result, root) else {
-            continue;
-        };
-        let bytes = match result {
-            Ok(parts) => parts.into_iter().next().unwrap_or_default(),
-            Err(e) => {
-                problems.push((index, format!("segment {s}: cannot read: {e}")));
-                continue;
-            }
-        };
-        let record = match verifier::parse_record(layout, share, s, &bytes) {
-            Ok(record) => record,
-            Err(e) => {
-                problems.push((index, e.to_string()));
-                continue;
-            }
-        };
-        let leaf = hash::block_leaf(record.block);
-        let share_chain = record.share_chain.as_deref().unwrap_or_default();
-        if verifier::verify_block_tree_root(ueb, share, s, root, share_chain).is_err() {
-            problems.push((index, format!("segment {s}: stored share chain is corrupt")));
-        }
-        match verifier::verify_block_against_root(g, share, s, root, leaf, &record.block_chain) {
-            Ok(()) => {
-                let block = bytes.slice(..record.block.len());
-                good.entry(share).or_insert(verified.len());
-                verified.push((index, share, block, record.ciphertext_chain));
-            }
-            Err(e) => problems.push((index, e.to_string())),
-        }
-    }
-    let k = usize::from(g.k());
-    if good.len() < k {
-        return SegmentOutcome {
-            problems,
+    let results = futures::future::join_all(reads).await;
+    // Verifying, decoding, re-encoding and the sink's writes are CPU and disk work: off the
+    // async workers, which may be serving reads (`serve --repair-on-read`).
+    let judge = SegmentJudge {
+        segment: s,
+        geometry: *reader.cap.geometry(),
+        layout: *layout,
+        ueb: *ueb,
+        codec: codec.cloned(),
+        candidates: candidates.to_vec(),
+        sink: sink.cloned(),
+    };
+    match tokio::task::spawn_blocking(move || judge.judge(results)).await {
+        Ok(outcome) => outcome,
+        Err(e) => SegmentOutcome {
+            problems: Vec::new(),
             recoverable: false,
-            sink_error: None,
-        };
+            sink_error: Some(format!("segment {s}: check failed: {e}")),
+        },
     }
-    let Some(codec) = codec else {
-        return SegmentOutcome {
+}
+
+/// The blocking half of a segment check: everything after the reads.
+struct SegmentJudge {
+    segment: SegmentIndex,
+    geometry: Geometry,
+    layout: ShareLayout,
+    ueb: Ueb,
+    codec: Option<Codec>,
+    candidates: Vec<(usize, ShareNum, Option<Hash>)>,
+    sink: Option<std::sync::Arc<dyn SegmentSink>>,
+}
+
+impl SegmentJudge {
+    fn judge(self, results: Vec<Option<Result<bytes::Bytes, String>>>) -> SegmentOutcome {
+        let SegmentJudge {
+            segment: s,
+            geometry,
+            layout,
+            ueb,
+            codec,
+            candidates,
+            sink,
+        } = self;
+        let (g, layout, ueb, codec, sink) =
+            (&geometry, &layout, &ueb, codec.as_ref(), sink.as_ref());
+        let mut problems = Vec::new();
+        // Every verified copy, and the first copy of each share number (for decoding).
+        let mut verified: Vec<(usize, ShareNum, bytes::Bytes, Vec<Hash>)> = Vec::new();
+        let mut good: BTreeMap<ShareNum, usize> = BTreeMap::new();
+        for (index, result) in results.into_iter().enumerate() {
+            let (_, share, root) = candidates[index];
+            let (Some(result), Some(root)) = (result, root) else {
+                continue;
+            };
+            let bytes = match result {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    problems.push((index, format!("segment {s}: cannot read: {e}")));
+                    continue;
+                }
+            };
+            let record = match verifier::parse_record(layout, share, s, &bytes) {
+                Ok(record) => record,
+                Err(e) => {
+                    problems.push((index, e.to_string()));
+                    continue;
+                }
+            };
+            let leaf = hash::block_leaf(record.block);
+            let share_chain = record.share_chain.as_deref().unwrap_or_default();
+            if verifier::verify_block_tree_root(ueb, share, s, root, share_chain).is_err() {
+                problems.push((index, format!("segment {s}: stored share chain is corrupt")));
+            }
+            match verifier::verify_block_against_root(g, share, s, root, leaf, &record.block_chain)
+            {
+                Ok(()) => {
+                    let block = bytes.slice(..record.block.len());
+                    good.entry(share).or_insert(verified.len());
+                    verified.push((index, share, block, record.ciphertext_chain));
+                }
+                Err(e) => problems.push((index, e.to_string())),
+            }
+        }
+        let k = usize::from(g.k());
+        if good.len() < k {
+            return SegmentOutcome {
+                problems,
+                recoverable: false,
+                sink_error: None,
+            };
+        }
+        let Some(codec) = codec else {
+            return SegmentOutcome {
+                problems,
+                recoverable: true,
+                sink_error: None,
+            };
+        };
+        // Find k shares whose decode the ciphertext tree accepts (trying sets the way a reader
+        // does), then hold every copy of every share to that decode.
+        let shares: Vec<ShareNum> = good.keys().copied().collect();
+        let chains: Vec<&[Hash]> = verified.iter().map(|(_, _, _, c)| c.as_slice()).collect();
+        let accepts = |leaf: Hash| verifier::verify_ciphertext(ueb, s, leaf, &chains).is_ok();
+        let mut tried = HashSet::new();
+        let mut found = None;
+        while let Some(subset) =
+            next_subset(&shares, k, &tried).filter(|_| tried.len() < MAX_DECODES)
+        {
+            let inputs: Vec<(usize, &[u8])> = subset
+                .iter()
+                .map(|sh| (sh.index(), &verified[good[sh]].2[..]))
+                .collect();
+            tried.insert(subset);
+            if let Ok(data) = codec.decode(&inputs) {
+                let leaves: Vec<Hash> = data.iter().map(|b| hash::block_leaf(b)).collect();
+                let leaf = hash::ciphertext_leaf(&leaves);
+                if accepts(leaf) {
+                    found = Some((data, leaf));
+                    break;
+                }
+            }
+        }
+        let Some((data, ciphertext_leaf)) = found else {
+            for &v in good.values() {
+                problems.push((verified[v].0, format!("segment {s}: no {k} shares decode to what the ciphertext tree names (inconsistent upload)")));
+            }
+            return SegmentOutcome {
+                problems,
+                recoverable: false,
+                sink_error: None,
+            };
+        };
+        for (index, _, _, chain) in &verified {
+            if verifier::verify_ciphertext(ueb, s, ciphertext_leaf, &[chain]).is_err() {
+                problems.push((
+                    *index,
+                    format!("segment {s}: stored ciphertext-tree chain is corrupt"),
+                ));
+            }
+        }
+        let refs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+        let mut parity = vec![vec![0u8; refs[0].len()]; usize::from(g.n() - g.k())];
+        let mut parity_refs: Vec<&mut [u8]> = parity.iter_mut().map(Vec::as_mut_slice).collect();
+        if codec.encode(&refs, &mut parity_refs).is_err() {
+            return SegmentOutcome {
+                problems,
+                recoverable: true,
+                sink_error: sink.map(|_| format!("segment {s}: cannot re-encode")),
+            };
+        }
+        for (index, share, block, _) in &verified {
+            let expected: &[u8] = if share.index() < k {
+                &data[share.index()]
+            } else {
+                &parity[share.index() - k]
+            };
+            if &block[..] != expected {
+                problems.push((
+                    *index,
+                    format!("segment {s}: block disagrees with the other shares"),
+                ));
+            }
+        }
+        let mut sink_error = None;
+        if let Some(sink) = sink {
+            let mut blocks = data;
+            blocks.extend(parity);
+            sink_error = sink
+                .segment(s, &blocks, ciphertext_leaf)
+                .err()
+                .map(|e| format!("segment {s}: {e}"));
+        }
+        SegmentOutcome {
             problems,
             recoverable: true,
-            sink_error: None,
-        };
-    };
-    // Find k shares whose decode the ciphertext tree accepts (trying sets the way a reader
-    // does), then hold every copy of every share to that decode.
-    let shares: Vec<ShareNum> = good.keys().copied().collect();
-    let chains: Vec<&[Hash]> = verified.iter().map(|(_, _, _, c)| c.as_slice()).collect();
-    let accepts = |leaf: Hash| verifier::verify_ciphertext(ueb, s, leaf, &chains).is_ok();
-    let mut tried = HashSet::new();
-    let mut found = None;
-    while let Some(subset) = next_subset(&shares, k, &tried).filter(|_| tried.len() < MAX_DECODES) {
-        let inputs: Vec<(usize, &[u8])> = subset
-            .iter()
-            .map(|sh| (sh.index(), &verified[good[sh]].2[..]))
-            .collect();
-        tried.insert(subset);
-        if let Ok(data) = codec.decode(&inputs) {
-            let leaves: Vec<Hash> = data.iter().map(|b| hash::block_leaf(b)).collect();
-            let leaf = hash::ciphertext_leaf(&leaves);
-            if accepts(leaf) {
-                found = Some((data, leaf));
-                break;
-            }
+            sink_error,
         }
-    }
-    let Some((data, ciphertext_leaf)) = found else {
-        for &v in good.values() {
-            problems.push((verified[v].0, format!("segment {s}: no {k} shares decode to what the ciphertext tree names (inconsistent upload)")));
-        }
-        return SegmentOutcome {
-            problems,
-            recoverable: false,
-            sink_error: None,
-        };
-    };
-    for (index, _, _, chain) in &verified {
-        if verifier::verify_ciphertext(ueb, s, ciphertext_leaf, &[chain]).is_err() {
-            problems.push((
-                *index,
-                format!("segment {s}: stored ciphertext-tree chain is corrupt"),
-            ));
-        }
-    }
-    let refs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
-    let mut parity = vec![vec![0u8; refs[0].len()]; usize::from(g.n() - g.k())];
-    let mut parity_refs: Vec<&mut [u8]> = parity.iter_mut().map(Vec::as_mut_slice).collect();
-    if codec.encode(&refs, &mut parity_refs).is_err() {
-        return SegmentOutcome {
-            problems,
-            recoverable: true,
-            sink_error: sink.map(|_| format!("segment {s}: cannot re-encode")),
-        };
-    }
-    for (index, share, block, _) in &verified {
-        let expected: &[u8] = if share.index() < k {
-            &data[share.index()]
-        } else {
-            &parity[share.index() - k]
-        };
-        if &block[..] != expected {
-            problems.push((
-                *index,
-                format!("segment {s}: block disagrees with the other shares"),
-            ));
-        }
-    }
-    let mut sink_error = None;
-    if let Some(sink) = sink {
-        let sink = sink.clone();
-        let mut blocks = data;
-        blocks.extend(parity);
-        let written =
-            tokio::task::spawn_blocking(move || sink.segment(s, &blocks, ciphertext_leaf)).await;
-        sink_error = match written {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(format!("segment {s}: {e}")),
-            Err(e) => Some(format!("segment {s}: {e}")),
-        };
-    }
-    SegmentOutcome {
-        problems,
-        recoverable: true,
-        sink_error,
     }
 }

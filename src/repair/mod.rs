@@ -7,13 +7,17 @@
 //! go into spools (ciphertext only) with their leaf hashes; their block trees are then built
 //! and, with the roots of the good shares, must give the UEB's share root before anything is
 //! stored. The chains and front are written as `put` writes them, so a rebuilt share is
-//! byte for byte the share the uploader made. Each goes to a server that holds no share of
-//! the file (as `put` places shares), the next one if a server refuses it.
+//! byte for byte the share the uploader made. (A share found bad only partway through the
+//! pass is rebuilt by a second one.) Each takes the place of its corrupt copies where their
+//! stores allow it (directories), else goes to a server that holds no copy of it (as `put`
+//! places shares), the next one if a server refuses it.
 //!
 //! Memory is a few segments whatever the file size: the shares are built in spools on disk.
-//! Stores commit shares atomically and never overwrite one, so a repair killed at any point
-//! leaves the file as it was, plus whichever verified shares it had stored; two repairers
-//! racing on one file store the same bytes.
+//! Stores commit shares atomically and never overwrite a share but a proven-corrupt copy
+//! with these same verified bytes, so a repair killed at any point leaves the file as it was,
+//! plus whichever verified shares it had stored; two repairers racing on one file store the
+//! same bytes. When k or more shares at the storage index carry another UEB than the cap's,
+//! the cap may be forged to make us write there: nothing is written.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
@@ -31,7 +35,7 @@ use crate::core::layout::ShareLayout;
 use crate::core::tree;
 use crate::core::ueb::Ueb;
 use crate::engine::ReaderConfig;
-use crate::engine::audit::{Checked, SegmentSink, Survey, VerifyReport};
+use crate::engine::audit::{Checked, CopyFound, SegmentSink, Survey, VerifyReport};
 use crate::grid::Grid;
 use crate::store::{SpooledShare, StoreError};
 use crate::upload::encode::ShareFront;
@@ -154,7 +158,7 @@ pub struct RepairReport {
     pub good_before: Vec<u8>,
     /// Share numbers no server held.
     pub missing: Vec<u8>,
-    /// Copies found corrupt (they stay where they are: stores never overwrite a share; each
+    /// Copies found bad (replaced where their store allows, see `rebuilt`; each
     /// was reported to its store).
     pub corrupt: Vec<ShareOnServer>,
     /// Shares rebuilt and stored (in a dry run: where they would go).
@@ -355,7 +359,7 @@ pub async fn repair(grid: &Grid, cap: &VerifyCap, options: &RepairOptions) -> Re
         } else {
             Outcome::Unrecoverable
         };
-        absorb(&mut report, grid, &checked);
+        absorb(&mut report, grid, &checked, options.dry_run);
         return report;
     };
     let unsound: BTreeSet<ShareNum> = all_shares(g.n())
@@ -369,14 +373,24 @@ pub async fn repair(grid: &Grid, cap: &VerifyCap, options: &RepairOptions) -> Re
             Err(e) => {
                 report.error = Some(e);
                 let checked = survey.check_segments(None, None).await;
-                absorb(&mut report, grid, &checked);
+                absorb(&mut report, grid, &checked, options.dry_run);
                 return report;
             }
         }
     }
     let sink = rebuild.clone().map(|r| r as Arc<dyn SegmentSink>);
     let mut checked = survey.check_segments(None, sink).await;
-    absorb(&mut report, grid, &checked);
+    absorb(&mut report, grid, &checked, options.dry_run);
+    if checked.foreign_shares >= usize::from(g.k()) {
+        // Another file's k shares at this storage index: the cap may be forged to make us
+        // store shares there. Nothing is written.
+        report.outcome = Outcome::AlteredCap;
+        report.error = Some(format!(
+            "{} shares here belong to another file with this storage index",
+            checked.foreign_shares
+        ));
+        return report;
+    }
     if !checked.report.unrecoverable.is_empty() {
         report.outcome = Outcome::Unrecoverable;
         return report;
@@ -442,7 +456,14 @@ pub async fn repair(grid: &Grid, cap: &VerifyCap, options: &RepairOptions) -> Re
             return report;
         }
         roots.extend(proven_roots(&second));
-        match finish(r, cap, &ueb, &late, &mut roots).await {
+        // A copy that failed only for a moment (a timeout) may be good this time.
+        let still_bad: BTreeSet<ShareNum> =
+            late.difference(&good_shares(&second)).copied().collect();
+        for share in good_shares(&second) {
+            needed.remove(&share);
+            good.insert(share);
+        }
+        match finish(r, cap, &ueb, &still_bad, &mut roots).await {
             Ok(shares) => built.extend(shares),
             Err(e) => {
                 report.error = Some(e);
@@ -471,7 +492,12 @@ pub async fn repair(grid: &Grid, cap: &VerifyCap, options: &RepairOptions) -> Re
         needed.remove(&share);
     }
     report.unplaced = unplaced;
-    let mut servers: HashSet<usize> = checked.copies.iter().filter(|c| c.2).map(|c| c.0).collect();
+    let mut servers: HashSet<usize> = checked
+        .copies
+        .iter()
+        .filter(|c| c.good)
+        .map(|c| c.server)
+        .collect();
     servers.extend(stored.iter().map(|s| s.server));
     report.servers_with_good_shares = servers.len();
     report.outcome = if needed.is_empty() {
@@ -491,7 +517,12 @@ fn all_shares(n: u16) -> BTreeSet<ShareNum> {
 
 /// Share numbers with a wholly good copy.
 fn good_shares(checked: &Checked) -> BTreeSet<ShareNum> {
-    checked.copies.iter().filter(|c| c.2).map(|c| c.1).collect()
+    checked
+        .copies
+        .iter()
+        .filter(|c| c.good)
+        .map(|c| c.share)
+        .collect()
 }
 
 /// The block-tree root of each share number found, proven through its share chain to the
@@ -500,12 +531,14 @@ fn proven_roots(checked: &Checked) -> BTreeMap<ShareNum, Hash> {
     checked
         .copies
         .iter()
-        .filter_map(|&(_, share, _, root)| root.map(|r| (share, r)))
+        .filter_map(|c| c.root.map(|r| (c.share, r)))
         .collect()
 }
 
-/// Takes what a check found into the report, and tells each store holding a corrupt copy.
-fn absorb(report: &mut RepairReport, grid: &Grid, checked: &Checked) {
+/// Takes what a check found into the report, and (unless a dry run) tells each store
+/// holding a bad copy of this file's shares (one whose front proved it belongs to the file:
+/// another file's share at this storage index is not ours to call corrupt).
+fn absorb(report: &mut RepairReport, grid: &Grid, checked: &Checked, dry_run: bool) {
     let good = good_shares(checked);
     report.good_before = good.iter().map(|s| s.0).collect();
     report.missing = checked.report.missing.iter().map(|s| s.0).collect();
@@ -514,28 +547,35 @@ fn absorb(report: &mut RepairReport, grid: &Grid, checked: &Checked) {
     report.servers_with_good_shares = checked
         .copies
         .iter()
-        .filter(|c| c.2)
-        .map(|c| c.0)
+        .filter(|c| c.good)
+        .map(|c| c.server)
         .collect::<HashSet<_>>()
         .len();
     report.corrupt = checked
         .copies
         .iter()
-        .filter(|c| !c.2)
-        .map(|&(server, share, _, _)| ShareOnServer {
-            share: share.0,
-            server: grid.servers()[server].name().to_owned(),
+        .filter(|c| !c.good && c.ours)
+        .map(|c| ShareOnServer {
+            share: c.share.0,
+            server: grid.servers()[c.server].name().to_owned(),
             replaced: false,
         })
         .collect();
-    if !checked.report.altered_cap {
-        for &(server, share, is_good, _) in &checked.copies {
-            if !is_good {
+    if !checked.report.altered_cap && !dry_run {
+        for &CopyFound {
+            server,
+            share,
+            good,
+            ours,
+            ..
+        } in &checked.copies
+        {
+            if !good && ours {
                 let store = grid.servers()[server].store().clone();
                 let si = checked.report.storage_index;
                 tokio::spawn(async move {
                     store
-                        .report_corrupt(si, share, "found corrupt by a repair".into())
+                        .report_corrupt(si, share, "failed a repair's check".into())
                         .await;
                 });
             }
@@ -704,7 +744,7 @@ async fn finish(
 /// it first (ranked as `put` ranks them), then those holding the fewest.
 fn preference(grid: &Grid, si: StorageIndex, checked: &Checked, among: &[usize]) -> Vec<usize> {
     let mut held: BTreeMap<usize, usize> = BTreeMap::new();
-    for &(server, ..) in &checked.copies {
+    for &CopyFound { server, .. } in &checked.copies {
         *held.entry(server).or_default() += 1;
     }
     let ranked = grid.placement_among(&si, among.len() as u16, among);
@@ -723,7 +763,8 @@ fn preference(grid: &Grid, si: StorageIndex, checked: &Checked, among: &[usize])
     order
 }
 
-/// Where a dry run's shares would go (every server taken as answering).
+/// Where a dry run's shares would go: as [`place`] chooses, every server taken as
+/// answering and accepting (a store that replaces corrupt copies would take its own back).
 fn plan_placement(
     grid: &Grid,
     si: StorageIndex,
@@ -731,19 +772,32 @@ fn plan_placement(
     needed: &BTreeSet<ShareNum>,
 ) -> Vec<ShareOnServer> {
     let all: Vec<usize> = (0..grid.len()).collect();
-    let order = preference(grid, si, checked, &all);
-    if order.is_empty() {
-        return Vec::new();
-    }
+    let mut seats = Seats {
+        order: preference(grid, si, checked, &all),
+        taken: HashSet::new(),
+        refused: HashSet::new(),
+        holders: holders(checked),
+    };
     needed
         .iter()
-        .enumerate()
-        .map(|(i, share)| ShareOnServer {
-            share: share.0,
-            server: grid.servers()[order[i % order.len()]].name().to_owned(),
-            replaced: false,
+        .filter_map(|&share| {
+            let server = seats.next(share, &HashSet::new())?;
+            Some(ShareOnServer {
+                share: share.0,
+                server: grid.servers()[server].name().to_owned(),
+                replaced: false,
+            })
         })
         .collect()
+}
+
+/// The servers holding a copy (good or bad) of each share number.
+fn holders(checked: &Checked) -> BTreeMap<ShareNum, HashSet<usize>> {
+    let mut holders: BTreeMap<ShareNum, HashSet<usize>> = BTreeMap::new();
+    for &CopyFound { server, share, .. } in &checked.copies {
+        holders.entry(share).or_default().insert(server);
+    }
+    holders
 }
 
 /// Which servers new shares may go to and which are taken.
@@ -792,18 +846,16 @@ async fn place(
     checked: &Checked,
     built: Vec<(ShareNum, SpooledShare)>,
 ) -> (Vec<Stored>, Vec<Unplaced>) {
-    let mut holders: BTreeMap<ShareNum, HashSet<usize>> = BTreeMap::new();
-    for &(server, share, ..) in &checked.copies {
-        holders.entry(share).or_default().insert(server);
-    }
     let mut stored = Vec::new();
     let mut elsewhere = Vec::new();
     for (share, spool) in built {
-        let corrupt_on: Vec<usize> = checked
+        // Only copies taken for this file's: one that carries another UEB may be another
+        // file's share, and is never touched.
+        let corrupt_on: BTreeSet<usize> = checked
             .copies
             .iter()
-            .filter(|c| c.1 == share && !c.2)
-            .map(|c| c.0)
+            .filter(|c| c.share == share && !c.good && c.ours)
+            .map(|c| c.server)
             .collect();
         let mut replaced_any = false;
         for server in corrupt_on {
@@ -839,7 +891,7 @@ async fn place(
         order: preference(grid, si, checked, &responsive),
         taken: HashSet::new(),
         refused: HashSet::new(),
-        holders,
+        holders: holders(checked),
     });
     let writes = elsewhere.into_iter().map(|(share, spool)| {
         let seats = &seats;

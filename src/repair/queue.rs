@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{Outcome, RepairOptions, repair};
-use crate::core::cap::{StorageIndex, VerifyCap};
+use crate::core::cap::VerifyCap;
 use crate::engine::{Damage, DamageHook};
 use crate::grid::Grid;
 use crate::metrics::Metrics;
@@ -42,10 +42,11 @@ impl Default for QueueLimits {
     }
 }
 
-/// Files whose repair is queued or running, and when each recent one finished.
+/// Files whose repair is queued or running, and when each recent one finished; by whole
+/// verify cap, so that a forged cap naming a file's storage index cannot hold its repair off.
 struct Seen {
-    pending: HashSet<StorageIndex>,
-    finished: LruCache<StorageIndex, Instant>,
+    pending: HashSet<VerifyCap>,
+    finished: LruCache<VerifyCap, Instant>,
 }
 
 /// A background repairer fed by reads (see [`hook`](Self::hook)).
@@ -109,18 +110,17 @@ impl RepairQueue {
     /// Queues a repair of the file `cap` names unless one is queued or running, or one
     /// finished lately; never waits. Whether it was queued.
     pub fn offer(&self, cap: &VerifyCap) -> bool {
-        let si = cap.storage_index();
         {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             let lately = seen
                 .finished
-                .peek(&si)
+                .peek(cap)
                 .is_some_and(|done| done.elapsed() < self.quiet);
-            if lately || seen.pending.contains(&si) {
+            if lately || seen.pending.contains(cap) {
                 self.metrics.background_repair("skipped");
                 return false;
             }
-            seen.pending.insert(si);
+            seen.pending.insert(*cap);
         }
         match self.sender.try_send(*cap) {
             Ok(()) => {
@@ -132,7 +132,7 @@ impl RepairQueue {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .pending
-                    .remove(&si);
+                    .remove(cap);
                 self.metrics.background_repair("dropped");
                 false
             }
@@ -186,8 +186,8 @@ async fn run(
         }
         {
             let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
-            seen.pending.remove(&si);
-            seen.finished.put(si, Instant::now());
+            seen.pending.remove(&cap);
+            seen.finished.put(cap, Instant::now());
         }
         tokio::time::sleep(gap.saturating_sub(started.elapsed())).await;
     }

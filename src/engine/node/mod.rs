@@ -98,6 +98,7 @@ impl FileNode {
             metrics,
             cache,
         } = parts;
+        shares.opened(cap.geometry().n());
         Arc::new(FileNode {
             cap,
             layout,

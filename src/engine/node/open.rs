@@ -315,8 +315,11 @@ pub(crate) fn check_header_region(
 
 /// Tells [`ReaderConfig::on_damage`] of a share found corrupt while opening.
 fn tell_if_corrupt(config: &ReaderConfig, cap: &VerifyCap, problem: &Problem) {
+    // A share carrying another UEB may be another file's (or the cap forged): not damage
+    // to this file until a share proves the cap's UEB.
     if let Some(hook) = &config.on_damage
         && problem.is_corruption()
+        && !matches!(problem, Problem::OtherUeb(_) | Problem::AlteredCap)
     {
         hook.tell(cap, Damage::Corrupt);
     }

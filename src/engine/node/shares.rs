@@ -200,9 +200,12 @@ pub(super) struct Shares {
     map: Mutex<ShareMap>,
     /// Signalled after every change to the map.
     pub(super) changed: Notify,
-    /// Called once, when a listing every server answered finds fewer than n shares.
+    /// Called once, when a listing every server answered finds fewer than n shares of a
+    /// file whose UEB a share proved (see [`opened`](Self::opened)).
     pub(super) on_missing: Option<Box<dyn Fn() + Send + Sync>>,
     missing_told: std::sync::atomic::AtomicBool,
+    /// Whether the file opened: its UEB proven, so the cap is not a forged one.
+    is_open: std::sync::atomic::AtomicBool,
 }
 
 impl Shares {
@@ -269,12 +272,25 @@ impl Shares {
         let Some(tell) = &self.on_missing else {
             return;
         };
+        if !self.is_open.load(Ordering::Acquire) {
+            return;
+        }
         let missing = {
             let map = self.lock();
             map.listing_errors.is_empty() && map.distinct_shares() < usize::from(n)
         };
         if missing && !self.missing_told.swap(true, Ordering::Relaxed) {
             tell();
+        }
+    }
+
+    /// The file opened (its UEB proven): missing shares found by a listing, finished or
+    /// not, may now be told.
+    pub(super) fn opened(&self, n: u16) {
+        self.is_open
+            .store(true, std::sync::atomic::Ordering::Release);
+        if self.lock().listing.is_empty() {
+            self.tell_if_missing(n);
         }
     }
 
@@ -427,11 +443,13 @@ impl FileNode {
                 if problem.is_corruption() && !slot.reported {
                     slot.reported = true;
                     self.report_corruption(slot.server, slot.share, problem.to_string());
-                    if let Some(hook) = &self.config.on_damage
+                    let tell = !matches!(problem, Problem::OtherUeb(_))
                         && !self
                             .corruption_told
-                            .swap(true, std::sync::atomic::Ordering::Relaxed)
-                    {
+                            .swap(true, std::sync::atomic::Ordering::Relaxed);
+                    drop(map);
+                    // Outside the lock: the hook is the caller's code.
+                    if let (true, Some(hook)) = (tell, &self.config.on_damage) {
                         hook.tell(&self.cap, Damage::Corrupt);
                     }
                 }

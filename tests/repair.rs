@@ -564,7 +564,9 @@ proptest! {
                 for (path, bytes) in copies {
                     prop_assert!(
                         *bytes == original[share] || front_flipped.contains(path),
-                        "{} is neither the uploader's share nor a copy left alone", path.display()
+                        "{} is neither the uploader's share nor a copy left alone: {}",
+                        path.display(),
+                        report.summary()
                     );
                 }
             }

@@ -188,6 +188,8 @@ struct Candidate {
     root: Option<Hash>,
     /// Why its header region was refused, if it was.
     header_problem: Option<Problem>,
+    /// Whether its header region could be read (refused or not).
+    header_read: bool,
 }
 
 /// Checks every share of the file `cap` names. `progress` is told the number of segments done.
@@ -239,9 +241,9 @@ pub(crate) struct CopyFound {
     pub(crate) good: bool,
     /// Its block-tree root, proven through its share chain to the UEB.
     pub(crate) root: Option<Hash>,
-    /// Whether it can be taken for this file's: its front proved so, or it is garbage (it
-    /// carries no other file's UEB and could be read). A copy of another file's (or one that
-    /// could not be read) is never called corrupt nor replaced.
+    /// Whether it can be taken for this file's: it carries the cap's UEB, or its front is
+    /// garbage (no UEB at all). A copy carrying another UEB (another file's share), or one
+    /// whose front could not be read, is never called corrupt nor replaced.
     pub(crate) ours: bool,
 }
 
@@ -302,6 +304,7 @@ impl<'a> Survey<'a> {
                     },
                     root: None,
                     header_problem: None,
+                    header_read: false,
                 })),
                 Err(e) => report
                     .server_errors
@@ -429,9 +432,11 @@ impl<'a> Survey<'a> {
                 good: c.check.is_good(),
                 root: c.root,
                 ours: c.root.is_some()
-                    || c.header_problem
-                        .as_ref()
-                        .is_some_and(|p| !matches!(p, Problem::OtherUeb(_) | Problem::AlteredCap)),
+                    || (c.header_read
+                        && !matches!(
+                            c.header_problem,
+                            Some(Problem::OtherUeb(_) | Problem::AlteredCap)
+                        )),
             })
             .collect();
         let mut other_uebs: HashMap<Hash, HashSet<ShareNum>> = HashMap::new();
@@ -472,6 +477,7 @@ async fn check_front(
             return None;
         }
     };
+    c.header_read = true;
     let ueb_bytes = match check_header_region(cap, layout, share, &region) {
         Ok(found) => found,
         Err(e) => {

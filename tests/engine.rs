@@ -810,3 +810,61 @@ async fn the_read_ahead_window_follows_the_servers_latency() {
         "window {far_window} for 30 ms servers (loopback {loopback_window}, ceiling {ceiling})"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_return_to_primary_shares_once_a_loaded_grid_is_quiet() {
+    let fixture = Fixture::new(1_000_000, 4096, 3, 10).await;
+    let mut config = ReaderConfig::default();
+    // Marks from the loaded spell expire quickly, so the test is short; the estimates'
+    // fading is the policy's own.
+    config.slow_ttl = Duration::from_millis(300);
+    let client = Client::new(fixture.grid.clone(), config);
+    let file = client.open(&fixture.cap).await.unwrap();
+    let segments = fixture.plaintext.len() as u64 / 4096;
+    let mut next = 0u64;
+    let mut read_one = || {
+        let at = (next % segments) * 4096;
+        next += 1;
+        let file = file.clone();
+        async move { file.read(at..at + 4096).await.unwrap() }
+    };
+    let mix = || client.metrics().share_mix();
+
+    // A spell of load: the servers holding the primaries answer 30 ms late.
+    let slow = Faults {
+        latency: Some(Duration::from_millis(30)),
+        ..Faults::default()
+    };
+    for share in 0..3 {
+        fixture
+            .store_holding(ShareNum(share))
+            .await
+            .set_faults(slow.clone());
+    }
+    let before = mix();
+    for _ in 0..40 {
+        read_one().await;
+    }
+    let during = mix();
+    assert!(
+        during.1 - before.1 > 0,
+        "under load the readers hedge onto parity: {before:?} → {during:?}"
+    );
+
+    // Quiet again: within a couple of seconds the readers are back on primaries.
+    fixture.set_faults(&Faults::default());
+    let quiet = std::time::Instant::now();
+    while quiet.elapsed() < Duration::from_secs(3) {
+        read_one().await;
+    }
+    let settled = mix();
+    for _ in 0..200 {
+        read_one().await;
+    }
+    let after = mix();
+    let (primary, parity) = (after.0 - settled.0, after.1 - settled.1);
+    assert!(
+        parity * 20 <= primary + parity,
+        "a quiet grid is read from primaries: {primary} primary and {parity} parity blocks"
+    );
+}

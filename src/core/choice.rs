@@ -58,6 +58,10 @@ pub struct ServerView {
     pub failing: bool,
     /// A request to it ran late recently (it was hedged): use only after healthy servers.
     pub slow: bool,
+    /// Time since its latency was last measured. An estimate nobody refreshes (a server
+    /// passed over since a slow spell) fades toward the best server's, so the server is
+    /// asked again and measured anew instead of being shunned on old numbers.
+    pub idle: Duration,
 }
 
 /// One (server, share) pair that could serve a block.
@@ -93,6 +97,10 @@ pub struct Policy {
     pub hedge_unknown: Duration,
     /// A request is always late after this.
     pub hedge_ceiling: Duration,
+    /// How fast an idle server's excess latency over the best server's fades (see
+    /// [`ServerView::idle`]): halved every this long. A primary inflated tenfold by a
+    /// moment's load is asked again within about a second of its last sample.
+    pub idle_half_life: Duration,
 }
 
 impl Default for Policy {
@@ -103,6 +111,7 @@ impl Default for Policy {
             hedge_floor: Duration::from_millis(25),
             hedge_unknown: Duration::from_millis(250),
             hedge_ceiling: Duration::from_secs(5),
+            idle_half_life: Duration::from_millis(200),
         }
     }
 }
@@ -110,12 +119,16 @@ impl Default for Policy {
 /// Expected time for `candidate` to deliver a block. Servers without history are assumed to
 /// be as fast as `optimistic` (the best known), so that they get tried.
 fn expected(candidate: &Candidate, optimistic: Duration, policy: &Policy) -> f64 {
-    let latency = candidate
-        .server
-        .latency
-        .smoothed
-        .unwrap_or(optimistic)
-        .as_secs_f64();
+    let best = optimistic.as_secs_f64();
+    let latency = match candidate.server.latency.smoothed {
+        None => best,
+        Some(smoothed) => {
+            let excess = (smoothed.as_secs_f64() - best).max(0.0);
+            let half_lives =
+                candidate.server.idle.as_secs_f64() / policy.idle_half_life.as_secs_f64().max(1e-6);
+            best + excess * 0.5f64.powf(half_lives)
+        }
+    };
     let stretched = latency * (1.0 + policy.load_weight * f64::from(candidate.server.in_flight));
     let parity = if candidate.primary {
         0.0
@@ -313,6 +326,35 @@ mod tests {
             .map(|&i| all[i].share.0)
             .collect();
         assert_eq!(order, vec![1, 2, 0]);
+    }
+
+    #[test]
+    fn a_primary_passed_over_since_a_slow_spell_is_asked_again() {
+        let policy = Policy::default();
+        let mut all: Vec<_> = (0..10).map(|s| candidate(s, 3, server(1))).collect();
+        // Share 0's server was measured at 20 ms during a spell of load, then passed over.
+        all[0].server = server(20);
+        let picked = |all: &[Candidate]| -> Vec<u8> {
+            let mut shares: Vec<u8> = choose(all, 3, &policy)
+                .iter()
+                .map(|&i| all[i].share.0)
+                .collect();
+            shares.sort_unstable();
+            shares
+        };
+        assert_eq!(picked(&all), vec![1, 2, 3], "fresh: the slow primary loses");
+        all[0].server.idle = Duration::from_millis(200);
+        assert_eq!(
+            picked(&all),
+            vec![1, 2, 3],
+            "one half-life: still worse than parity"
+        );
+        all[0].server.idle = Duration::from_secs(1);
+        assert_eq!(picked(&all), vec![0, 1, 2], "after a second: asked again");
+        // The others are being measured all along: their idle time stays near zero.
+        all[0].server = server(20);
+        all[0].server.idle = Duration::from_secs(3600);
+        assert_eq!(picked(&all), vec![0, 1, 2]);
     }
 
     #[test]

@@ -22,8 +22,10 @@ struct State {
     in_flight: u32,
     failing_until: Option<Instant>,
     slow_until: Option<Instant>,
-    /// Requests that ran late since the server last answered one.
+    /// Spells of lateness since the server last answered a request.
     late_streak: u32,
+    /// When its latency was last measured.
+    last_sample: Option<Instant>,
     last_problem: Option<String>,
     requests: u64,
     failures: u64,
@@ -92,6 +94,7 @@ impl ServerHealth {
     pub(crate) fn succeeded(&self, elapsed: Duration) {
         let mut state = self.lock();
         state.latency.observe(elapsed);
+        state.last_sample = Some(Instant::now());
         state.failing_until = None;
         state.late_streak = 0;
     }
@@ -107,19 +110,28 @@ impl ServerHealth {
     /// A request succeeded but its time says nothing about a block's (a batch of blocks).
     pub(crate) fn answered(&self) {
         let mut state = self.lock();
+        // In use: its estimate is not one left behind by a server passed over.
+        state.last_sample = Some(Instant::now());
         state.failing_until = None;
         state.late_streak = 0;
     }
 
     /// A request ran past its hedge delay; prefer other servers for `ttl`, doubled for each
-    /// late request since the server last answered (up to 64×): a server that stays silent
-    /// (stopped, partitioned) is probed, and costs a hedge delay, ever more rarely.
+    /// spell of lateness since the server last answered (up to 64×): a server that stays
+    /// silent (stopped, partitioned) is probed, and costs a hedge delay, ever more rarely.
+    /// Requests that run late together (a read-ahead window in flight when the server
+    /// stalled) are one spell: only a probe after the mark expired doubles it, so a moment's
+    /// load does not bench a server for minutes.
     pub(crate) fn ran_late(&self, ttl: Duration) {
         let mut state = self.lock();
         state.hedges += 1;
+        let now = Instant::now();
+        if state.slow_until.is_some_and(|until| until > now) {
+            return;
+        }
         let backoff = 1u32 << state.late_streak.min(6);
         state.late_streak = state.late_streak.saturating_add(1);
-        state.slow_until = Some(Instant::now() + ttl.saturating_mul(backoff));
+        state.slow_until = Some(now + ttl.saturating_mul(backoff));
     }
 
     /// The latency estimate.
@@ -135,6 +147,9 @@ impl ServerHealth {
             in_flight: state.in_flight,
             failing: state.failing_until.is_some_and(|t| t > now),
             slow: state.slow_until.is_some_and(|t| t > now),
+            idle: state
+                .last_sample
+                .map_or(Duration::ZERO, |t| now.saturating_duration_since(t)),
         }
     }
 
@@ -159,8 +174,8 @@ impl ServerHealth {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_server_that_stays_late_is_probed_ever_more_rarely() {
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_stays_late_is_probed_ever_more_rarely() {
         let health = ServerHealth::default();
         let ttl = Duration::from_secs(10);
         let slow_for = |health: &ServerHealth| {
@@ -169,16 +184,36 @@ mod tests {
         };
         health.ran_late(ttl);
         assert!(slow_for(&health) <= ttl);
+        // Requests late together are one spell: the mark does not grow.
+        for _ in 0..16 {
+            health.ran_late(ttl);
+        }
+        assert!(slow_for(&health) <= ttl);
+        // Each probe after the mark expired that runs late again doubles it, up to 64×.
+        tokio::time::advance(slow_for(&health) + Duration::from_millis(1)).await;
         health.ran_late(ttl);
         assert!(slow_for(&health) > ttl * 3 / 2);
         for _ in 0..20 {
+            tokio::time::advance(slow_for(&health) + Duration::from_millis(1)).await;
             health.ran_late(ttl);
         }
         assert!(slow_for(&health) <= ttl * 64);
         assert!(slow_for(&health) > ttl * 60);
+        tokio::time::advance(slow_for(&health) + Duration::from_millis(1)).await;
         health.succeeded(Duration::from_millis(1));
         health.ran_late(ttl);
         assert!(slow_for(&health) <= ttl, "an answer resets the backoff");
         assert!(health.view(Instant::now()).slow);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_not_measured_lately_says_how_long() {
+        let health = ServerHealth::default();
+        assert_eq!(health.view(Instant::now()).idle, Duration::ZERO);
+        health.succeeded(Duration::from_millis(3));
+        tokio::time::advance(Duration::from_millis(700)).await;
+        assert_eq!(health.view(Instant::now()).idle, Duration::from_millis(700));
+        health.succeeded(Duration::from_millis(3));
+        assert_eq!(health.view(Instant::now()).idle, Duration::ZERO);
     }
 }

@@ -41,6 +41,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BlockLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RepairLabels {
     event: &'static str,
 }
@@ -74,6 +79,7 @@ pub(super) struct Exported {
     open_files: Gauge<i64, AtomicI64>,
     metadata_bytes: Gauge<i64, AtomicI64>,
     background_repairs: Family<RepairLabels, Counter>,
+    blocks_used: Family<BlockLabels, Counter>,
 }
 
 impl Default for Exported {
@@ -163,9 +169,16 @@ impl Default for Exported {
             "Repairs queued by reads that found damaged shares (serve --repair-on-read), by event: queued, skipped (queued, running or repaired lately), dropped (queue full), and each finished repair's outcome",
             background_repairs.clone(),
         );
+        let blocks_used = Family::<BlockLabels, Counter>::default();
+        registry.register(
+            "blocks_used",
+            "Blocks segments were decoded from, by kind: primary (used as is) or parity (decoded); parity on a healthy grid means readers left primaries they should be back on",
+            blocks_used.clone(),
+        );
         Exported {
             registry,
             background_repairs,
+            blocks_used,
             http_requests,
             http_bytes,
             share_requests,
@@ -240,6 +253,16 @@ impl Exported {
     }
 
     /// `files` file nodes hold `bytes` of metadata.
+    pub(super) fn blocks_used(&self, primary: u64, parity: u64) {
+        for (kind, count) in [("primary", primary), ("parity", parity)] {
+            if count > 0 {
+                self.blocks_used
+                    .get_or_create(&BlockLabels { kind })
+                    .inc_by(count);
+            }
+        }
+    }
+
     pub(super) fn background_repair(&self, event: &'static str) {
         self.background_repairs
             .get_or_create(&RepairLabels { event })

@@ -91,6 +91,8 @@ impl Eviction {
 #[derive(Default)]
 pub struct Metrics {
     hedges: AtomicU64,
+    primary_blocks: AtomicU64,
+    parity_blocks: AtomicU64,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
     #[cfg(feature = "metrics")]
@@ -136,6 +138,23 @@ impl Metrics {
         #[cfg(feature = "metrics")]
         self.exported.share_rejected(reason);
         let _ = reason;
+    }
+
+    /// A segment was decoded from `primary` primary blocks and `parity` parity ones.
+    pub fn blocks_used(&self, primary: u64, parity: u64) {
+        self.primary_blocks.fetch_add(primary, Ordering::Relaxed);
+        self.parity_blocks.fetch_add(parity, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        self.exported.blocks_used(primary, parity);
+    }
+
+    /// Blocks decoded so far: (primary, parity). On a healthy grid nearly all are primary
+    /// (no decoding); parity means readers routed around slow or failed servers.
+    pub fn share_mix(&self) -> (u64, u64) {
+        (
+            self.primary_blocks.load(Ordering::Relaxed),
+            self.parity_blocks.load(Ordering::Relaxed),
+        )
     }
 
     /// Hedged requests so far.
@@ -209,6 +228,10 @@ mod tests {
         m.cache_evicted(Eviction::Lru, 2);
         m.cache_size(5, 1000);
         m.open_files(2, 4096);
+        m.blocks_used(3, 0);
+        m.blocks_used(2, 1);
+        m.background_repair("queued");
+        m.background_repair("repaired");
         let text = m.render();
         for line in [
             "segvault_http_requests_total{status=\"206\"} 2",
@@ -222,9 +245,14 @@ mod tests {
             "segvault_cache_entries 5",
             "segvault_open_files 2",
             "segvault_open_files_bytes 4096",
+            "segvault_blocks_used_total{kind=\"primary\"} 5",
+            "segvault_blocks_used_total{kind=\"parity\"} 1",
+            "segvault_background_repairs_total{event=\"queued\"} 1",
+            "segvault_background_repairs_total{event=\"repaired\"} 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+        assert_eq!(m.share_mix(), (5, 1));
     }
 }

@@ -94,6 +94,10 @@ impl FileNode {
         blocks: Vec<VerifiedBlock>,
         chains: Vec<Vec<Hash>>,
     ) -> Result<Arc<SegmentData>, DecodeError> {
+        let k = self.cap.geometry().k();
+        let primaries = blocks.iter().filter(|b| u16::from(b.share.0) < k).count() as u64;
+        self.metrics
+            .blocks_used(primaries, blocks.len() as u64 - primaries);
         let big = self.cap.geometry().block_size(segment) >= INLINE_CPU_LIMIT;
         let node = self.clone();
         let work = move || node.decode_and_check_blocking(segment, blocks, &chains);

@@ -278,8 +278,10 @@ async fn read_ahead_spreads_over_more_than_k_servers_when_they_are_slow() {
         .open(&fixture.cap)
         .await
         .unwrap();
+    // Servers across a network: each has capacity of its own, so load spreads.
     fixture.set_faults(&Faults {
         latency: Some(Duration::from_millis(20)),
+        remote: true,
         ..Faults::default()
     });
     for store in &fixture.stores {

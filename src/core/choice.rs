@@ -58,6 +58,11 @@ pub struct ServerView {
     pub failing: bool,
     /// A request to it ran late recently (it was hedged): use only after healthy servers.
     pub slow: bool,
+    /// On this machine (a directory): its requests in flight share the disks and cores of
+    /// every other local store, so they do not make it slower than its neighbours, and load
+    /// is no reason to leave a primary for parity (which costs decoding on those same
+    /// cores). Only servers across a network are stretched by their load.
+    pub local: bool,
     /// Time since its latency was last measured. An estimate nobody refreshes (a server
     /// passed over since a slow spell) fades toward the best server's, so the server is
     /// asked again and measured anew instead of being shunned on old numbers.
@@ -129,7 +134,12 @@ fn expected(candidate: &Candidate, optimistic: Duration, policy: &Policy) -> f64
             best + excess * 0.5f64.powf(half_lives)
         }
     };
-    let stretched = latency * (1.0 + policy.load_weight * f64::from(candidate.server.in_flight));
+    let load = if candidate.server.local {
+        0.0
+    } else {
+        policy.load_weight * f64::from(candidate.server.in_flight)
+    };
+    let stretched = latency * (1.0 + load);
     let parity = if candidate.primary {
         0.0
     } else {
@@ -296,6 +306,23 @@ mod tests {
             .map(|&i| all[i].share.0)
             .collect();
         assert_eq!(picked, vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn load_on_local_stores_does_not_push_reads_onto_parity() {
+        let policy = Policy::default();
+        let mut all: Vec<_> = (0..10).map(|s| candidate(s, 3, server(2))).collect();
+        for c in &mut all {
+            c.server.local = true;
+        }
+        for c in &mut all[..3] {
+            c.server.in_flight = 3;
+        }
+        let picked: Vec<u8> = choose(&all, 3, &policy)
+            .iter()
+            .map(|&i| all[i].share.0)
+            .collect();
+        assert_eq!(picked, vec![0, 1, 2]);
     }
 
     #[test]

@@ -147,6 +147,8 @@ impl ServerHealth {
             in_flight: state.in_flight,
             failing: state.failing_until.is_some_and(|t| t > now),
             slow: state.slow_until.is_some_and(|t| t > now),
+            // Whether the store is on this machine is the grid's to say (see `Server`).
+            local: false,
             idle: state
                 .last_sample
                 .map_or(Duration::ZERO, |t| now.saturating_duration_since(t)),

@@ -352,7 +352,12 @@ pub(super) fn pick_slots(
                 // back even where failures set no expiring mark.
                 avoided: slot.avoided(now) || slot.failures >= 2,
                 failures: slot.failures,
-                server: grid.servers()[slot.server].health().view(now),
+                server: {
+                    let server = &grid.servers()[slot.server];
+                    let mut view = server.health().view(now);
+                    view.local = !server.store().is_remote();
+                    view
+                },
             }
         })
         .collect();

@@ -26,6 +26,7 @@ fn fixed_choice() -> ReaderConfig {
     let mut config = ReaderConfig::default();
     config.share_choice.hedge_floor = Duration::from_secs(3600);
     config.share_choice.parity_cost = Duration::from_secs(3600);
+    config.share_choice.local_parity_cost = Duration::from_secs(3600);
     config.primary_grace = Duration::from_secs(3600);
     config
 }

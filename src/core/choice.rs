@@ -93,6 +93,11 @@ pub struct Policy {
     /// local-disk jitter (tens of µs), so that primaries are not traded for parity on noise;
     /// on a local grid, where decoding competes for the same cores, that is the right call.
     pub parity_cost: Duration,
+    /// [`parity_cost`](Self::parity_cost) for a share on a local store. Decoding runs on the
+    /// cores that local reads wait for, and differences between local stores' latencies
+    /// are mostly the reader's own queueing, not the disks': a local primary is left for
+    /// parity only when it is this much slower (a stalled one is hedged and marked anyway).
+    pub local_parity_cost: Duration,
     /// How much each request already in flight to a server stretches its expected latency
     /// (0.5: a server with two requests waiting looks twice as slow).
     pub load_weight: f64,
@@ -112,6 +117,7 @@ impl Default for Policy {
     fn default() -> Policy {
         Policy {
             parity_cost: Duration::from_millis(1),
+            local_parity_cost: Duration::from_millis(10),
             load_weight: 0.5,
             hedge_floor: Duration::from_millis(25),
             hedge_unknown: Duration::from_millis(250),
@@ -142,6 +148,8 @@ fn expected(candidate: &Candidate, optimistic: Duration, policy: &Policy) -> f64
     let stretched = latency * (1.0 + load);
     let parity = if candidate.primary {
         0.0
+    } else if candidate.server.local {
+        policy.local_parity_cost.as_secs_f64()
     } else {
         policy.parity_cost.as_secs_f64()
     };

@@ -123,8 +123,8 @@ pub(crate) async fn run(cli: &Cli, args: &RepairArgs) -> anyhow::Result<ExitCode
         count(Outcome::Unhealthy),
         count(Outcome::Unrecoverable),
         count(Outcome::AlteredCap),
-        segvault::repair::human_bytes(read),
-        segvault::repair::human_bytes(written),
+        super::size::format(read),
+        super::size::format(written),
         if args.dry_run { " (dry run)" } else { "" },
     );
     if args.json {

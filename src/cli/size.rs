@@ -11,20 +11,7 @@ pub(crate) fn parse(text: &str) -> Result<u64, String> {
 
 /// Formats a byte count with a binary suffix, e.g. `128 KiB`, `1.50 GiB`.
 pub(crate) fn format(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else if value.fract() == 0.0 {
-        format!("{value} {}", UNITS[unit])
-    } else {
-        format!("{value:.2} {}", UNITS[unit])
-    }
+    segvault::core::text::human_bytes(bytes)
 }
 
 #[cfg(test)]

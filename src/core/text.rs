@@ -176,6 +176,31 @@ pub fn download_name(name: &str) -> String {
     out
 }
 
+/// A byte count for people, with a binary suffix: `17 B`, `128 KiB`, `1.50 GiB`.
+///
+/// ```
+/// use segvault::core::text::human_bytes;
+/// assert_eq!(human_bytes(17), "17 B");
+/// assert_eq!(human_bytes(128 << 10), "128 KiB");
+/// assert_eq!(human_bytes(1536 << 20), "1.50 GiB");
+/// ```
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else if value.fract() == 0.0 {
+        format!("{value} {}", UNITS[unit])
+    } else {
+        format!("{value:.2} {}", UNITS[unit])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

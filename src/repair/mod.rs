@@ -32,6 +32,7 @@ use crate::core::codec::Codec;
 use crate::core::geometry::{Geometry, SegmentIndex, ShareNum};
 use crate::core::hash::{self, Hash};
 use crate::core::layout::ShareLayout;
+use crate::core::text;
 use crate::core::tree;
 use crate::core::ueb::Ueb;
 use crate::engine::ReaderConfig;
@@ -280,8 +281,8 @@ impl RepairReport {
         details.push(end);
         details.push(format!(
             "read {}, wrote {}",
-            human_bytes(self.bytes_read),
-            human_bytes(self.bytes_written)
+            text::human_bytes(self.bytes_read),
+            text::human_bytes(self.bytes_written)
         ));
         format!(
             "{:<13} {label}: {}",
@@ -296,22 +297,6 @@ impl RepairReport {
             good.extend(self.rebuilt.iter().map(|p| p.share));
         }
         good.len()
-    }
-}
-
-/// `bytes` for people: `512 B`, `1.5 MiB`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }
 

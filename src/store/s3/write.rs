@@ -178,24 +178,35 @@ async fn put_whole(
         .map(drop)
 }
 
+/// How long a failed or cancelled multipart upload waits for its parts in flight before it
+/// aborts anyway. A part request the server has begun can land after an abort and leave an
+/// orphaned part (S3 says so, and s3s-fs does it), so the abort waits for them first; a part
+/// stuck longer than this is stopped, and the abort is sent twice.
+const PARTS_SETTLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+type PartTasks = tokio::task::JoinSet<Result<(), object_store::Error>>;
+
 /// A multipart upload that is aborted unless it completed: on an error here, and from a
-/// spawned task when the write is cancelled (dropped).
+/// spawned task when the write is cancelled (dropped). Either way the abort goes only once
+/// no part of it is in flight.
 struct Multipart {
     upload: Option<Box<dyn MultipartUpload>>,
+    parts: PartTasks,
     inner: Arc<Inner>,
     share: (StorageIndex, ShareNum),
 }
 
 impl Drop for Multipart {
     fn drop(&mut self) {
-        let Some(mut upload) = self.upload.take() else {
+        let Some(upload) = self.upload.take() else {
             return;
         };
+        let parts = std::mem::take(&mut self.parts);
         let name = self.inner.name.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             // `abandon` waits for it, so an interrupted upload's clean-up covers it.
             let aborting = runtime.spawn(async move {
-                if let Err(e) = upload.abort().await {
+                if let Err(e) = abort(upload, parts).await {
                     tracing::warn!(store = %name, error = %super::errors::describe(&e), "cannot abort a cancelled multipart upload; its parts stay until the bucket's lifecycle rule removes them");
                 }
             });
@@ -205,6 +216,27 @@ impl Drop for Multipart {
             pending.insert(self.share, aborting);
         }
     }
+}
+
+/// Waits (up to [`PARTS_SETTLE`]) for the parts in flight to land or fail, then aborts the
+/// upload; parts stopped by the deadline may still land, so the abort then goes again.
+async fn abort(
+    mut upload: Box<dyn MultipartUpload>,
+    mut parts: PartTasks,
+) -> Result<(), object_store::Error> {
+    let settled = tokio::time::timeout(PARTS_SETTLE, async {
+        while parts.join_next().await.is_some() {}
+    })
+    .await
+    .is_ok();
+    parts.shutdown().await;
+    let aborted = upload.abort().await;
+    if !settled {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        // The upload is gone after the first abort; this one only sweeps late parts.
+        let _ = upload.abort().await;
+    }
+    aborted
 }
 
 async fn put_parts(
@@ -218,26 +250,26 @@ async fn put_parts(
         .await?;
     let mut multipart = Multipart {
         upload: Some(upload),
+        parts: PartTasks::new(),
         inner: inner.clone(),
         share,
     };
-    let result = send_parts(inner, &mut multipart, spool).await;
-    let mut upload = multipart.upload.take().expect("held until here");
-    match result {
-        Ok(()) => match upload.complete().await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let _ = upload.abort().await;
-                Err(e)
-            }
-        },
-        Err(e) => {
-            if let Err(abort) = upload.abort().await {
-                tracing::warn!(store = %inner.name, error = %super::errors::describe(&abort), "cannot abort a failed multipart upload");
-            }
-            Err(e)
-        }
+    let mut result = send_parts(inner, &mut multipart, spool).await;
+    if result.is_ok() {
+        // Still held by `multipart`: cancelled while completing, the upload is aborted (an
+        // abort after a completion that landed changes nothing).
+        let upload = multipart.upload.as_mut().expect("held until complete");
+        result = upload.complete().await.map(drop);
     }
+    let upload = multipart.upload.take().expect("held until here");
+    if let Err(e) = result {
+        let parts = std::mem::take(&mut multipart.parts);
+        if let Err(abort) = abort(upload, parts).await {
+            tracing::warn!(store = %inner.name, error = %super::errors::describe(&abort), "cannot abort a failed multipart upload");
+        }
+        return Err(e);
+    }
+    Ok(())
 }
 
 async fn send_parts(
@@ -246,11 +278,11 @@ async fn send_parts(
     spool: &SpooledShare,
 ) -> Result<(), object_store::Error> {
     let upload = multipart.upload.as_mut().expect("held until complete");
+    let in_flight = &mut multipart.parts;
     let part_size = inner.options.part_size as u64;
     // Parts run as tasks of their own, each holding its memory until sent: waiting for
-    // memory here never waits on a part nobody polls. Dropping the set (a cancelled write)
-    // stops them.
-    let mut in_flight = tokio::task::JoinSet::new();
+    // memory here never waits on a part nobody polls. On failure or cancellation the set
+    // goes to `abort`, which lets them settle first.
     let mut offset = 0;
     while offset < spool.len() {
         while in_flight.len() >= PARTS_IN_FLIGHT {

@@ -6,13 +6,16 @@
 #   2. time to first byte of 100 random 64 KiB ranges (p50, p99)
 #   3. a 1-byte range at EOF of a file not opened yet (fresh caps for segvault)
 #   4. peak RSS of the server with 16 clients reading a 256 MiB file at 1 MB/s
+#   5. peak RSS with STALLED clients (default 1,000) that read a response head and stop, and
+#      how many connections each server closed within its 20 s send timeout
 #
-# Usage: benches/gateway.sh [FULL_RUNS] [SLOW_SECONDS]   (defaults: 5 runs, 20 s)
+# Usage: benches/gateway.sh [FULL_RUNS] [SLOW_SECONDS] [STALLED]   (defaults: 5, 20 s, 1000)
 # Installs nginx with apt-get if it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 full_runs=${1:-5}
 slow_seconds=${2:-20}
+stalled=${3:-1000}
 
 if ! command -v nginx > /dev/null; then
   apt-get install -y -q nginx > /dev/null || { apt-get update -q > /dev/null && apt-get install -y -q nginx > /dev/null; }
@@ -43,11 +46,13 @@ cat > "$work/nginx.conf" << EOF
 worker_processes auto;
 pid $work/nginx.pid;
 error_log $work/nginx-error.log;
-events { worker_connections 1024; }
+worker_rlimit_nofile 8192;
+events { worker_connections 4096; }
 http {
   access_log off;
   sendfile on;
   tcp_nopush on;
+  send_timeout 20s;
   server {
     listen 127.0.0.1:$nginx_port;
     root $work/www;
@@ -58,7 +63,7 @@ nginx -p "$work" -c "$work/nginx.conf" -g 'daemon off;' &
 pids+=($!)
 
 start_gateway() {
-  "$bin" --data "$work/data" serve --listen 127.0.0.1:0 > "$work/url" 2> "$work/gateway.log" &
+  "$bin" --data "$work/data" serve --listen 127.0.0.1:0 --send-timeout 20 --max-connections 4096 > "$work/url" 2> "$work/gateway.log" &
   gateway_pid=$!
   pids+=("$gateway_pid")
   for _ in $(seq 100); do [ -s "$work/url" ] && break; sleep 0.05; done
@@ -149,3 +154,27 @@ peak_n=$(slow_run "$nginx/slow.bin" $nginx_pids)
 peak_s=$(slow_run "$gateway/uri/$slow_cap" "$gateway_pid")
 printf '   nginx idle %d KiB peak %d KiB   segvault idle %d KiB peak %d KiB (%.1f MiB)\n' \
   "$idle_n" "$peak_n" "$idle_s" "$peak_s" "$(echo "$peak_s / 1024" | bc -l)"
+
+echo "== 5. peak RSS with $stalled clients that read a response head and stop, held 30 s"
+stalled_run() { # url, then server pids
+  local url=$1; shift
+  local peak=0
+  python3 benches/stalled.py "$url" 268435456 "$stalled" 30 > "$work/stalled.out" &
+  local client=$!
+  while kill -0 "$client" 2> /dev/null; do
+    sleep 0.25
+    local now; now=$(rss_of "$@")
+    [ "$now" -gt "$peak" ] && peak=$now
+  done
+  wait "$client"
+  echo "$peak $(awk '/closed by the server/ {print $5}' "$work/stalled.out")"
+}
+kill "$gateway_pid"; wait "$gateway_pid" 2> /dev/null || true
+start_gateway
+sleep 0.5
+idle_s=$(rss_of "$gateway_pid")
+read -r peak_n closed_n <<< "$(stalled_run "$nginx/slow.bin" $nginx_pids)"
+read -r peak_s closed_s <<< "$(stalled_run "$gateway/uri/$slow_cap" "$gateway_pid")"
+printf '   nginx peak %d KiB, closed %s   segvault idle %d KiB peak %d KiB (%.1f MiB, %.0f KiB per client), closed %s of %d\n' \
+  "$peak_n" "$closed_n" "$idle_s" "$peak_s" "$(echo "$peak_s / 1024" | bc -l)" \
+  "$(echo "($peak_s - $idle_s) / $stalled" | bc -l)" "$closed_s" "$stalled"

@@ -177,6 +177,46 @@ async fn a_stream_never_fetches_more_than_its_window_ahead() {
     assert_eq!(rest, fixture.expected(1000, 199_000));
 }
 
+/// A reader that stops taking bytes (a stalled client) holds no read-ahead once the release
+/// delay has passed; when it resumes, the let-go segments are fetched again and every byte
+/// is exact.
+#[tokio::test]
+async fn a_stalled_reader_lets_its_read_ahead_go_and_resumes_exactly() {
+    let fixture = Fixture::new(200_000, 1000, 3, 10).await;
+    tokio::time::pause();
+    let mut config = fixed_choice();
+    config.read_ahead_release = Duration::from_millis(500);
+    let client = Client::new(fixture.grid.clone(), config);
+    let metrics = client.metrics().clone();
+    let file = client.open(&fixture.cap).await.unwrap();
+    let mut stream = file.stream(0..200_000);
+    let mut got = Vec::new();
+    // Reading fast first, so the window grows past one segment.
+    for _ in 0..20 {
+        got.extend_from_slice(&stream.next().await.unwrap().unwrap());
+    }
+    // Stalled, but not for long yet: what was fetched ahead waits for the reader.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let held = metrics.read_ahead_bytes();
+    assert!(
+        held >= 1000,
+        "{held} bytes held ahead of a reader that paused briefly"
+    );
+    // Stalled past the release delay: nothing is held for it any more.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(metrics.read_ahead_bytes(), 0);
+    let requests_before_resuming = fixture.reads();
+    while let Some(chunk) = stream.next().await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(got, fixture.expected(0, 200_000));
+    assert!(
+        fixture.reads() > requests_before_resuming,
+        "the let-go segments were fetched again"
+    );
+    assert_eq!(metrics.read_ahead_bytes(), 0, "nothing held after the end");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_and_lying_shares_are_routed_around() {
     let fixture = Fixture::new(50_000, 1000, 3, 10).await;

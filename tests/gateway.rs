@@ -497,6 +497,82 @@ fn a_client_that_stops_reading_holds_bounded_memory_and_can_resume() {
     assert!(response.body == plain);
 }
 
+/// The value of an unlabelled metric in the gateway's `/metrics`.
+fn metric(server: &Server, name: &str) -> f64 {
+    get(&server.addr, "/metrics", &[])
+        .text()
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+/// Many viewers that stop reading (a paused player, a vanished phone): each soon holds no
+/// read-ahead, others are served meanwhile, and each connection is closed after the stated
+/// send timeout.
+#[test]
+fn stalled_clients_let_their_read_ahead_go_and_are_closed_after_the_send_timeout() {
+    let site = Site::new();
+    // Each body far larger than what socket buffers absorb, so every client stalls the gateway.
+    let plain = random_bytes(64 << 20, 16);
+    let cap = site.put(&plain, &[]);
+    let log = site.root.path().join("gateway.log");
+    let server = Server::start_logging(&site.data(), &["--send-timeout", "8", "-v"], Some(&log));
+    let mut stalled = Vec::new();
+    for i in 0..40u64 {
+        let first = i * 400_000;
+        let mut stream = http::send(
+            &server.addr,
+            "GET",
+            &uri(&cap),
+            &[("Range", &format!("bytes={first}-"))],
+            b"",
+        );
+        let mut head = [0u8; 4096];
+        stream.read_exact(&mut head).unwrap();
+        stalled.push(stream);
+    }
+    process::wait_for(
+        "stalled clients' read-ahead to be let go",
+        Duration::from_secs(60),
+        || {
+            metric(&server, "segvault_read_ahead_released_total") > 0.0
+                && metric(&server, "segvault_read_ahead_bytes") == 0.0
+        },
+    );
+    let response = get(
+        &server.addr,
+        &uri(&cap),
+        &[("Range", "bytes=20000000-24999999")],
+    );
+    expect_range(
+        &response,
+        &plain,
+        20_000_000,
+        24_999_999,
+        "beside 40 stalled",
+    );
+    process::wait_for(
+        "every stalled connection to be closed",
+        Duration::from_secs(120),
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .matches("the client took no response bytes for 8s")
+                .count()
+                >= stalled.len()
+        },
+    );
+    for (i, mut stream) in stalled.into_iter().enumerate() {
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+        let expected = plain.len() - i * 400_000;
+        assert!(
+            rest.len() < expected,
+            "client {i} got its whole body after the send timeout"
+        );
+    }
+}
+
 #[test]
 fn a_client_that_disconnects_mid_body_leaves_the_gateway_working() {
     let site = Site::new();

@@ -44,6 +44,9 @@ pub(crate) struct ServeArgs {
     /// Seconds a client has to send a request's headers (also the keep-alive idle time)
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     header_timeout: u64,
+    /// Seconds a client may take no response bytes before its connection is closed (a stalled viewer holds a connection slot and a segment until then)
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    send_timeout: u64,
     /// Serve HTTPS with this certificate chain (PEM; reloaded with the key on SIGHUP)
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
@@ -72,6 +75,7 @@ pub(crate) async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode>
     config.connections.max_connections = args.max_connections;
     config.connections.header_read_timeout =
         std::time::Duration::from_secs(args.header_timeout.max(1));
+    config.connections.write_timeout = std::time::Duration::from_secs(args.send_timeout.max(1));
     config.max_upload_bytes = args.max_upload;
     config.max_uploads = args.max_uploads;
     config.reader.metadata_bytes = args.metadata_size;

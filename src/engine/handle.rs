@@ -153,6 +153,10 @@ impl FileHandle {
         })
     }
 
+    pub(super) fn read_ahead_release(&self) -> std::time::Duration {
+        self.config.read_ahead_release
+    }
+
     pub(super) fn slices(
         &self,
         range: Range<u64>,

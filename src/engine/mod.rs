@@ -85,6 +85,10 @@ pub struct ReaderConfig {
     /// then is waited for this much longer (primaries save decoding; a stalled server then
     /// costs this once per file opened, not a request timeout).
     pub primary_grace: Duration,
+    /// How long a segment fetched ahead waits for a reader that stopped taking bytes (a
+    /// stalled or paused client) before it is let go; fetched again if the reader resumes.
+    /// A stalled reader then holds no read-ahead, only what its connection buffers.
+    pub read_ahead_release: Duration,
     /// Told when a read finds a file's shares damaged (see [`DamageHook`]); `None`: nobody.
     pub on_damage: Option<DamageHook>,
 }
@@ -149,6 +153,7 @@ impl Default for ReaderConfig {
             share_choice: Policy::default(),
             slow_ttl: Duration::from_secs(10),
             primary_grace: Duration::from_millis(20),
+            read_ahead_release: Duration::from_secs(2),
             on_damage: None,
         }
     }

@@ -4,10 +4,12 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use futures::task::AtomicWaker;
 use futures::{FutureExt, Stream};
 use tokio_util::task::AbortOnDropHandle;
 
@@ -16,6 +18,7 @@ use super::handle::FileHandle;
 use crate::core::geometry::SegmentIndex;
 use crate::core::planner::SegmentSlice;
 use crate::core::range::GetRange;
+use crate::metrics::Metrics;
 
 impl FileHandle {
     /// The bytes of `range` (clamped to the file) as a stream of chunks, in order.
@@ -62,17 +65,136 @@ impl FileHandle {
 /// in flight use every core. Dropping either cancels it.
 enum Chunk {
     Inline(BoxFuture<'static, Result<Bytes, ReadError>>),
-    Spawned(AbortOnDropHandle<Result<Bytes, ReadError>>),
+    Ahead(Ahead),
 }
 
 impl Chunk {
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, ReadError>> {
-        match self {
-            Chunk::Inline(future) => future.poll_unpin(cx),
-            Chunk::Spawned(task) => task.poll_unpin(cx).map(|joined| {
-                joined
-                    .unwrap_or_else(|e| Err(ReadError::Internal(format!("read task failed: {e}"))))
-            }),
+    fn poll(
+        &mut self,
+        handle: &FileHandle,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Bytes, ReadError>> {
+        loop {
+            match self {
+                Chunk::Inline(future) => return future.poll_unpin(cx),
+                Chunk::Ahead(ahead) => match ahead.poll(cx) {
+                    Polled::Ready(result) => return Poll::Ready(result),
+                    Polled::Pending => return Poll::Pending,
+                    // Its reader came back after the chunk was let go: fetch it again here.
+                    Polled::Released(slice) => *self = Chunk::Inline(handle.slice_chunk(slice)),
+                },
+            }
+        }
+    }
+}
+
+/// A chunk fetched ahead in a task of its own. Ready, it waits for its reader for the
+/// handle's `read_ahead_release`; a reader that has not taken it by then (a stalled or
+/// paused client, whose connection no longer pulls) loses it and fetches it again if it
+/// resumes. So a stalled reader holds no read-ahead: only what its connection buffers.
+struct Ahead {
+    slot: Arc<Slot>,
+    slice: SegmentSlice,
+    metrics: Arc<Metrics>,
+    _task: AbortOnDropHandle<()>,
+}
+
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+    waker: AtomicWaker,
+}
+
+#[derive(Default)]
+enum SlotState {
+    #[default]
+    Fetching,
+    Ready(Result<Bytes, ReadError>),
+    Taken,
+    Released,
+}
+
+enum Polled {
+    Ready(Result<Bytes, ReadError>),
+    Pending,
+    Released(SegmentSlice),
+}
+
+impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Ahead {
+    fn spawn(handle: &FileHandle, slice: SegmentSlice) -> Ahead {
+        let slot = Arc::new(Slot::default());
+        let fetch = handle.slice_chunk(slice.clone());
+        let release_after = handle.read_ahead_release();
+        let metrics = handle.node().metrics().clone();
+        let task = {
+            let (slot, metrics) = (slot.clone(), metrics.clone());
+            tokio::spawn(async move {
+                // A panic must still wake the reader, with an error rather than never.
+                let result = std::panic::AssertUnwindSafe(fetch)
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| Err(ReadError::Internal("a read task panicked".into())));
+                let held = result.as_ref().map_or(0, |bytes| bytes.len() as i64);
+                {
+                    // Every change to the slot and the count goes under its lock.
+                    let mut state = slot.lock();
+                    *state = SlotState::Ready(result);
+                    metrics.read_ahead_held(held);
+                }
+                slot.waker.wake();
+                if held == 0 {
+                    return;
+                }
+                tokio::time::sleep(release_after).await;
+                let mut state = slot.lock();
+                if matches!(*state, SlotState::Ready(_)) {
+                    *state = SlotState::Released;
+                    metrics.read_ahead_held(-held);
+                    metrics.read_ahead_released();
+                }
+            })
+        };
+        Ahead {
+            slot,
+            slice,
+            metrics,
+            _task: AbortOnDropHandle::new(task),
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Polled {
+        self.slot.waker.register(cx.waker());
+        let mut state = self.slot.lock();
+        match std::mem::replace(&mut *state, SlotState::Taken) {
+            SlotState::Ready(result) => {
+                if let Ok(bytes) = &result {
+                    self.metrics.read_ahead_held(-(bytes.len() as i64));
+                }
+                Polled::Ready(result)
+            }
+            SlotState::Released => Polled::Released(self.slice.clone()),
+            SlotState::Fetching => {
+                *state = SlotState::Fetching;
+                Polled::Pending
+            }
+            SlotState::Taken => {
+                Polled::Ready(Err(ReadError::Internal("a chunk was taken twice".into())))
+            }
+        }
+    }
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        let state = self.slot.lock();
+        if let SlotState::Ready(Ok(bytes)) = &*state {
+            self.metrics.read_ahead_held(-(bytes.len() as i64));
         }
     }
 }
@@ -163,12 +285,11 @@ impl Stream for ByteStream {
                 })
                 .collect();
             for (i, slice) in batch.into_iter().enumerate() {
-                let chunk = this.handle.slice_chunk(slice);
                 let chunk = if this.started {
-                    Chunk::Spawned(AbortOnDropHandle::new(tokio::spawn(chunk)))
+                    Chunk::Ahead(Ahead::spawn(&this.handle, slice))
                 } else {
                     this.started = true;
-                    Chunk::Inline(chunk)
+                    Chunk::Inline(this.handle.slice_chunk(slice))
                 };
                 this.pending.push_back((chunk, i % group == 0));
             }
@@ -177,7 +298,7 @@ impl Stream for ByteStream {
             return Poll::Ready(None);
         };
         let opens_batch = *opens_batch;
-        let result = match chunk.poll(cx) {
+        let result = match chunk.poll(&this.handle, cx) {
             Poll::Pending => {
                 this.waited = true;
                 return Poll::Pending;

@@ -80,6 +80,8 @@ pub(super) struct Exported {
     metadata_bytes: Gauge<i64, AtomicI64>,
     background_repairs: Family<RepairLabels, Counter>,
     blocks_used: Family<BlockLabels, Counter>,
+    pub(super) read_ahead_bytes: Gauge<i64, AtomicI64>,
+    pub(super) read_ahead_released: Counter,
 }
 
 impl Default for Exported {
@@ -175,8 +177,22 @@ impl Default for Exported {
             "Blocks segments were decoded from, by kind: primary (used as is) or parity (decoded); parity on a healthy grid means readers left primaries they should be back on",
             blocks_used.clone(),
         );
+        let read_ahead_bytes = Gauge::default();
+        registry.register(
+            "read_ahead_bytes",
+            "Plaintext fetched ahead of its readers and waiting for them",
+            read_ahead_bytes.clone(),
+        );
+        let read_ahead_released = Counter::default();
+        registry.register(
+            "read_ahead_released",
+            "Segments fetched ahead and let go because their reader stopped taking bytes (fetched again if it resumes)",
+            read_ahead_released.clone(),
+        );
         Exported {
             registry,
+            read_ahead_bytes,
+            read_ahead_released,
             background_repairs,
             blocks_used,
             http_requests,

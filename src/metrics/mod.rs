@@ -22,7 +22,7 @@
 mod exported;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The media type of [`Metrics::render`]'s output.
@@ -95,6 +95,7 @@ pub struct Metrics {
     parity_blocks: AtomicU64,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
+    read_ahead_bytes: AtomicI64,
     #[cfg(feature = "metrics")]
     exported: exported::Exported,
 }
@@ -155,6 +156,26 @@ impl Metrics {
             self.primary_blocks.load(Ordering::Relaxed),
             self.parity_blocks.load(Ordering::Relaxed),
         )
+    }
+
+    /// Plaintext fetched ahead of its reader changed by `delta` bytes (ready and waiting for
+    /// a consumer that has not taken it yet).
+    pub fn read_ahead_held(&self, delta: i64) {
+        let now = self.read_ahead_bytes.fetch_add(delta, Ordering::Relaxed) + delta;
+        #[cfg(feature = "metrics")]
+        self.exported.read_ahead_bytes.set(now);
+        let _ = now;
+    }
+
+    /// Bytes fetched ahead and waiting for their readers now.
+    pub fn read_ahead_bytes(&self) -> u64 {
+        u64::try_from(self.read_ahead_bytes.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    /// A segment fetched ahead was let go because its reader stopped taking bytes.
+    pub fn read_ahead_released(&self) {
+        #[cfg(feature = "metrics")]
+        self.exported.read_ahead_released.inc();
     }
 
     /// Hedged requests so far.

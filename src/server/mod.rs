@@ -333,7 +333,11 @@ where
             };
             tokio::select! {
                 outcome = served => if let Err(e) = outcome {
-                    debug!(%peer, error = %e, "connection ended with an error");
+                    if timed_out(&*e) {
+                        info!(%peer, "connection closed: the client took no response bytes for {write_timeout:?}");
+                    } else {
+                        debug!(%peer, error = %e, "connection ended with an error");
+                    }
                 },
                 () = connection.evicted() => debug!(%peer, "idle connection closed to make room"),
                 () = first_request => debug!(%peer, "no request within {first_request_timeout:?}"),
@@ -347,6 +351,20 @@ where
         () = tokio::time::sleep(limits.shutdown_grace) => warn!("requests still running at the end of the grace period"),
     }
     Ok(())
+}
+
+/// Whether a connection ended because a write waited longer than the send timeout.
+fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// Completes on SIGINT or SIGTERM.

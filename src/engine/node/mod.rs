@@ -179,6 +179,10 @@ impl FileNode {
     }
 
     /// The verified trees.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     pub(super) fn lock_trees(&self) -> MutexGuard<'_, FileTrees> {
         // Every critical section leaves the trees consistent even if it panics midway.
         self.trees.lock().unwrap_or_else(|p| p.into_inner())

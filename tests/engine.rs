@@ -217,6 +217,44 @@ async fn a_stalled_reader_lets_its_read_ahead_go_and_resumes_exactly() {
     assert_eq!(metrics.read_ahead_bytes(), 0, "nothing held after the end");
 }
 
+/// Readers together hold no more read-ahead than the client's read-ahead memory, and none
+/// of them waits on it: past it, each fetches its next segment itself.
+#[tokio::test]
+async fn readers_share_a_bounded_read_ahead_memory_and_all_finish_exactly() {
+    let fixture = Fixture::new(200_000, 1000, 3, 10).await;
+    tokio::time::pause();
+    let mut config = fixed_choice();
+    config.read_ahead_memory = 3 * 1024; // three 1000-byte segments, whoever reads
+    let client = Client::new(fixture.grid.clone(), config);
+    let metrics = client.metrics().clone();
+    let file = client.open(&fixture.cap).await.unwrap();
+    let mut streams: Vec<_> = (0..5u64)
+        .map(|i| (i * 30_000, file.stream(i * 30_000..200_000)))
+        .collect();
+    let mut got = vec![Vec::new(); streams.len()];
+    let mut peak = 0;
+    for _ in 0..40 {
+        for (i, (_, stream)) in streams.iter_mut().enumerate() {
+            got[i].extend_from_slice(&stream.next().await.unwrap().unwrap());
+        }
+        // The readers pause; what was started finishes.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        peak = peak.max(metrics.read_ahead_bytes());
+    }
+    assert!(peak > 0, "some read-ahead was allowed");
+    assert!(peak <= 3000, "{peak} bytes held ahead with room for 3000");
+    for (i, (start, stream)) in streams.iter_mut().enumerate() {
+        while let Some(chunk) = stream.next().await {
+            got[i].extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(
+            got[i],
+            fixture.expected(*start, 200_000 - *start),
+            "reader {i}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_and_lying_shares_are_routed_around() {
     let fixture = Fixture::new(50_000, 1000, 3, 10).await;

@@ -44,6 +44,9 @@ pub(crate) struct ServeArgs {
     /// Seconds a client has to send a request's headers (also the keep-alive idle time)
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     header_timeout: u64,
+    /// Memory all responses together may hold fetched ahead of their clients, e.g. 256MiB (beyond it each response fetches one segment at a time)
+    #[arg(long, value_name = "SIZE", value_parser = crate::cli::size::parse, default_value = "64MiB")]
+    read_ahead_memory: u64,
     /// Seconds a client may take no response bytes before its connection is closed (a stalled viewer holds a connection slot and a segment until then)
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     send_timeout: u64,
@@ -79,6 +82,7 @@ pub(crate) async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode>
     config.max_upload_bytes = args.max_upload;
     config.max_uploads = args.max_uploads;
     config.reader.metadata_bytes = args.metadata_size;
+    config.reader.read_ahead_memory = args.read_ahead_memory;
     config.put = put;
     config.http2 = !args.no_http2;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {

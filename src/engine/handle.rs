@@ -19,6 +19,7 @@ use crate::core::cipher::Keystream;
 use crate::core::geometry::SegmentIndex;
 use crate::core::planner::SegmentSlice;
 use crate::core::range::GetRange;
+use tokio::sync::Semaphore;
 
 /// An open file: a shared [`FileNode`] plus the key. Cheap to clone.
 #[derive(Clone)]
@@ -26,6 +27,7 @@ pub struct FileHandle {
     node: Arc<FileNode>,
     keystream: Keystream,
     config: Arc<ReaderConfig>,
+    read_ahead_memory: Arc<Semaphore>,
 }
 
 impl fmt::Debug for FileHandle {
@@ -41,11 +43,13 @@ impl FileHandle {
         node: Arc<FileNode>,
         keystream: Keystream,
         config: Arc<ReaderConfig>,
+        read_ahead_memory: Arc<Semaphore>,
     ) -> FileHandle {
         FileHandle {
             node,
             keystream,
             config,
+            read_ahead_memory,
         }
     }
 
@@ -157,6 +161,15 @@ impl FileHandle {
         self.config.read_ahead_release
     }
 
+    /// The client's read-ahead memory, in permits of a KiB.
+    pub(super) fn read_ahead_memory(&self) -> &Arc<Semaphore> {
+        &self.read_ahead_memory
+    }
+
+    pub(super) fn read_ahead_memory_kib(&self) -> u64 {
+        read_ahead_memory_kib(&self.config)
+    }
+
     pub(super) fn slices(
         &self,
         range: Range<u64>,
@@ -167,4 +180,9 @@ impl FileHandle {
     pub(super) fn segment_start(&self, segment: SegmentIndex) -> u64 {
         self.node.verify_cap().geometry().segment_start(segment)
     }
+}
+
+/// The read-ahead memory of `config` in KiB, as semaphore permits.
+pub(super) fn read_ahead_memory_kib(config: &ReaderConfig) -> u64 {
+    (config.read_ahead_memory / 1024).clamp(1, u64::from(u32::MAX >> 3))
 }

@@ -89,6 +89,10 @@ pub struct ReaderConfig {
     /// stalled or paused client) before it is let go; fetched again if the reader resumes.
     /// A stalled reader then holds no read-ahead, only what its connection buffers.
     pub read_ahead_release: Duration,
+    /// Bytes all of a client's streams together may hold fetched ahead of their readers (a
+    /// gateway's read-ahead, whatever the number of clients). A reader's next chunk never
+    /// waits for it: past it, readers fetch one segment at a time in their own tasks.
+    pub read_ahead_memory: u64,
     /// Told when a read finds a file's shares damaged (see [`DamageHook`]); `None`: nobody.
     pub on_damage: Option<DamageHook>,
 }
@@ -154,6 +158,7 @@ impl Default for ReaderConfig {
             slow_ttl: Duration::from_secs(10),
             primary_grace: Duration::from_millis(20),
             read_ahead_release: Duration::from_secs(2),
+            read_ahead_memory: 64 << 20,
             on_damage: None,
         }
     }
@@ -188,6 +193,7 @@ struct Inner {
     nodes: Mutex<LruCache<VerifyCap, NodeCell>>,
     metrics: Arc<Metrics>,
     cache: Option<Arc<DiskCache>>,
+    read_ahead_memory: Arc<tokio::sync::Semaphore>,
 }
 
 impl fmt::Debug for Client {
@@ -229,8 +235,10 @@ impl Client {
         cache: Option<Arc<DiskCache>>,
     ) -> Client {
         let capacity = NonZeroUsize::new(config.open_files).unwrap_or(NonZeroUsize::MIN);
+        let read_ahead_kib = handle::read_ahead_memory_kib(&config) as usize;
         Client {
             inner: Arc::new(Inner {
+                read_ahead_memory: Arc::new(tokio::sync::Semaphore::new(read_ahead_kib)),
                 grid,
                 config: Arc::new(config),
                 nodes: Mutex::new(LruCache::new(capacity)),
@@ -277,6 +285,7 @@ impl Client {
             node,
             Keystream::new(cap.key()),
             self.inner.config.clone(),
+            self.inner.read_ahead_memory.clone(),
         ))
     }
 

@@ -5,7 +5,9 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+
 use std::task::{Context, Poll};
+use tokio::sync::OwnedSemaphorePermit;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -80,18 +82,22 @@ impl Chunk {
                 Chunk::Ahead(ahead) => match ahead.poll(cx) {
                     Polled::Ready(result) => return Poll::Ready(result),
                     Polled::Pending => return Poll::Pending,
-                    // Its reader came back after the chunk was let go: fetch it again here.
-                    Polled::Released(slice) => *self = Chunk::Inline(handle.slice_chunk(slice)),
+                    // Let go, or never given room: its reader fetches it in its own task.
+                    Polled::FetchHere(slice) => *self = Chunk::Inline(handle.slice_chunk(slice)),
                 },
             }
         }
     }
 }
 
-/// A chunk fetched ahead in a task of its own. Ready, it waits for its reader for the
-/// handle's `read_ahead_release`; a reader that has not taken it by then (a stalled or
-/// paused client, whose connection no longer pulls) loses it and fetches it again if it
-/// resumes. So a stalled reader holds no read-ahead: only what its connection buffers.
+/// A chunk fetched ahead in a task of its own, within the client's read-ahead memory
+/// ([`ReaderConfig::read_ahead_memory`](super::ReaderConfig::read_ahead_memory)): it waits for
+/// room before fetching, unless its reader reaches it first, which then fetches it itself
+/// (a reader's next chunk never waits on others' read-ahead). Ready, it waits for its reader
+/// for the handle's `read_ahead_release`; a reader that has not taken it by then (a stalled
+/// or paused client, whose connection no longer pulls) loses it and fetches it again if it
+/// resumes. So a stalled reader holds no read-ahead, only what its connection buffers, and
+/// all readers together hold at most the read-ahead memory.
 struct Ahead {
     slot: Arc<Slot>,
     slice: SegmentSlice,
@@ -107,9 +113,12 @@ struct Slot {
 
 #[derive(Default)]
 enum SlotState {
+    /// Waiting for room in the read-ahead memory.
     #[default]
+    Queued,
     Fetching,
-    Ready(Result<Bytes, ReadError>),
+    /// Fetched, holding its share of the read-ahead memory until taken or let go.
+    Ready(Result<Bytes, ReadError>, Option<OwnedSemaphorePermit>),
     Taken,
     Released,
 }
@@ -117,7 +126,8 @@ enum SlotState {
 enum Polled {
     Ready(Result<Bytes, ReadError>),
     Pending,
-    Released(SegmentSlice),
+    /// The reader fetches this chunk itself: it was let go, or never got room.
+    FetchHere(SegmentSlice),
 }
 
 impl Slot {
@@ -131,10 +141,36 @@ impl Ahead {
         let slot = Arc::new(Slot::default());
         let fetch = handle.slice_chunk(slice.clone());
         let release_after = handle.read_ahead_release();
+        let memory = handle.read_ahead_memory().clone();
         let metrics = handle.node().metrics().clone();
+        // A chunk never asks for more than the whole memory (it would wait forever).
+        let kib = (slice
+            .within
+            .end
+            .saturating_sub(slice.within.start)
+            .div_ceil(1024))
+        .clamp(1, handle.read_ahead_memory_kib());
+        let kib = u32::try_from(kib).unwrap_or(u32::MAX);
+        // Room now: fetching from the start. Else queued, and its reader may take it over.
+        let room = memory.clone().try_acquire_many_owned(kib).ok();
+        if room.is_some() {
+            *slot.lock() = SlotState::Fetching;
+        }
         let task = {
             let (slot, metrics) = (slot.clone(), metrics.clone());
             tokio::spawn(async move {
+                let permit = match room {
+                    Some(permit) => Some(permit),
+                    None => {
+                        let permit = memory.acquire_many_owned(kib).await.ok();
+                        let mut state = slot.lock();
+                        if !matches!(*state, SlotState::Queued) {
+                            return; // its reader got there first and fetches it itself
+                        }
+                        *state = SlotState::Fetching;
+                        permit
+                    }
+                };
                 // A panic must still wake the reader, with an error rather than never.
                 let result = std::panic::AssertUnwindSafe(fetch)
                     .catch_unwind()
@@ -144,7 +180,7 @@ impl Ahead {
                 {
                     // Every change to the slot and the count goes under its lock.
                     let mut state = slot.lock();
-                    *state = SlotState::Ready(result);
+                    *state = SlotState::Ready(result, permit);
                     metrics.read_ahead_held(held);
                 }
                 slot.waker.wake();
@@ -153,7 +189,7 @@ impl Ahead {
                 }
                 tokio::time::sleep(release_after).await;
                 let mut state = slot.lock();
-                if matches!(*state, SlotState::Ready(_)) {
+                if matches!(*state, SlotState::Ready(..)) {
                     *state = SlotState::Released;
                     metrics.read_ahead_held(-held);
                     metrics.read_ahead_released();
@@ -172,13 +208,13 @@ impl Ahead {
         self.slot.waker.register(cx.waker());
         let mut state = self.slot.lock();
         match std::mem::replace(&mut *state, SlotState::Taken) {
-            SlotState::Ready(result) => {
+            SlotState::Ready(result, _permit) => {
                 if let Ok(bytes) = &result {
                     self.metrics.read_ahead_held(-(bytes.len() as i64));
                 }
                 Polled::Ready(result)
             }
-            SlotState::Released => Polled::Released(self.slice.clone()),
+            SlotState::Released | SlotState::Queued => Polled::FetchHere(self.slice.clone()),
             SlotState::Fetching => {
                 *state = SlotState::Fetching;
                 Polled::Pending
@@ -192,10 +228,12 @@ impl Ahead {
 
 impl Drop for Ahead {
     fn drop(&mut self) {
-        let state = self.slot.lock();
-        if let SlotState::Ready(Ok(bytes)) = &*state {
+        let mut state = self.slot.lock();
+        if let SlotState::Ready(Ok(bytes), _) = &*state {
             self.metrics.read_ahead_held(-(bytes.len() as i64));
         }
+        // Gives back its memory now, whatever the task is doing.
+        *state = SlotState::Taken;
     }
 }
 

@@ -47,7 +47,8 @@ def main() -> None:
     time.sleep(hold)
     closed = 0
     for s in sockets:
-        s.setblocking(False)
+        # A closed connection's last bytes and its end may still be on their way.
+        s.settimeout(2)
         try:
             # Draining what the kernel holds: a closed connection ends in EOF or a reset; one
             # still open keeps sending, so stop after more than socket buffers could hold.
@@ -58,7 +59,7 @@ def main() -> None:
                     closed += 1
                     break
                 drained += len(data)
-        except BlockingIOError:
+        except TimeoutError:
             pass
         except ConnectionResetError:
             closed += 1

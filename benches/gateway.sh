@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The gateway side by side with nginx serving the same plaintext, both on 127.0.0.1, measured
 # alternately in one run (these machines are noisy: compare within a run, quote medians).
+# rclone crypt (`rclone serve http` over a crypt remote of a local directory) is the peer a
+# user would pick instead for encrypted files with ranges; it appears in rows 1 and 2a.
 #
-#   1. full-file GET throughput of a 512 MiB file
+#   1. full-file GET throughput of a 512 MiB file, and the gateway's share mix (blocks
+#      decoded from primary or parity shares, from /metrics: parity here is wasted work)
 #   2. time to first byte of 100 random 64 KiB ranges (p50, p99)
 #   3. a 1-byte range at EOF of a file not opened yet (fresh caps for segvault)
 #   4. peak RSS of the server with 16 clients reading a 256 MiB file at 1 MB/s
@@ -10,16 +13,18 @@
 #      how many connections each server closed within its 20 s send timeout
 #
 # Usage: benches/gateway.sh [FULL_RUNS] [SLOW_SECONDS] [STALLED]   (defaults: 5, 20 s, 1000)
-# Installs nginx with apt-get if it is missing.
+# Installs nginx and rclone with apt-get if they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 full_runs=${1:-5}
 slow_seconds=${2:-20}
 stalled=${3:-1000}
 
-if ! command -v nginx > /dev/null; then
-  apt-get install -y -q nginx > /dev/null || { apt-get update -q > /dev/null && apt-get install -y -q nginx > /dev/null; }
-fi
+for tool in nginx rclone; do
+  if ! command -v "$tool" > /dev/null; then
+    apt-get install -y -q "$tool" > /dev/null || { apt-get update -q > /dev/null && apt-get install -y -q "$tool" > /dev/null; }
+  fi
+done
 cargo build --release --quiet
 bin=$PWD/target/release/segvault
 work=$(mktemp -d "${BENCH_DIR:-/tmp}/segvault-gateway.XXXXXX")
@@ -71,8 +76,18 @@ start_gateway() {
 }
 start_gateway
 nginx="http://127.0.0.1:$nginx_port"
+
+# rclone crypt over a local directory holding the same file, encrypted.
+printf '[plain]\ntype = local\n[secret]\ntype = crypt\nremote = plain:%s\npassword = %s\n' \
+  "$work/crypt" "$(rclone obscure segvault-bench-password)" > "$work/rclone.conf"
+rclone --config "$work/rclone.conf" copyto "$work/www/big.bin" secret:big.bin
+rclone_port=$((20000 + RANDOM % 20000))
+rclone --config "$work/rclone.conf" serve http secret: --addr "127.0.0.1:$rclone_port" 2> "$work/rclone.log" &
+pids+=($!)
+rclone="http://127.0.0.1:$rclone_port"
+for _ in $(seq 100); do curl -s -o /dev/null "$rclone/" && break; sleep 0.1; done
 sleep 0.5
-for url in "$nginx/big.bin" "$gateway/uri/$big_cap"; do
+for url in "$nginx/big.bin" "$gateway/uri/$big_cap" "$rclone/big.bin"; do
   code=$(curl -s -o /dev/null -r 0-0 -w '%{http_code}' "$url")
   [ "$code" = 206 ] || { echo "GET $url answered $code" >&2; exit 1; }
 done
@@ -82,28 +97,38 @@ pct() { sort -g | awk -v p="$1" '{a[NR]=$1} END {i=int(NR*p/100+0.999); if (i<1)
 ratio() { echo "scale=2; $1 / $2" | bc; }
 
 echo "== 1. full-file GET of 512 MiB (MB/s), alternating, $full_runs runs each"
-curl -s -o /dev/null "$nginx/big.bin"; curl -s -o /dev/null "$gateway/uri/$big_cap"   # warm both
-: > "$work/full.nginx"; : > "$work/full.segvault"
+for url in "$nginx/big.bin" "$gateway/uri/$big_cap" "$rclone/big.bin"; do curl -s -o /dev/null "$url"; done   # warm all
+blocks() { curl -s "$gateway/metrics" | awk -v k="$1" '$1 == "segvault_blocks_used_total{kind=\"" k "\"}" {n = $2} END {print n + 0}'; }
+primary_before=$(blocks primary); parity_before=$(blocks parity)
+: > "$work/full.nginx"; : > "$work/full.segvault"; : > "$work/full.rclone"
 for _ in $(seq "$full_runs"); do
   curl -s -o /dev/null -w '%{speed_download}\n' "$nginx/big.bin" | awk '{print $1/1e6}' >> "$work/full.nginx"
   curl -s -o /dev/null -w '%{speed_download}\n' "$gateway/uri/$big_cap" | awk '{print $1/1e6}' >> "$work/full.segvault"
+  curl -s -o /dev/null -w '%{speed_download}\n' "$rclone/big.bin" | awk '{print $1/1e6}' >> "$work/full.rclone"
 done
-full_n=$(median < "$work/full.nginx"); full_s=$(median < "$work/full.segvault")
-printf '   nginx %8.0f MB/s   segvault %8.0f MB/s   ratio %s\n' "$full_n" "$full_s" "$(ratio "$full_s" "$full_n")"
+full_n=$(median < "$work/full.nginx"); full_s=$(median < "$work/full.segvault"); full_r=$(median < "$work/full.rclone")
+printf '   nginx %8.0f MB/s   segvault %8.0f MB/s   ratio %s   rclone crypt %8.0f MB/s (segvault / rclone %s)\n' \
+  "$full_n" "$full_s" "$(ratio "$full_s" "$full_n")" "$full_r" "$(ratio "$full_s" "$full_r")"
+primary=$(( $(blocks primary) - primary_before )); parity=$(( $(blocks parity) - parity_before ))
+printf '   share mix of those GETs: %d primary blocks, %d parity (%.1f %% parity)\n' \
+  "$primary" "$parity" "$(echo "100 * $parity / ($primary + $parity + 0.0001)" | bc -l)"
 
 echo "== 2. time to first byte of 100 random 64 KiB ranges (ms)"
 echo "   a) one curl per request, alternating (what the design notes quote for nginx)"
-: > "$work/ttfb.nginx"; : > "$work/ttfb.segvault"
+: > "$work/ttfb.nginx"; : > "$work/ttfb.segvault"; : > "$work/ttfb.rclone"
 for i in $(seq 100); do
   first=$(( (RANDOM * 32768 + RANDOM) % (big_len - 65536) ))
   last=$((first + 65535))
   curl -s -o /dev/null -r "$first-$last" -w '%{time_starttransfer}\n' "$nginx/big.bin" | awk '{print $1*1000}' >> "$work/ttfb.nginx"
   curl -s -o /dev/null -r "$first-$last" -w '%{time_starttransfer}\n' "$gateway/uri/$big_cap" | awk '{print $1*1000}' >> "$work/ttfb.segvault"
+  curl -s -o /dev/null -r "$first-$last" -w '%{time_starttransfer}\n' "$rclone/big.bin" | awk '{print $1*1000}' >> "$work/ttfb.rclone"
 done
 p50_n=$(pct 50 < "$work/ttfb.nginx"); p99_n=$(pct 99 < "$work/ttfb.nginx")
 p50_s=$(pct 50 < "$work/ttfb.segvault"); p99_s=$(pct 99 < "$work/ttfb.segvault")
 printf '   nginx p50 %.3f p99 %.3f   segvault p50 %.3f p99 %.3f   ratio p50 %s p99 %s\n' \
   "$p50_n" "$p99_n" "$p50_s" "$p99_s" "$(ratio "$p50_s" "$p50_n")" "$(ratio "$p99_s" "$p99_n")"
+p50_r=$(pct 50 < "$work/ttfb.rclone"); p99_r=$(pct 99 < "$work/ttfb.rclone")
+printf '   rclone crypt p50 %.3f p99 %.3f   segvault / rclone p50 %s\n' "$p50_r" "$p99_r" "$(ratio "$p50_s" "$p50_r")"
 echo "   b) raw sockets, request sent to first byte, interleaved (A = nginx, B = segvault)"
 python3 benches/ttfb.py 100 65536 "$big_len" "$nginx/big.bin" "$gateway/uri/$big_cap"
 

@@ -162,13 +162,26 @@ impl Ahead {
                 let permit = match room {
                     Some(permit) => Some(permit),
                     None => {
-                        let permit = memory.acquire_many_owned(kib).await.ok();
+                        // Waiting no longer than a fetched chunk would wait for its reader:
+                        // a stalled reader's queued chunks leave the queue instead of
+                        // taking room, one after another, only to be let go.
+                        let permit =
+                            tokio::time::timeout(release_after, memory.acquire_many_owned(kib))
+                                .await;
                         let mut state = slot.lock();
                         if !matches!(*state, SlotState::Queued) {
                             return; // its reader got there first and fetches it itself
                         }
-                        *state = SlotState::Fetching;
-                        permit
+                        match permit {
+                            Ok(permit) => {
+                                *state = SlotState::Fetching;
+                                permit.ok()
+                            }
+                            Err(_) => {
+                                *state = SlotState::Released;
+                                return;
+                            }
+                        }
                     }
                 };
                 // A panic must still wake the reader, with an error rather than never.

@@ -118,7 +118,11 @@ fn lock_recycled() -> std::sync::MutexGuard<'static, Vec<Vec<u8>>> {
 fn recycled_buffer(len: usize) -> Vec<u8> {
     if (RECYCLED_MIN..=RECYCLED_MAX).contains(&len) {
         let mut kept = lock_recycled();
-        if let Some(i) = kept.iter().rposition(|b| b.capacity() >= len) {
+        // Not much larger than asked: memory counted for a chunk is what it holds.
+        if let Some(i) = kept
+            .iter()
+            .rposition(|b| (len..=len.saturating_mul(2)).contains(&b.capacity()))
+        {
             let mut buffer = kept.swap_remove(i);
             drop(kept);
             // Wiped when given back: only a longer length writes zeros, past the old one.

@@ -190,9 +190,14 @@ impl Ahead {
                     .await
                     .unwrap_or_else(|_| Err(ReadError::Internal("a read task panicked".into())));
                 let held = result.as_ref().map_or(0, |bytes| bytes.len() as i64);
+                // Room is held only for bytes held: an error or nothing holds none.
+                let permit = permit.filter(|_| held > 0);
                 {
                     // Every change to the slot and the count goes under its lock.
                     let mut state = slot.lock();
+                    if !matches!(*state, SlotState::Fetching) {
+                        return; // dropped by its stream while this finished
+                    }
                     *state = SlotState::Ready(result, permit);
                     metrics.read_ahead_held(held);
                 }

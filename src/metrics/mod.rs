@@ -161,10 +161,10 @@ impl Metrics {
     /// Plaintext fetched ahead of its reader changed by `delta` bytes (ready and waiting for
     /// a consumer that has not taken it yet).
     pub fn read_ahead_held(&self, delta: i64) {
-        let now = self.read_ahead_bytes.fetch_add(delta, Ordering::Relaxed) + delta;
+        self.read_ahead_bytes.fetch_add(delta, Ordering::Relaxed);
+        // Added, not set: updates from several threads may land in any order.
         #[cfg(feature = "metrics")]
-        self.exported.read_ahead_bytes.set(now);
-        let _ = now;
+        self.exported.read_ahead_bytes.inc_by(delta);
     }
 
     /// Bytes fetched ahead and waiting for their readers now.

@@ -83,8 +83,9 @@ struct Inner {
     /// write through this handle (a gateway's concurrent uploads included), so that writes
     /// to a bucket never hold more than that in memory.
     write_memory: Arc<tokio::sync::Semaphore>,
-    /// Multipart uploads of cancelled writes being aborted.
-    aborting: Mutex<HashMap<(StorageIndex, ShareNum), tokio::task::JoinHandle<()>>>,
+    /// Multipart uploads of failed or cancelled writes being aborted (each a task of its
+    /// own, so that a wait for it that is cancelled leaves it running).
+    aborting: Mutex<HashMap<(StorageIndex, ShareNum), write::Aborting>>,
 }
 
 /// What this handle knows about a share it wrote.
@@ -160,8 +161,7 @@ impl Inner {
 
     fn lock_aborting(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(StorageIndex, ShareNum), tokio::task::JoinHandle<()>>>
-    {
+    ) -> std::sync::MutexGuard<'_, HashMap<(StorageIndex, ShareNum), write::Aborting>> {
         self.aborting.lock().unwrap_or_else(|p| p.into_inner())
     }
 

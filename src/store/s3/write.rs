@@ -6,7 +6,8 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::StreamExt as _;
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt as _, StreamExt as _};
 use object_store::path::Path as ObjectPath;
 use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 use tokio::sync::OwnedSemaphorePermit;
@@ -196,25 +197,36 @@ struct Multipart {
     share: (StorageIndex, ShareNum),
 }
 
-impl Drop for Multipart {
-    fn drop(&mut self) {
-        let Some(upload) = self.upload.take() else {
-            return;
-        };
+/// An abort running in a task of its own; any number may wait for it.
+pub(super) type Aborting = Shared<BoxFuture<'static, ()>>;
+
+impl Multipart {
+    /// Starts aborting the upload (once its parts settle) in a task of its own, registered
+    /// for `abandon` to wait on; `None` if it completed or no runtime is left to run it.
+    fn start_abort(&mut self) -> Option<Aborting> {
+        let upload = self.upload.take()?;
         let parts = std::mem::take(&mut self.parts);
         let name = self.inner.name.clone();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            // `abandon` waits for it, so an interrupted upload's clean-up covers it.
-            let aborting = runtime.spawn(async move {
-                if let Err(e) = abort(upload, parts).await {
-                    tracing::warn!(store = %name, error = %super::errors::describe(&e), "cannot abort a cancelled multipart upload; its parts stay until the bucket's lifecycle rule removes them");
-                }
-            });
-            let mut pending = self.inner.lock_aborting();
-            // Aborts nobody waited for (a library caller that never abandoned) go once done.
-            pending.retain(|_, abort| !abort.is_finished());
-            pending.insert(self.share, aborting);
-        }
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let task = runtime.spawn(async move {
+            if let Err(e) = abort(upload, parts).await {
+                tracing::warn!(store = %name, error = %super::errors::describe(&e), "cannot abort a multipart upload; its parts stay until the bucket's lifecycle rule removes them");
+            }
+        });
+        let aborting = task.map(drop).boxed().shared();
+        let mut pending = self.inner.lock_aborting();
+        // Aborts nobody waited for (a library caller that never abandoned) go once done.
+        pending.retain(|_, abort| abort.clone().now_or_never().is_none());
+        pending.insert(self.share, aborting.clone());
+        Some(aborting)
+    }
+}
+
+impl Drop for Multipart {
+    fn drop(&mut self) {
+        // Cancelled: `abandon` waits for the abort, so an interrupted upload's clean-up
+        // covers it.
+        self.start_abort();
     }
 }
 
@@ -261,14 +273,14 @@ async fn put_parts(
         let upload = multipart.upload.as_mut().expect("held until complete");
         result = upload.complete().await.map(drop);
     }
-    let upload = multipart.upload.take().expect("held until here");
     if let Err(e) = result {
-        let parts = std::mem::take(&mut multipart.parts);
-        if let Err(abort) = abort(upload, parts).await {
-            tracing::warn!(store = %inner.name, error = %super::errors::describe(&abort), "cannot abort a failed multipart upload");
+        // Waited for here, and by `abandon`; a wait cancelled leaves the abort running.
+        if let Some(aborting) = multipart.start_abort() {
+            aborting.await;
         }
         return Err(e);
     }
+    multipart.upload = None; // completed: nothing to abort
     Ok(())
 }
 
@@ -376,7 +388,7 @@ pub(super) async fn abandon(
     let key = inner.key(&si, share);
     let aborting = inner.lock_aborting().remove(&(si, share));
     if let Some(aborting) = aborting {
-        let _ = aborting.await;
+        aborting.await;
     }
     let known = {
         let mut ledger = inner.lock_ledger();

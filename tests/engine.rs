@@ -255,6 +255,34 @@ async fn readers_share_a_bounded_read_ahead_memory_and_all_finish_exactly() {
     }
 }
 
+/// A stalled reader's chunks still waiting for read-ahead room leave the queue after the
+/// release delay: they do not take the room one after another only to be let go.
+#[tokio::test]
+async fn a_stalled_readers_queued_chunks_leave_the_read_ahead_memory_alone() {
+    let fixture = Fixture::new(200_000, 1000, 3, 10).await;
+    tokio::time::pause();
+    let mut config = fixed_choice();
+    config.read_ahead_memory = 1024; // room for one 1000-byte segment
+    let client = Client::new(fixture.grid.clone(), config);
+    let metrics = client.metrics().clone();
+    let file = client.open(&fixture.cap).await.unwrap();
+    let mut stream = file.stream(0..200_000);
+    let mut got = Vec::new();
+    // Read until the window has grown and chunks wait behind the room.
+    while got.len() < 100_000 && stream.in_flight() < 2 {
+        got.extend_from_slice(&stream.next().await.unwrap().unwrap());
+    }
+    assert!(stream.in_flight() >= 2, "chunks are queued behind the room");
+    // Well past one release delay (2 s), short of the several it takes queued chunks to
+    // go through the room one at a time.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(metrics.read_ahead_bytes(), 0);
+    while let Some(chunk) = stream.next().await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(got, fixture.expected(0, 200_000));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_and_lying_shares_are_routed_around() {
     let fixture = Fixture::new(50_000, 1000, 3, 10).await;

@@ -5,14 +5,13 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-
 use std::task::{Context, Poll};
-use tokio::sync::OwnedSemaphorePermit;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::task::AtomicWaker;
 use futures::{FutureExt, Stream};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::error::ReadError;

@@ -699,3 +699,94 @@ fn a_forged_cap_naming_a_files_storage_index_writes_nothing() {
     // The real cap still repairs it.
     assert!(vault.run(&["repair", &cap], None).status.success());
 }
+
+/// Someone who can write shares plants a whole other file at a file's storage index (its
+/// headers rewritten to name it). A verify cap cannot tell the two apart, so repair with
+/// either verify cap writes nothing; the read cap's storage index comes from its key, so
+/// repair with it heals the real file and leaves the planted shares alone.
+#[test]
+fn a_whole_file_planted_at_a_files_storage_index_stops_verify_caps_not_the_read_cap() {
+    use segvault::core::codec::Codec as _;
+    use segvault::core::layout::HEADER_LEN;
+    use segvault::core::share_header::ShareHeader;
+
+    let vault = Segvault::new();
+    let real = vault.put_bytes(&random_bytes(200_000, 61), &[]);
+    let planted = vault.put_bytes(&random_bytes(150_000, 62), &[]);
+    let (real_si, planted_si) = (
+        info_field(&vault, &real, "storage index:"),
+        info_field(&vault, &planted, "storage index:"),
+    );
+    let dirs = embedded_dirs(&vault);
+    let real_shares = copies_in(&dirs, &real_si);
+    let header_of_real = ShareHeader::from_bytes(&real_shares[&0][0].1[..HEADER_LEN as usize])
+        .expect("the uploader's header");
+    // Each planted share goes where the real file has no share of its number.
+    let mut planted_files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+    for (share, copies) in copies_in(&dirs, &planted_si) {
+        let mut bytes = copies[0].1.clone();
+        for (path, _) in &copies {
+            std::fs::remove_file(path).unwrap();
+        }
+        let mut header = ShareHeader::from_bytes(&bytes[..HEADER_LEN as usize]).unwrap();
+        header.storage_index = header_of_real.storage_index;
+        bytes[..HEADER_LEN as usize].copy_from_slice(&header.to_bytes());
+        let to = dirs
+            .iter()
+            .map(|dir| dir.join("shares").join(&real_si[..2]).join(&real_si))
+            .find(|to| !to.join(share.to_string()).exists())
+            .expect("a server without this share number");
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::write(to.join(share.to_string()), &bytes).unwrap();
+        planted_files.push((to.join(share.to_string()), bytes));
+    }
+    assert_eq!(planted_files.len(), 10, "the whole planted file");
+    // The real file loses two shares.
+    for share in [2, 7] {
+        std::fs::remove_file(&real_shares[&share][0].0).unwrap();
+    }
+    let before = tree_state(&vault.data());
+
+    let forged = {
+        let planted_verify = info_field(&vault, &planted, "verify cap:");
+        let mut fields: Vec<String> = planted_verify.split(':').map(str::to_owned).collect();
+        fields[1] = real_si.clone();
+        fields.join(":")
+    };
+    let real_verify = info_field(&vault, &real, "verify cap:");
+    for cap in [&forged, &real_verify] {
+        let output = vault.run(&["repair", cap], None);
+        let report = stdout(&output);
+        assert!(!output.status.success(), "{report}");
+        assert!(report.starts_with("ALTERED CAP"), "{report}");
+        assert!(report.contains("another whole file"), "{report}");
+        assert!(report.contains("nothing written"), "{report}");
+        assert_eq!(
+            tree_state(&vault.data()),
+            before,
+            "no share written or replaced"
+        );
+    }
+
+    let output = vault.run(&["repair", &real], None);
+    let report = stdout(&output);
+    assert!(output.status.success(), "{report}");
+    assert!(report.starts_with("repaired"), "{report}");
+    let real_now = copies_in(&dirs, &real_si);
+    for (share, copies) in &real_shares {
+        assert!(
+            real_now[share]
+                .iter()
+                .any(|(_, bytes)| *bytes == copies[0].1),
+            "share {share} has the uploader's copy: {report}"
+        );
+    }
+    for (path, bytes) in &planted_files {
+        assert!(
+            std::fs::read(path).unwrap() == *bytes,
+            "{} left alone",
+            path.display()
+        );
+    }
+    assert!(vault.ok(&["get", &real], None) == random_bytes(200_000, 61));
+}

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use futures::StreamExt as _;
+use segvault::Cap;
 use segvault::core::cap_list::CapListEntry;
 use segvault::repair::{Outcome, RepairOptions, RepairReport, repair};
 use segvault::store::Durability;
@@ -71,7 +72,10 @@ pub(crate) async fn run(cli: &Cli, args: &RepairArgs) -> anyhow::Result<ExitCode
             let (grid, options) = (&grid, &options);
             async move {
                 let cap = entry.cap.verify_cap();
-                (entry, repair(grid, &cap, options).await)
+                let options = options
+                    .clone()
+                    .holding_read_cap(matches!(entry.cap, Cap::Read(_)));
+                (entry, repair(grid, &cap, &options).await)
             }
         }))
         .buffer_unordered(usize::from(args.jobs));

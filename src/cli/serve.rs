@@ -104,7 +104,8 @@ pub(crate) async fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode>
     if let Some(grid) = repair_grid {
         let queue = RepairQueue::start(
             grid,
-            RepairOptions::new(),
+            // Only the gateway's reads feed the queue, and it reads with read caps.
+            RepairOptions::new().holding_read_cap(true),
             QueueLimits::default(),
             client.metrics().clone(),
         );

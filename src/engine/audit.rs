@@ -190,6 +190,8 @@ struct Candidate {
     header_problem: Option<Problem>,
     /// Whether its header region could be read (refused or not).
     header_read: bool,
+    /// The UEB it carries when that is not the cap's (another file's, or a rotted copy).
+    other_ueb: Option<Vec<u8>>,
 }
 
 /// Checks every share of the file `cap` names. `progress` is told the number of segments done.
@@ -255,9 +257,6 @@ pub(crate) struct Checked {
     pub(crate) copies: Vec<CopyFound>,
     /// Bytes read from the stores.
     pub(crate) bytes_read: u64,
-    /// The most distinct share numbers found agreeing on one UEB other than the cap's: k or
-    /// more means another file lives at this storage index (or the cap is forged).
-    pub(crate) foreign_shares: usize,
     /// Why the sink failed, if it did (its segments are then not all written).
     pub(crate) sink_error: Option<String>,
 }
@@ -305,6 +304,7 @@ impl<'a> Survey<'a> {
                     root: None,
                     header_problem: None,
                     header_read: false,
+                    other_ueb: None,
                 })),
                 Err(e) => report
                     .server_errors
@@ -364,6 +364,13 @@ impl<'a> Survey<'a> {
             .filter(|c| c.root.is_some() && c.check.is_good())
             .map(|c| c.check.share)
             .collect()
+    }
+
+    /// Caps of the other files that may live at this storage index: UEBs other than the
+    /// cap's, each carried by at least its own k distinct share numbers. Whether such a file
+    /// is real (the cap forged) or a few copies whose UEB rotted takes [`checks_out`].
+    pub(crate) fn foreign_files(&self) -> Vec<VerifyCap> {
+        foreign_files(self.reader.cap.storage_index(), &self.candidates)
     }
 
     /// The file's UEB, if any share held the one the cap names.
@@ -439,22 +446,49 @@ impl<'a> Survey<'a> {
                         )),
             })
             .collect();
-        let mut other_uebs: HashMap<Hash, HashSet<ShareNum>> = HashMap::new();
-        for c in &candidates {
-            if let Some(Problem::OtherUeb(hash)) = &c.header_problem {
-                other_uebs.entry(*hash).or_default().insert(c.check.share);
-            }
-        }
-        let foreign_shares = other_uebs.values().map(HashSet::len).max().unwrap_or(0);
         report.shares = candidates.into_iter().map(|c| c.check).collect();
         Checked {
             report,
             copies,
             bytes_read: reader.bytes.load(Ordering::Relaxed),
-            foreign_shares,
             sink_error,
         }
     }
+}
+
+/// Whether the file `cap` names is whole here: its UEB found and every segment recoverable
+/// from shares that prove themselves. Tells another file at a storage index from copies whose
+/// UEB merely rotted (those never prove a share chain, or never decode to its ciphertext).
+pub(crate) async fn checks_out(grid: &Grid, cap: &VerifyCap, config: &ReaderConfig) -> bool {
+    let survey = Survey::new(grid, cap, config).await;
+    if survey.ueb().is_none() || survey.sound_so_far().len() < usize::from(cap.geometry().k()) {
+        return false;
+    }
+    let checked = survey.check_segments(None, None).await;
+    checked.report.unrecoverable.is_empty()
+}
+
+/// The files other than the cap's whose UEB at least their own k share numbers carry.
+fn foreign_files(storage_index: StorageIndex, candidates: &[Candidate]) -> Vec<VerifyCap> {
+    let mut other_uebs: HashMap<Hash, (Geometry, HashSet<ShareNum>)> = HashMap::new();
+    for c in candidates {
+        let (Some(Problem::OtherUeb(hash)), Some(bytes)) = (&c.header_problem, &c.other_ueb) else {
+            continue;
+        };
+        let Ok(ueb) = Ueb::from_bytes(bytes) else {
+            continue;
+        };
+        other_uebs
+            .entry(*hash)
+            .or_insert_with(|| (ueb.geometry, HashSet::new()))
+            .1
+            .insert(c.check.share);
+    }
+    other_uebs
+        .into_iter()
+        .filter(|(_, (geometry, shares))| shares.len() >= usize::from(geometry.k()))
+        .map(|(hash, (geometry, _))| VerifyCap::new(storage_index, hash, geometry))
+        .collect()
 }
 
 /// Header and UEB (against the cap), then this share's block-tree root, proven through the
@@ -482,6 +516,11 @@ async fn check_front(
         Ok(found) => found,
         Err(e) => {
             c.check.problem(e.to_string());
+            if matches!(e, Problem::OtherUeb(_)) {
+                c.other_ueb = region
+                    .get(layout.ueb_range().start as usize..layout.ueb_range().end as usize)
+                    .map(<[u8]>::to_vec);
+            }
             c.header_problem = Some(e);
             return None;
         }

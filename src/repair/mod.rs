@@ -36,7 +36,7 @@ use crate::core::text;
 use crate::core::tree;
 use crate::core::ueb::Ueb;
 use crate::engine::ReaderConfig;
-use crate::engine::audit::{Checked, CopyFound, SegmentSink, Survey, VerifyReport};
+use crate::engine::audit::{self, Checked, CopyFound, SegmentSink, Survey, VerifyReport};
 use crate::grid::Grid;
 use crate::store::{SpooledShare, StoreError};
 use crate::upload::encode::ShareFront;
@@ -57,6 +57,12 @@ pub struct RepairOptions {
     pub dry_run: bool,
     /// Timeouts and the like, as for reading.
     pub config: ReaderConfig,
+    /// The caller holds the file's read cap, not only a verify cap. A read cap's storage
+    /// index is the hash of its key, so no one without the key can pair it with another
+    /// UEB: another whole file found at the storage index is then someone's planted junk,
+    /// left where it is, not a reason to stop. With a verify cap alone the two files cannot
+    /// be told apart, and nothing is written.
+    pub holds_read_cap: bool,
 }
 
 impl RepairOptions {
@@ -68,6 +74,13 @@ impl RepairOptions {
     /// Only check and plan (see [`dry_run`](Self::dry_run)).
     pub fn dry_run(mut self, dry_run: bool) -> RepairOptions {
         self.dry_run = dry_run;
+        self
+    }
+
+    /// Says whether the cap repaired with came from a read cap (see
+    /// [`holds_read_cap`](Self::holds_read_cap)).
+    pub fn holding_read_cap(mut self, holds: bool) -> RepairOptions {
+        self.holds_read_cap = holds;
         self
     }
 
@@ -347,6 +360,26 @@ pub async fn repair(grid: &Grid, cap: &VerifyCap, options: &RepairOptions) -> Re
         absorb(&mut report, grid, &checked, options.dry_run);
         return report;
     };
+    let foreign = if options.holds_read_cap {
+        Vec::new()
+    } else {
+        survey.foreign_files()
+    };
+    for other in &foreign {
+        // Another whole file at this storage index: the cap may be forged to make us store
+        // shares there, so nothing is written. Copies whose UEB rotted do not check out as a
+        // file and are only left where they are.
+        if audit::checks_out(grid, other, &options.config).await {
+            report.outcome = Outcome::AlteredCap;
+            report.error = Some(
+                "another whole file lives at this storage index (its UEB is not the cap's)"
+                    .to_owned(),
+            );
+            let checked = survey.check_segments(None, None).await;
+            absorb(&mut report, grid, &checked, true);
+            return report;
+        }
+    }
     let unsound: BTreeSet<ShareNum> = all_shares(g.n())
         .difference(&survey.sound_so_far())
         .copied()
@@ -366,16 +399,6 @@ pub async fn repair(grid: &Grid, cap: &VerifyCap, options: &RepairOptions) -> Re
     let sink = rebuild.clone().map(|r| r as Arc<dyn SegmentSink>);
     let mut checked = survey.check_segments(None, sink).await;
     absorb(&mut report, grid, &checked, options.dry_run);
-    if checked.foreign_shares >= usize::from(g.k()) {
-        // Another file's k shares at this storage index: the cap may be forged to make us
-        // store shares there. Nothing is written.
-        report.outcome = Outcome::AlteredCap;
-        report.error = Some(format!(
-            "{} shares here belong to another file with this storage index",
-            checked.foreign_shares
-        ));
-        return report;
-    }
     if !checked.report.unrecoverable.is_empty() {
         report.outcome = Outcome::Unrecoverable;
         return report;
